@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from enum import Enum
 from pathlib import Path
@@ -37,6 +38,7 @@ class InterventionKind(str, Enum):
 class Method(str, Enum):
     dim = "dim"
     inlp = "inlp"
+    flip = "flip"
     classifier = "classifier"
     leace = "leace"
     subspace = "subspace"
@@ -52,6 +54,11 @@ class Site(str, Enum):
     resid_pre = "resid_pre"
     attn_out = "attn_out"
     mlp_out = "mlp_out"
+
+
+class FlipVariant(str, Enum):
+    input = "input"
+    writes = "writes"
 
 
 class Measure(str, Enum):
@@ -90,92 +97,97 @@ def models(install: Annotated[Optional[str], typer.Option(help="install and conv
     console.print(f"cache: {cache_dir()} (set REFUSAL_LAB_CACHE to move it)")
 
 
+def _load(cfg, dtype: str | None = None):
+    from refusal_lab.models.load import load_model
+
+    return load_model(cfg.model, dtype=dtype or cfg.dtype)
+
+
+def _config(config: Optional[Path], run_dir: Optional[Path] = None, **overrides):
+    """The run's config: ``--config``, else the one saved in ``run_dir``, else defaults; then ``overrides``."""
+    from refusal_lab.experiment import load_config
+
+    if config is None and run_dir is not None and (run_dir / "config.json").exists():
+        config = run_dir / "config.json"
+    return load_config(config, **overrides)
+
+
+ConfigOption = Annotated[Optional[Path], typer.Option(help="RunConfig as .toml or .json")]
+
+
 @app.command()
 def run(
     out: Annotated[Path, typer.Option(help="run directory (resumable)")] = Path("runs/demo"),
-    config: Annotated[Optional[Path], typer.Option(help="RunConfig as .toml or .json")] = None,
+    config: ConfigOption = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m")] = None,
     n_eval: Annotated[Optional[int], typer.Option(help="held-out prompts per side")] = None,
 ):
-    """The main job: extract → select → compare baseline, ablation and ActAdd on held-out prompts."""
-    from refusal_lab.experiment import load_config, run as run_job
+    """The main job: extract and select every configured method, then compare on held-out prompts."""
+    from refusal_lab.experiment import run as run_job
 
-    cfg = load_config(config, model=model, n_eval=n_eval)
+    cfg = _config(config, None, model=model, **{"compare.n_eval": n_eval})
     console.print(f"[bold]refusal-lab run[/] model={cfg.model} → {out}")
-    extraction, table = run_job(cfg, out)
+    extraction, comparison = run_job(cfg, out)
     _report_selection(extraction)
-    if table is not None:
-        _print_table(_results_view(table), f"held-out refusal ({cfg.model})")
+    if comparison is not None:
+        _print_comparison(comparison, f"held-out refusal ({cfg.model}, {cfg.compare.measure})")
     console.print(f"run directory: {out}")
 
 
-def _results_view(table):
-    """results.csv as a narrow table: the rate with its 95 % interval in one column."""
+def _report_selection(extraction) -> None:
+    for (method, scope), selection in extraction.selections.items():
+        c = selection.chosen
+        if c is not None:
+            where = f"k {c.k}" if c.layer is None else f"layer {c.layer}, position {c.position}"
+            scale = "" if c.induce_scale != c.induce_scale or c.induce_scale == 1 else f" at scale {c.induce_scale:g}"
+            console.print(f"{method} [{scope}]: selected {where} (bypass {c.bypass:.2f}, induce {c.induce:.2f}"
+                          f"{scale}, KL {c.kl:.3f})")
+            continue
+        console.print(f"[red]{method} [{scope}]: no candidate passed the filters (induce > threshold at every "
+                      "scale, KL < bar, layer < 0.8L); closest candidates:")
+        _print_table(selection.table().head(8), f"{method} [{scope}]: closest candidates")
+
+
+def _print_comparison(result, title: str) -> None:
+    frame = result.comparison
+    main = frame[~frame["control"].astype(bool)]
+
+    def rate(side):
+        return [f"{r:.2f} [{lo:.2f}, {hi:.2f}]" for r, lo, hi in
+                zip(main[f"refusal_{side}"], main[f"ci_low_{side}"], main[f"ci_high_{side}"])]
+
     import pandas as pd
 
-    return pd.DataFrame({
-        "condition": table["condition"], "prompts": table["prompts"].str.removeprefix("test "), "n": table["n"],
-        "refusal [95% CI]": [f"{r:.2f} [{lo:.2f}, {hi:.2f}]"
-                             for r, lo, hi in zip(table["refusal_rate"], table["ci_low"], table["ci_high"])],
-        "Δ vs baseline": table["delta_vs_baseline"], "KL harmless": table["kl_harmless"]})
-
-
-def _report_selection(extraction) -> None:
-    if extraction.direction is not None:
-        p = extraction.direction.provenance
-        console.print(f"selected direction: layer {p.layer}, position {p.position} "
-                      f"(bypass {p.extra.get('bypass', float('nan')):.2f}, induce {p.extra.get('induce', float('nan')):.2f}, "
-                      f"KL {p.extra.get('kl', float('nan')):.3f})")
-        return
-    console.print("[red]no candidate passed the filters (induce > 0, KL < 0.1, layer < 0.8L); closest candidates:")
-    _print_table(extraction.ranking.head(8), "closest candidates")
+    view = pd.DataFrame({"condition": main["name"], "harmful refusal [95% CI]": rate("harmful"),
+                         "harmless refusal [95% CI]": rate("harmless"), "KL held-out": main["kl_harmless"],
+                         "KL val": main["kl_val"]})
+    if "control_refusal_harmful" in main:
+        view["control harmful / harmless"] = [f"{a:.2f} / {b:.2f}" if a == a else "—" for a, b in
+                                              zip(main["control_refusal_harmful"], main["control_refusal_harmless"])]
+    _print_table(view, title)
+    for note in result.skipped:
+        console.print(f"[yellow]skipped {note}")
+    console.print(f"tables: {result.out_dir}")
 
 
 @app.command()
 def extract(model: ModelOption, out: Annotated[Path, typer.Option(help="run directory")],
-            config: Annotated[Optional[Path], typer.Option(help="RunConfig as .toml or .json")] = None,
-            method: Annotated[Method, typer.Option(help="dim (default), or a method fitted after DiM: inlp (with the "
-                                                   "flip selection), classifier, leace, subspace")] = Method.dim,
-            k: Annotated[Optional[int], typer.Option(help="subspace: number of top-ranked layers stacked (default "
-                                                     "4); inlp/classifier: INLP iteration cap (default 20)")] = None):
-    """Compute DiM candidates, select one, write the direction and the ranked selection table to OUT
-    (with --method, then fit and select that method too; tables under OUT/methods/<method>/)."""
-    from refusal_lab.experiment import extract as extract_job, load_config, prepare_splits
-    from refusal_lab.models.load import load_model
+            config: ConfigOption = None,
+            method: Annotated[Optional[list[Method]], typer.Option(help="repeatable; methods to fit and select "
+                                                                  "(DiM always runs first)")] = None,
+            scope: Annotated[Optional[list[Scope]], typer.Option(help="repeatable; scopes to select at "
+                                                                "(default: the config's, else all)")] = None):
+    """Fit every requested method on the train split, select each at every scope on the val split, and write the
+    ranked tables and chosen artifacts to OUT/methods/<method>/."""
+    from refusal_lab.experiment import run_extract
 
-    if k is not None and method == Method.dim:
-        raise RefusalLabError("--k applies to --method subspace, inlp or classifier, not dim")
-    cfg = load_config(config, model=model)
-    out.mkdir(parents=True, exist_ok=True)
-    lm = load_model(cfg.model, dtype=cfg.dtype)
-    if method != Method.dim:
-        _extract_method(lm, method.value, prepare_splits(cfg, out), cfg, out, k, config)
-        return
-    extraction = extract_job(lm, prepare_splits(cfg, out), cfg, out)
+    overrides = {"model": model}
+    if scope:
+        overrides["selection.scopes"] = [s.value for s in scope]
+    cfg = _config(config, out, **overrides)
+    extraction = run_extract(_load(cfg), cfg, out, [m.value for m in method] if method else None)
     _report_selection(extraction)
-    if extraction.direction is None:
-        raise typer.Exit(1)
-    if extraction.ranking is not None:
-        _print_table(extraction.ranking.head(10), "ranked candidates (top 10)")
-
-
-def _extract_method(lm, method: str, splits, cfg, out: Path, k: Optional[int], config: Optional[Path]) -> None:
-    from refusal_lab.methods import extract_method, method_config_from
-
-    result = extract_method(lm, method, splits, cfg, out, k=k, method_config=method_config_from(cfg, config))
-    chosen_any = False
-    for name, selection in result.selections.items():
-        _print_table(selection.table().head(10), f"{name}: ranked candidates (top 10)")
-        c = selection.chosen
-        if c is None:
-            console.print(f"[red]{name}: no candidate passed the filters; see {out}/methods/{name}/selection.csv")
-            continue
-        chosen_any = True
-        where = f"k {c.k}" if c.layer is None else f"layer {c.layer}, position {c.position}"
-        console.print(f"{name}: selected {where} (bypass {c.bypass:.2f}, induce {c.induce:.2f}, KL {c.kl:.3f})")
-    if method in ("inlp", "classifier"):
-        console.print(f"INLP/DiM cosines per layer and position: {out}/methods/inlp/cosine_dim.csv")
-    if not chosen_any:
+    if all(chosen is None for chosen in extraction.chosen.values()):
         raise typer.Exit(1)
 
 
@@ -184,12 +196,14 @@ def generate_cmd(
     model: ModelOption,
     prompts: Annotated[Path, typer.Option(help=".txt (a prompt a line), .jsonl (field prompt) or .csv (prompt/goal)")],
     out: Annotated[Path, typer.Option(help="output .jsonl")],
-    run_dir: Annotated[Optional[Path], typer.Option("--run", help="run directory holding direction.*")] = None,
+    run_dir: Annotated[Optional[Path], typer.Option("--run", help="run directory (from refusal-lab extract)")] = None,
     intervention: InterventionKind = InterventionKind.none,
     max_new_tokens: int = 64,
-    scale: Annotated[float, typer.Option(help="ActAdd coefficient k (negative bypasses)")] = 1.0,
+    scale: Annotated[Optional[float], typer.Option(help="ActAdd coefficient k (negative bypasses)")] = None,
     batch_size: int = 16,
     alpha: Annotated[Optional[float], typer.Option(help="flip coefficient: P_a = aP + (1-a)I (default 2)")] = None,
+    flip_variant: Annotated[Optional[FlipVariant], typer.Option(help="flip: reflect the stream once at the first "
+                                                                "scoped layer (input) or every write (writes)")] = None,
     k: Annotated[Optional[int], typer.Option(help="rank-k: leading INLP directions (default 1); subspace: "
                                              "leading rows of the stack (default all)")] = None,
     scope: Annotated[Optional[Scope], typer.Option(help="layer, top50 or all (default: all for ablate and "
@@ -197,91 +211,73 @@ def generate_cmd(
     site: Annotated[Optional[list[Site]], typer.Option(help="repeatable; default resid_pre for ActAdd kinds, "
                                                        "all three sites otherwise")] = None,
 ):
-    """Greedy completions, optionally under one of the run's interventions (see refusal_lab.methods)."""
+    """Greedy completions, optionally under one of the run's interventions."""
     from refusal_lab.data import load_prompts_for_generation
-    from refusal_lab.directions.base import load_artifact
-    from refusal_lab.evaluation.generate import generate
-    from refusal_lab.evaluation.judges import is_refusal
-    from refusal_lab.io import write_jsonl
+    from refusal_lab.evaluation.generate import cached_generations
+    from refusal_lab.methods import run_interventions
     from refusal_lab.models.load import load_model
 
     texts = load_prompts_for_generation(prompts)
     if intervention != InterventionKind.none and run_dir is None:
         raise RefusalLabError(f"--intervention {intervention.value} needs --run RUN_DIR (from refusal-lab extract)")
     lm = load_model(model)
-    interventions = []
-    if intervention != InterventionKind.none:
-        from refusal_lab.methods import artifacts_for, build_intervention
+    params = {"scale": scale, "alpha": alpha, "k": k, "sites": [s.value for s in site] if site else None}
+    if flip_variant is not None:
+        params["flip_variant"] = flip_variant.value
+    interventions = run_interventions(lm, run_dir, intervention.value, scope.value if scope else None,
+                                      **params) if intervention != InterventionKind.none else []
+    completions = cached_generations(lm, out, texts, interventions, max_new_tokens, batch_size)
+    from refusal_lab.evaluation.judges import is_refusal
 
-        if intervention in (InterventionKind.ablate, InterventionKind.actadd):  # checks the direction first
-            load_artifact(run_dir / "direction", hidden_size=lm.hidden_size)
-        artifacts = artifacts_for(run_dir, intervention.value, hidden_size=lm.hidden_size)
-        interventions = build_intervention(intervention.value, artifacts, scope=scope.value if scope else None,
-                                           sites=[s.value for s in site] if site else None, alpha=alpha, k=k,
-                                           scale=scale, n_layers=lm.n_layers)
-    completions = generate(lm, texts, interventions, max_new_tokens, batch_size)
-    write_jsonl(out, ({"prompt": prompt, "response": response, "refusal": is_refusal(response),
-                       "intervention": intervention.value} for prompt, response in zip(texts, completions)))
     console.print(f"{len(texts)} completions → {out} (refusals: {sum(map(is_refusal, completions))})")
 
 
 @app.command()
 def compare(
-    model: ModelOption,
-    run_dir: Annotated[Path, typer.Option("--run", help="run directory (from refusal-lab extract --method ...)")],
-    measure: Annotated[Measure, typer.Option(help="first-token (refusal score > 0; cheap) or generation "
-                                             "(greedy tokens + substring judge)")] = Measure.first_token,
-    n_eval: Annotated[Optional[int], typer.Option(help="held-out prompts per side (default: the run's)")] = None,
-    kind: Annotated[Optional[list[str]], typer.Option(help="repeatable; intervention kinds to include (default: "
-                                                      "all with an artifact)")] = None,
+    run_dir: Annotated[Path, typer.Option("--run", help="run directory (from refusal-lab extract)")],
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="default: the run's")] = None,
+    config: ConfigOption = None,
+    measure: Annotated[Optional[Measure], typer.Option(help="first-token (refusal score > 0; cheap) or generation "
+                                                       "(greedy tokens + substring judge)")] = None,
+    n_eval: Annotated[Optional[int], typer.Option(help="held-out prompts per side (default: all)")] = None,
+    kind: Annotated[Optional[list[str]], typer.Option(help="repeatable; intervention kinds to include")] = None,
     scope: Annotated[Optional[list[Scope]], typer.Option(help="repeatable; default layer, top50 and all")] = None,
-    control_seeds: Annotated[Optional[int], typer.Option(help="random controls per row (default: the run's)")] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="generation measure: tokens per completion")] = 24,
-    batch_size: int = 32,
+    control_seeds: Annotated[Optional[int], typer.Option(help="random controls per row")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="generation measure: tokens per completion")] = None,
 ):
     """The intervention matrix on held-out prompts: every method and scope vs baseline and random controls, plus
     the INLP rank-k sweep. Writes RUN/comparison/<measure>/{comparison,rank_k_sweep}.csv; resumable."""
-    from refusal_lab.comparison import CompareConfig, compare as compare_job
-    from refusal_lab.experiment import load_config
-    from refusal_lab.models.load import load_model
+    from refusal_lab.comparison import CompareConfig
+    from refusal_lab.experiment import run_compare
 
-    if not (run_dir / "splits.json").exists():
-        raise RefusalLabError(f"{run_dir} is not a run directory (no splits.json); run refusal-lab extract first")
-    run_config = load_config(run_dir / "config.json" if (run_dir / "config.json").exists() else None)
-    options = {"measure": measure.value, "n_eval": n_eval, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
-               "control_seeds": run_config.control_seeds if control_seeds is None else control_seeds}
-    if kind:
-        options["kinds"] = kind
-    if scope:
-        options["scopes"] = [s.value for s in scope]
-    cfg = CompareConfig(**options)
-    lm = load_model(model, dtype=run_config.dtype)
-    result = compare_job(lm, run_dir, cfg)
-    columns = ["name", "refusal_harmful", "refusal_harmless", "kl_harmless", "delta_harmful", "delta_harmless"]
-    main = result.comparison[~result.comparison["control"].astype(bool)]
-    _print_table(main[[c for c in columns if c in main]], f"held-out comparison ({measure.value})")
-    for note in result.skipped:
-        console.print(f"[yellow]skipped {note}")
-    console.print(f"tables: {result.out_dir}")
+    if not (run_dir / "config.json").exists():
+        raise RefusalLabError(f"{run_dir} is not a run directory (no config.json); run refusal-lab extract first")
+    cfg = _config(config, run_dir, model=model)
+    options = {"measure": measure.value if measure else None, "n_eval": n_eval, "kinds": kind,
+               "scopes": [s.value for s in scope] if scope else None, "control_seeds": control_seeds,
+               "max_new_tokens": max_new_tokens}
+    if config is None:  # the matrix, not the run's preset
+        cfg = cfg.model_copy(update={"compare": CompareConfig(**{k: v for k, v in options.items() if v is not None})})
+    else:
+        cfg = cfg.model_copy(update={"compare": cfg.compare.model_copy(update={k: v for k, v in options.items()
+                                                                                if v is not None})})
+    cfg = type(cfg)(**json.loads(cfg.model_dump_json()))  # validate the merged settings
+    result = run_compare(_load(cfg), cfg, run_dir)
+    _print_comparison(result, f"held-out comparison ({cfg.compare.measure})")
 
 
 @app.command()
-def abliterate(model: ModelOption, run_dir: Annotated[Path, typer.Option("--run", help="run directory")],
+def abliterate(run_dir: Annotated[Path, typer.Option("--run", help="run directory")],
                out: Annotated[Path, typer.Option(help="output model directory")],
+               model: Annotated[Optional[str], typer.Option("--model", "-m", help="default: the run's")] = None,
+               kind: Annotated[str, typer.Option(help="ablate, nullspace, rank-k or subspace")] = "ablate",
                dtype: Annotated[str, typer.Option(help="weights' dtype: auto (bf16 where the CPU is fast at it), "
                                                 "float32, bfloat16 or float16")] = "auto"):
-    """Bake the run's direction ablation into the weights and save a plain transformers model directory."""
-    from refusal_lab.directions.base import load_artifact
-    from refusal_lab.interventions.base import Projection
-    from refusal_lab.interventions.weights import orthogonalize_weights
-    from refusal_lab.models.load import load_model
+    """Bake one of the run's projections into the weights and save a plain transformers model directory."""
+    from refusal_lab.methods import abliterate as abliterate_job
 
-    lm = load_model(model, dtype=dtype)
-    direction = load_artifact(run_dir / "direction", hidden_size=lm.hidden_size)
-    orthogonalize_weights(lm, Projection(direction.unit[None, :]))
-    lm.model.save_pretrained(out)
-    lm.tokenizer.save_pretrained(out)
-    console.print(f"abliterated model written to {out}")
+    cfg = _config(None, run_dir, model=model)
+    console.print(f"abliterated model written to {abliterate_job(_load(cfg, dtype), run_dir, out, kind)}")
 
 
 def main() -> None:

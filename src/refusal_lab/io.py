@@ -41,3 +41,7 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
     """``frame`` as CSV without its index."""
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text())

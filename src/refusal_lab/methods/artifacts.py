@@ -1,42 +1,37 @@
-"""The methods' typed artifacts: what each intervention kind reads, and where a run directory keeps them.
+"""Where a run directory keeps each method's artifacts, and what each intervention kind reads.
 
-``RUN_DIR/direction.*`` is the DiM direction; ``RUN_DIR/methods/<method>/chosen.*`` each other method's selected
-artifact and ``RUN_DIR/methods/<method>/candidates/lLLL_pI.*`` its candidates (layer, negative position).
+    RUN_DIR/methods/<fit>/candidates/lLLL_pP.*      a fitted candidate (layer, negative position; ``kK`` for k)
+    RUN_DIR/methods/<fit>/fit.json                   the fit finished (stage marker)
+    RUN_DIR/methods/<method>/selection-<scope>.csv   every candidate at that scope, scores and status, best first
+    RUN_DIR/methods/<method>/selection-<scope>.json  the selection finished (stage marker): chosen row, timings
+    RUN_DIR/methods/<method>/chosen-<scope>.*        the chosen artifact (scores in ``provenance.extra["selection"]``)
+    RUN_DIR/ranking.json                             DiM's layer ranking, best first (``top50``, subspace stacking)
+
+``<fit>`` is the method whose fit provides the candidates (``flip`` reuses ``inlp``'s).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import pandas as pd
 
 from refusal_lab.directions.base import Direction, Subspace, load_artifact
 from refusal_lab.directions.leace import AffineEraser
 from refusal_lab.errors import RefusalLabError
 
-METHODS = ("dim", "inlp", "classifier", "leace", "subspace")
-SELECTED_METHODS = ("inlp", "flip", "classifier", "leace", "subspace")  # methods with their own selection
-INLP_DERIVED = ("inlp", "flip", "classifier")
 KINDS = ("none", "ablate", "actadd", "nullspace", "flip", "rank-k", "leace", "subspace", "classifier-actadd")
-
-# which artifact (and so which method) each intervention kind reads, and the extraction that writes it
+# the method whose chosen artifact each intervention kind applies
 ARTIFACT_OF = {"ablate": "dim", "actadd": "dim", "nullspace": "inlp", "rank-k": "inlp", "flip": "flip",
                "leace": "leace", "subspace": "subspace", "classifier-actadd": "classifier"}
-_EXTRACT_FOR = {"dim": "dim", "inlp": "inlp", "flip": "inlp", "classifier": "classifier", "leace": "leace",
-                "subspace": "subspace"}
+CLOSEST = "closest: no candidate passed the filters"
 
 
 @dataclass
 class MethodArtifacts:
-    """The chosen artifact of each method (any may be missing).
-
-    ``dim``: DiM :class:`Direction` (ablate, actadd). ``inlp``: INLP :class:`Subspace`, iteration order (nullspace,
-    rank-k). ``flip``: the INLP subspace chosen by the flip selection (falls back to ``inlp`` when absent).
-    ``classifier``: classifier-weight :class:`Direction` (norm ‖v_DiM‖). ``leace``: :class:`AffineEraser`.
-    ``subspace``: QR :class:`Subspace` of the top-k ranked layers' DiM directions.
-    """
+    """Artifacts by method name (any may be missing); what :func:`~refusal_lab.methods.build_intervention` reads.
+    ``flip`` falls back to ``inlp`` (both are INLP subspaces)."""
 
     dim: Direction | None = None
     inlp: Subspace | None = None
@@ -52,28 +47,24 @@ class MethodArtifacts:
             artifact = self.inlp
         if artifact is None:
             where = f" in {self.source}" if self.source else ""
-            raise RefusalLabError(
-                f"no {name} artifact{where}; run `refusal-lab extract --method {_EXTRACT_FOR[name]} --out RUN_DIR` "
-                "first" + (" (or its selection found no candidate: see methods/*/selection.csv)"
-                           if name != "dim" else "")
-            )
+            raise RefusalLabError(f"no {name} artifact{where}; run `refusal-lab extract --method {name} --out "
+                                  "RUN_DIR` first")
         return artifact
 
-    def _recorded(self, key: str):
-        """The first non-empty ``provenance.extra[key]`` among the artifacts present, else None."""
+    def ranked_layers(self) -> list[int]:
+        """DiM-ranked layers (best first) recorded with any artifact present, for the ``top50`` scope."""
         for name in ("dim", "inlp", "flip", "classifier", "leace", "subspace"):
             artifact = getattr(self, name)
-            if artifact is not None and artifact.provenance.extra.get(key):
-                return artifact.provenance.extra[key]
-        return None
-
-    def ranked_layers(self) -> list[int]:
-        """DiM-ranked layers (best first) recorded with any artifact, for the ``top50`` scope."""
-        return list(self._recorded("ranked_layers") or [])
+            if artifact is not None and artifact.provenance.extra.get("ranked_layers"):
+                return list(artifact.provenance.extra["ranked_layers"])
+        return []
 
     def n_layers(self) -> int | None:
-        recorded = self._recorded("n_layers")
-        return None if recorded is None else int(recorded)
+        for name in ("dim", "inlp", "flip", "classifier", "leace", "subspace"):
+            artifact = getattr(self, name)
+            if artifact is not None and artifact.provenance.extra.get("n_layers"):
+                return int(artifact.provenance.extra["n_layers"])
+        return None
 
 
 def check_kind(kind: str) -> str:
@@ -86,57 +77,77 @@ def methods_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "methods"
 
 
-def candidate_stem(root: Path, layer: int, position: int) -> Path:
-    """Where a method (``root = RUN_DIR/methods/<method>``) keeps its candidate at ``(layer, position)``."""
-    return root / "candidates" / f"l{layer:03d}_p{position}"
+def candidate_stem(root: Path, layer: int | None, position: int | None, k: int | None = None) -> Path:
+    """Where a fit (``root = RUN_DIR/methods/<fit>``) keeps its candidate ``(layer, position, k)``."""
+    name = f"k{k:03d}" if layer is None else f"l{layer:03d}_p{position}"
+    return root / "candidates" / name
 
 
-CLOSEST = "closest: no candidate passed the filters"
+def save_candidates(root: Path, candidates: dict[tuple, object]) -> None:
+    for (layer, position, k), artifact in candidates.items():
+        artifact.save(candidate_stem(root, layer, position, k))
 
 
-def closest_artifact(run_dir: str | Path, name: str, hidden_size: int | None = None):
-    """For a method whose selection chose nothing: its best-bypass evaluated candidate (the first row of
-    ``selection.csv`` with a bypass score), marked ``provenance.extra["selection"]["status"] = CLOSEST``; None
-    if the selection has not run or scored nothing."""
-    root = methods_dir(run_dir) / name
-    if not (root / "selection.csv").exists():
+def load_candidates(root: Path, hidden_size: int | None = None) -> dict[tuple, object]:
+    found = {}
+    for meta in sorted((root / "candidates").glob("*.json")):
+        artifact = load_artifact(meta, hidden_size=hidden_size)
+        p = artifact.provenance
+        k = int(meta.stem[1:]) if meta.stem.startswith("k") else None
+        found[(p.layer if k is None else None, p.position if k is None else None, k)] = artifact
+    return found
+
+
+def chosen_stem(run_dir: str | Path, method: str, scope: str) -> Path:
+    return methods_dir(run_dir) / method / f"chosen-{scope}"
+
+
+def selection_marker(run_dir: str | Path, method: str, scope: str) -> Path:
+    return methods_dir(run_dir) / method / f"selection-{scope}.json"
+
+
+def load_chosen(run_dir: str | Path, method: str, scope: str, hidden_size: int | None = None,
+                closest: bool = False):
+    """The artifact ``method`` chose at ``scope``; with ``closest``, where its selection chose nothing, its
+    best-bypass candidate marked ``provenance.extra["selection"]["status"] = CLOSEST``. None if neither exists."""
+    stem = chosen_stem(run_dir, method, scope)
+    if stem.with_suffix(".json").exists():
+        return load_artifact(stem, hidden_size=hidden_size)
+    marker = selection_marker(run_dir, method, scope)
+    if not closest or not marker.exists():
         return None
-    table = pd.read_csv(root / "selection.csv")
-    scored = table[table["bypass"].notna()]
-    if scored.empty:
+    record = json.loads(marker.read_text()).get("closest")
+    if record is None:
         return None
-    row = scored.iloc[0]
-    if name == "subspace":
-        artifact = load_artifact(root / "stack", hidden_size=hidden_size).truncate(int(row["k"]))
-    else:
-        source = methods_dir(run_dir) / ("inlp" if name == "flip" else name)
-        artifact = load_artifact(candidate_stem(source, int(row["layer"]), int(row["position"])), hidden_size)
-    scores = {k: row[k] for k in ("layer", "position", "k", "bypass", "induce", "kl") if pd.notna(row[k])}
-    artifact.provenance.extra["selection"] = {"method": name, **scores, "status": CLOSEST}
+    from refusal_lab.methods.registry import get_method
+
+    fit_root = methods_dir(run_dir) / get_method(method).fitted_by
+    artifact = load_artifact(candidate_stem(fit_root, record["layer"], record["position"], record["k"]), hidden_size)
+    artifact.provenance.extra["selection"] = {**record, "status": CLOSEST}
     return artifact
 
 
-def load_artifacts(run_dir: str | Path, hidden_size: int | None = None, names: Sequence[str] | None = None,
-                   closest: bool = False) -> MethodArtifacts:
-    """The chosen artifacts saved in ``run_dir`` (``direction.*`` and ``methods/<method>/chosen.*``); only
-    ``names`` when given. A missing one stays ``None`` (:func:`~refusal_lab.methods.build_intervention` then says
-    how to make it) or, with ``closest``, is the :func:`closest_artifact` of a selection that chose nothing (flip
-    keeps its fallback to the INLP choice)."""
-    run_dir = Path(run_dir)
+def load_artifacts(run_dir: str | Path, scope: str, hidden_size: int | None = None,
+                   names: Sequence[str] | None = None, closest: bool = False) -> MethodArtifacts:
+    """The chosen artifact of each method (``names``, default all) at ``scope``; missing ones stay None."""
     artifacts = MethodArtifacts(source=str(run_dir))
-    for name in names or ("dim", *SELECTED_METHODS):
-        stem = run_dir / "direction" if name == "dim" else methods_dir(run_dir) / name / "chosen"
-        if stem.with_suffix(".json").exists():
-            setattr(artifacts, name, load_artifact(stem, hidden_size=hidden_size))
-        elif closest and name not in ("dim", "flip"):
-            setattr(artifacts, name, closest_artifact(run_dir, name, hidden_size))
+    for name in names or ("dim", "inlp", "flip", "classifier", "leace", "subspace"):
+        setattr(artifacts, name, load_chosen(run_dir, name, scope, hidden_size, closest))
     return artifacts
 
 
-def artifacts_for(run_dir: str | Path, kind: str, hidden_size: int | None = None) -> MethodArtifacts:
-    """:func:`load_artifacts` for what intervention ``kind`` needs (plus DiM, which carries the ranked layers)."""
-    kind = check_kind(kind)
-    if kind == "none":
-        return MethodArtifacts(source=str(run_dir))
-    names = {"dim", ARTIFACT_OF[kind]} | ({"inlp"} if kind == "flip" else set())
-    return load_artifacts(run_dir, hidden_size, sorted(names))
+def selected_scopes(run_dir: str | Path, method: str) -> list[str]:
+    """The scopes ``method`` was selected at in ``run_dir`` (finished selections only)."""
+    root = methods_dir(run_dir) / method
+    return sorted(p.stem.removeprefix("selection-") for p in root.glob("selection-*.json"))
+
+
+def chosen_for_scope(run_dir: str | Path, method: str, scope: str, hidden_size: int | None = None):
+    """``(artifact, selected_at)``: what ``method`` chose at ``scope``, else at its first selected scope, else (a
+    selection that chose nothing) its closest candidate; ``(None, None)`` if it was never selected."""
+    scopes = selected_scopes(run_dir, method)
+    for at in ([scope] if scope in scopes else []) + scopes:
+        artifact = load_chosen(run_dir, method, at, hidden_size, closest=True)
+        if artifact is not None:
+            return artifact, at
+    return None, None
