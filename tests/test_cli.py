@@ -8,10 +8,19 @@ import torch
 from conftest import invoke_cli as invoke
 from refusal_lab.directions.base import Direction, Provenance
 
+def fake_run(root, direction: Direction):
+    """A run directory whose DiM selection at scope ``all`` chose ``direction`` (the layout extract writes)."""
+    from refusal_lab.io import write_json
+    from refusal_lab.methods.artifacts import chosen_stem, selection_marker
+
+    direction.save(chosen_stem(root, "dim", "all"))
+    write_json(selection_marker(root, "dim", "all"), {"chosen": True, "closest": None})
+    return root
+
+
 @pytest.fixture
 def run_dir(tmp_path):
-    Direction(torch.randn(64), Provenance("tiny-qwen2", "dim", 64, layer=1, position=-1)).save(tmp_path / "direction")
-    return tmp_path
+    return fake_run(tmp_path, Direction(torch.randn(64), Provenance("tiny-qwen2", "dim", 64, layer=1, position=-1)))
 
 
 def test_generate_writes_jsonl_for_txt_prompts(model_dir, run_dir, tmp_path):
@@ -40,7 +49,7 @@ def test_bad_prompt_files_are_one_line_errors(model_dir, tmp_path, content, suff
 
 
 def test_direction_for_another_model_is_rejected(model_dir, tmp_path):
-    Direction(torch.randn(32), Provenance("other", "dim", 32, layer=0, position=-1)).save(tmp_path / "direction")
+    fake_run(tmp_path, Direction(torch.randn(32), Provenance("other", "dim", 32, layer=0, position=-1)))
     prompts = tmp_path / "p.txt"
     prompts.write_text("hello\n")
     result, text = invoke("generate", "--model", model_dir, "--prompts", prompts, "--out", tmp_path / "o.jsonl",
@@ -63,17 +72,18 @@ def test_abliterated_directory_reproduces_hooked_ablation(model_dir, run_dir, tm
     from transformers import AutoModelForCausalLM
 
     from refusal_lab.directions.base import load_artifact
-    from refusal_lab.interventions.hooks import apply_interventions
+    from refusal_lab.interventions import Intervention, Projection, apply_interventions
+    from refusal_lab.methods.artifacts import chosen_stem
     from refusal_lab.models import load_model
-    from refusal_lab.selection import ablation
 
     out = tmp_path / "abliterated"
-    result, _ = invoke("abliterate", "--model", model_dir, "--run", run_dir, "--out", out, "--dtype", "float32")
-    assert result.exit_code == 0
+    result, text = invoke("abliterate", "--model", model_dir, "--run", run_dir, "--out", out, "--dtype", "float32")
+    assert result.exit_code == 0, text
     ids = torch.tensor([[5, 20, 30, 40, 50]])
     lm = load_model(str(model_dir), dtype="float32")
-    direction = load_artifact(run_dir / "direction")
-    with torch.no_grad(), apply_interventions(lm, [ablation(direction.unit, lm.n_layers)]):
+    unit = load_artifact(chosen_stem(run_dir, "dim", "all")).unit
+    everywhere = Intervention(Projection(unit[None, :]), layers=tuple(range(lm.n_layers)))
+    with torch.no_grad(), apply_interventions(lm, [everywhere]):
         hooked = lm.model(input_ids=ids).logits
     edited = AutoModelForCausalLM.from_pretrained(out)  # plain transformers, no refusal-lab
     with torch.no_grad():
@@ -83,50 +93,3 @@ def test_abliterated_directory_reproduces_hooked_ablation(model_dir, run_dir, tm
 def test_models_lists_bundled():
     result, text = invoke("models")
     assert result.exit_code == 0 and "qwen2.5-coder-1.5b" in text and "default" in text
-
-
-def test_extract_with_no_passing_candidate_says_so_and_resumes_without_reselecting(model_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("REFUSAL_LAB_CACHE", str(tmp_path / "cache"))
-    config = tmp_path / "config.json"  # an induce bar no candidate of a random model can clear
-    config.write_text(json.dumps({"n_train": 8, "n_val": 4, "batch_size": 8,
-                                  "selection": {"induce_threshold": 1e9, "finalists": 2, "screen_keep": 4}}))
-    out = tmp_path / "run"
-    result, text = invoke("extract", "--model", model_dir, "--out", out, "--config", config)
-    assert result.exit_code == 1
-    assert "no candidate passed the filters" in text and "closest candidates" in text
-    table = (out / "selection.csv").read_text()
-    assert "filtered: induce" in table and not (out / "direction.json").exists()
-    stamp = (out / "selection.csv").stat().st_mtime_ns
-    result, text = invoke("extract", "--model", model_dir, "--out", out, "--config", config)
-    assert result.exit_code == 1 and "closest candidates" in text and "resuming" in text
-    assert (out / "selection.csv").stat().st_mtime_ns == stamp
-
-
-def test_run_writes_results_and_manifest_and_resumes(model_dir, tmp_path, monkeypatch):
-    import pandas as pd
-
-    monkeypatch.setenv("REFUSAL_LAB_CACHE", str(tmp_path / "cache"))
-    config = tmp_path / "config.json"
-    config.write_text(json.dumps({"model": str(model_dir), "n_train": 8, "n_val": 4, "n_eval": 3, "batch_size": 8,
-                                  "max_new_tokens": 2, "dtype": "float32",
-                                  "selection": {"kl_threshold": 1e9, "induce_threshold": -1e9}}))
-    out = tmp_path / "run"
-    result, text = invoke("run", "--config", config, "--out", out)
-    assert result.exit_code == 0, text
-    table = pd.read_csv(out / "results.csv")
-    assert list(table["condition"]) == ["baseline", "ablate", "ablate-random0", "baseline", "actadd",
-                                        "actadd-random0"]
-    assert (table["n"] == 3).all() and table["refusal_rate"].between(0, 1).all()
-    assert table.loc[table["condition"] == "ablate", "kl_harmless"].iloc[0] >= 0
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["dtype"] == "torch.float32" and manifest["split_sizes"]["test_harmful"] >= 3
-    assert {"baselines", "filters (induce, KL)"} <= set(manifest["selection_timings_s"])
-    generations = sorted(p.name for p in (out / "generations").iterdir())
-    assert len(generations) == 6 and all(name.endswith(".jsonl") for name in generations)
-    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "generations").iterdir()}
-    result, text = invoke("run", "--config", config, "--out", out)  # resumes: nothing regenerated or reselected
-    assert result.exit_code == 0, text
-    assert {p.name: p.stat().st_mtime_ns for p in (out / "generations").iterdir()} == stamps
-    resumed = json.loads((out / "manifest.json").read_text())
-    assert resumed["selection_timings_s"] == manifest["selection_timings_s"]
-    assert resumed["timings"]["extract_select_s"] == manifest["timings"]["extract_select_s"]

@@ -48,6 +48,19 @@ def test_real_model_batched_activations_match_one_by_one(lm, dtype, tolerance):
     assert relative.max() < tolerance
 
 
+def ablation(unit, n_layers):
+    """Directional ablation at every layer and site (the definition, built directly)."""
+    from refusal_lab.interventions import Intervention, Projection
+
+    return Intervention(Projection(unit[None, :]), layers=tuple(range(n_layers)))
+
+
+def actadd(vector, layer, scale=1.0):
+    from refusal_lab.interventions import Addition, Intervention
+
+    return Intervention(Addition(vector, scale), layers=(layer,), sites=("resid_pre",))
+
+
 def test_dim_ablation_removes_refusal_and_actadd_induces_it(lm):
     """DiM from 32 bundled pairs, tested on the four hand-written pairs above. Measured on the 0.5B at layer 18
     (0.75·L), last position: ablation moves the harmful score −0.28 → −3.9, ActAdd at 4·v moves harmless −2.1 → +0.4
@@ -56,7 +69,6 @@ def test_dim_ablation_removes_refusal_and_actadd_induces_it(lm):
     from refusal_lab.data import HARMFUL as H, HARMLESS as B, builtin_prompts
     from refusal_lab.directions.dim import dim_candidates
     from refusal_lab.scoring import last_token_logprobs, refusal_scores
-    from refusal_lab.selection import ablation, actadd
 
     pairs = builtin_prompts()
     candidates = dim_candidates(collect_activations(lm, pairs.filter(label=H).texts[:32], use_cache=False).mean,
@@ -81,7 +93,6 @@ def test_weight_orthogonalization_matches_hooks_on_real_model(lm, tmp_path):
 
     from refusal_lab.interventions import Projection, orthogonalize_weights
     from refusal_lab.interventions.hooks import apply_interventions
-    from refusal_lab.selection import ablation
 
     unit = torch.nn.functional.normalize(torch.randn(lm.hidden_size, generator=torch.Generator().manual_seed(1)),
                                          dim=0)

@@ -1,18 +1,14 @@
-"""Methods, the intervention factory, per-method selection, the comparison and their CLI (tiny models, synthetic
-activations; one slow test on the bundled 0.5B model)."""
+"""The intervention factory: every kind, scope and site from a method's artifact; baking (tiny models, synthetic
+activations)."""
 
 from __future__ import annotations
 
-import json
-import math
 
-import pandas as pd
 import pytest
 import torch
 
-from conftest import invoke_cli as invoke
 from conftest import tiny_model
-from refusal_lab.directions.base import Direction, Provenance, load_artifact
+from refusal_lab.directions.base import Direction, Provenance
 from refusal_lab.directions.classifier import classifier_direction
 from refusal_lab.directions.dim import cosine_matrix
 from refusal_lab.directions.inlp import INLPConfig, fit_inlp
@@ -21,11 +17,8 @@ from refusal_lab.directions.subspace import stack_subspace
 from refusal_lab.errors import RefusalLabError
 from refusal_lab.interventions import Addition, Intervention, apply_interventions
 from refusal_lab.batched import batched_scores
-from refusal_lab.methods import (KINDS, ExtractionContext, MethodActivations, MethodArtifacts, MethodConfig,
-                                 bake, build_intervention, fit_inlp_family, load_artifacts, load_selection,
-                                 save_selection, select_method)
+from refusal_lab.methods import KINDS, MethodArtifacts, bake, build_intervention
 from refusal_lab.scoring import last_token_logprobs, refusal_scores
-from refusal_lab.selection import METHOD_COLUMNS
 
 D = 64
 PROMPT_IDS = torch.tensor([[5, 20, 30, 40, 50, 60, 70], [7, 21, 33, 44, 55, 66, 77]])
@@ -138,7 +131,7 @@ def test_factory_errors(artifacts):
         build_intervention("explode", arts, n_layers=3)
     with pytest.raises(RefusalLabError, match="no leace artifact.*extract --method leace"):
         build_intervention("leace", MethodArtifacts(dim=arts.dim), n_layers=3)
-    with pytest.raises(RefusalLabError, match="no flip artifact.*extract --method inlp"):
+    with pytest.raises(RefusalLabError, match="no flip artifact.*extract --method flip"):
         build_intervention("flip", MethodArtifacts(dim=arts.dim), n_layers=3)
     with pytest.raises(RefusalLabError, match="k must be between"):
         build_intervention("rank-k", arts, k=99, n_layers=3)
@@ -294,268 +287,3 @@ def test_batched_scores_equal_one_at_a_time(artifacts):
         expected_kl = (base.exp() * (base - lp)).sum(-1)
         torch.testing.assert_close(kl[i], expected_kl, atol=1e-4, rtol=1e-3)
     assert kl[-1].abs().max() < 1e-5
-
-
-def _inlp_store(accuracies: dict[tuple[int, int], float]):
-    stores = {}
-    for i, ((layer, position), acc) in enumerate(accuracies.items()):
-        X, y, _ = planted(seed=10 + i, strength=2.0)
-        Xv, yv, _ = planted(seed=20 + i, strength=2.0)
-        result = fit_inlp(X, y, Xv, yv, INLPConfig(max_iterations=2, stop="fixed"))
-        result.val_accuracies[0] = acc  # pretend: the filter reads the recorded held-out accuracy
-        stores[(layer, position, None)] = result.to_subspace(prov("inlp", layer, position))
-    return stores
-
-
-@pytest.mark.parametrize("mode", ["exhaustive", "fast"])
-def test_select_method_ranks_and_respects_inlp_accuracy(mode):
-    lm = tiny_model("llama", n_layers=5)
-    store = _inlp_store({(0, -1): 0.95, (1, -1): 0.5, (1, -2): 0.92, (2, -1): 0.99, (4, -1): 1.0})
-    config = MethodConfig(mode=mode, finalists=10, **{**LOOSE, "min_inlp_accuracy": 0.9})
-    selection = select_method(lm, "inlp", store, HARMFUL, HARMLESS, config)
-    table = selection.table()
-    assert len(table) == 5 and table.iloc[0]["status"] == "selected"
-    status = {(r.layer, r.position): r.status for r in table.itertuples()}
-    assert status[(1, -1)] == "filtered: INLP accuracy < 0.9"
-    assert status[(4, -1)] == "filtered: layer >= 0.8L"  # 4 >= 0.8 * 5
-    chosen = selection.chosen
-    assert (chosen.layer, chosen.position) in {(0, -1), (1, -2), (2, -1)} and chosen.inlp_accuracy >= 0.9
-    assert math.isnan(chosen.induce) and chosen.kl >= 0  # a projection has no induce score
-    scored = table[table["status"].isin(["selected", "passed"])]
-    if mode == "exhaustive":
-        assert list(scored["bypass"]) == sorted(scored["bypass"])
-    # the chosen candidate is the lowest bypass among those passing
-    evaluated = table[~table["bypass"].isna()]
-    assert chosen.bypass == evaluated["bypass"].min()
-    assert tuple(table.columns) == METHOD_COLUMNS
-
-
-def test_method_selection_round_trips_through_the_run_directory(tmp_path):
-    lm = tiny_model("llama", n_layers=5)
-    store = _inlp_store({(0, -1): 0.95, (1, -1): 0.5, (2, -1): 0.99})
-    selection = select_method(lm, "inlp", store, HARMFUL, HARMLESS, MethodConfig(mode="exhaustive", **LOOSE))
-    save_selection(selection, tmp_path, {"note": 1})
-    summary = json.loads((tmp_path / "inlp" / "summary.json").read_text())
-    assert list(summary["chosen"]) == list(METHOD_COLUMNS) and summary["note"] == 1
-    loaded = load_selection(tmp_path, "inlp")
-    assert [c.key for c in loaded.candidates] == [c.key for c in selection.candidates]
-    assert [c.status for c in loaded.candidates] == [c.status for c in selection.candidates]
-    assert loaded.chosen.key == selection.chosen.key and loaded.chosen.method == "inlp"
-    torch.testing.assert_close(loaded.artifact.basis, selection.artifact.basis)
-    assert loaded.artifact.provenance.extra["selection"]["bypass"] == selection.chosen.bypass
-
-
-def test_flip_selection_uses_induce_and_shares_the_projection_kl():
-    lm = tiny_model("llama", n_layers=4)
-    store = _inlp_store({(0, -1): 1.0, (1, -1): 1.0, (2, -1): 1.0})
-    cache: dict = {}
-    config = MethodConfig(mode="exhaustive", **LOOSE)
-    null = select_method(lm, "inlp", store, HARMFUL, HARMLESS, config, kl_cache=cache)
-    flip = select_method(lm, "flip", store, HARMFUL, HARMLESS, config, kl_cache=cache)
-    kl_null = {(r.layer, r.position): r.kl for r in null.table().itertuples()}
-    for r in flip.table().itertuples():
-        assert not math.isnan(r.induce)
-        assert r.kl == kl_null[(r.layer, r.position)]  # flip's KL filter uses P (alpha = 1), see methods
-    strict = select_method(lm, "flip", store, HARMFUL, HARMLESS, config.model_copy(update={"induce_threshold": 1e9}))
-    assert strict.chosen is None and all(s.startswith("filtered: induce") for s in strict.table()["status"])
-    capped = select_method(lm, "flip", store, HARMFUL, HARMLESS,
-                           config.model_copy(update={"induce_threshold": 1e9, "mode": "fast", "finalists": 1,
-                                                     "max_checked": 2}))
-    assert capped.chosen is None and (~capped.table()["induce"].isna()).sum() == 2  # gave up after two checks
-
-
-# --- extraction on a tiny model -------------------------------------------------------------------------------
-
-
-def test_inlp_family_extraction_writes_cosines_and_norms(tmp_path):
-    n_layers, n_pos, n = 5, 2, 40
-    g = torch.Generator().manual_seed(0)
-    direction = torch.nn.functional.normalize(torch.randn(D, generator=g), dim=0)
-
-    def side(shift, m):
-        return torch.randn(m, n_layers, n_pos, D, generator=g) + shift * direction
-
-    acts = MethodActivations(side(3.0, n), side(0.0, n), side(3.0, n // 2), side(0.0, n // 2))
-    dim = acts.train_harmful.double().mean(0) - acts.train_harmless.double().mean(0)
-    ctx = ExtractionContext("tiny", n_layers, n_pos, D, dim.float(), [(1, -1), (0, -1)], "hash")
-    subspaces, directions = fit_inlp_family(acts, ctx, MethodConfig(inlp_max_iterations=3), tmp_path)
-    table = pd.read_csv(tmp_path / "inlp" / "cosine_dim.csv")
-    assert len(table) == 4 * 2  # layers 0..3 < 0.8 * 5 (layer 4 excluded), both positions
-    assert (table["cosine_first_inlp_dim"] > 0.7).all() and (table["first_val_accuracy"] > 0.7).all()
-    for (layer, position, _), d in directions.items():
-        assert d.norm == pytest.approx(float(dim[layer, position + n_pos].norm()), rel=1e-4)
-        assert d.provenance.extra["inlp"]["first_val_accuracy"] > 0.7
-    again = fit_inlp_family(acts, ctx, MethodConfig(), tmp_path)  # resumes from disk
-    assert set(again[0]) == set(subspaces)
-    key = next(iter(subspaces))
-    torch.testing.assert_close(again[0][key].basis, subspaces[key].basis)
-
-
-def _write_config(path, **selection):
-    config = {"n_train": 16, "n_val": 8, "n_eval": 4, "batch_size": 16, "control_seeds": 1,
-              "selection": {"kl_threshold": 1e9, "induce_threshold": -1e9, **selection},
-              "methods": {"min_inlp_accuracy": 0.0, "inlp_max_iterations": 3}}
-    path.write_text(json.dumps(config))
-    return path
-
-
-@pytest.fixture(scope="module")
-def extracted_run(model_dir, tmp_path_factory):
-    """extract --method inlp / leace / subspace through the CLI on the tiny model, with loose filters."""
-    root = tmp_path_factory.mktemp("methods-run")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("REFUSAL_LAB_CACHE", str(root / "cache"))
-    config = _write_config(root / "config.json")
-    run = root / "run"
-    try:
-        for method, extra in (("inlp", []), ("leace", []), ("subspace", ["--k", 2])):
-            result, text = invoke("extract", "--model", model_dir, "--out", run, "--config", config,
-                                  "--method", method, *extra)
-            assert result.exit_code == 0, text
-        yield run
-    finally:
-        mp.undo()
-
-
-def test_cli_extract_writes_every_method(extracted_run):
-    methods = extracted_run / "methods"
-    for method in ("inlp", "flip", "leace", "subspace"):
-        table = pd.read_csv(methods / method / "selection.csv")
-        assert table.iloc[0]["status"] == "selected"
-        assert (methods / method / "chosen.json").exists()
-    assert (methods / "inlp" / "cosine_dim.csv").exists()
-    assert len(pd.read_csv(methods / "subspace" / "selection.csv")) == 2  # k = 1, 2
-    stack = load_artifact(methods / "subspace" / "stack")
-    assert stack.rank == 2 and len(stack.provenance.extra["layers"]) == 2
-    arts = load_artifacts(extracted_run, hidden_size=D)
-    assert arts.dim is not None and arts.inlp is not None and arts.flip is not None and arts.classifier is None
-    assert arts.inlp.provenance.extra["selection"]["method"] == "inlp"
-
-
-def test_cli_extract_resumes_without_refitting(extracted_run, model_dir, tmp_path):
-    before = (extracted_run / "methods" / "inlp" / "selection.csv").stat().st_mtime_ns
-    config = _write_config(tmp_path / "config.json")
-    result, text = invoke("extract", "--model", model_dir, "--out", extracted_run, "--config", config,
-                          "--method", "inlp")
-    assert result.exit_code == 0, text
-    assert (extracted_run / "methods" / "inlp" / "selection.csv").stat().st_mtime_ns == before
-
-
-@pytest.mark.parametrize("args", [
-    ["--intervention", "nullspace"],
-    ["--intervention", "flip", "--alpha", 3, "--scope", "all"],
-    ["--intervention", "rank-k", "--k", 1, "--site", "resid_pre", "--site", "mlp_out"],
-    ["--intervention", "leace", "--scope", "top50"],
-    ["--intervention", "subspace", "--k", 1],
-    ["--intervention", "actadd", "--scale", -2, "--scope", "all"],
-])
-def test_cli_generate_with_new_interventions(extracted_run, model_dir, tmp_path, args):
-    prompts = tmp_path / "p.txt"
-    prompts.write_text("hello there\n")
-    out = tmp_path / "o.jsonl"
-    result, text = invoke("generate", "--model", model_dir, "--prompts", prompts, "--out", out, "--run",
-                          extracted_run, "--max-new-tokens", 2, *args)
-    assert result.exit_code == 0, text
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert rows[0]["intervention"] == args[1]
-
-
-def test_cli_generate_errors(extracted_run, model_dir, tmp_path):
-    prompts = tmp_path / "p.txt"
-    prompts.write_text("hello there\n")
-    common = ["generate", "--model", model_dir, "--prompts", prompts, "--out", tmp_path / "o.jsonl",
-              "--run", extracted_run]
-    result, text = invoke(*common, "--intervention", "teleport")
-    assert result.exit_code == 2 and "teleport" in text
-    result, text = invoke(*common, "--intervention", "classifier-actadd")  # never extracted
-    assert result.exit_code != 0 and isinstance(result.exception, RefusalLabError)
-    assert "extract --method classifier" in text
-    result, text = invoke(*common, "--intervention", "flip", "--scope", "sideways")
-    assert result.exit_code == 2 and "sideways" in text
-    result, text = invoke(*common, "--intervention", "rank-k", "--k", 50)
-    assert result.exit_code != 0 and "k must be between" in text
-
-
-def test_cli_extract_option_errors(model_dir, tmp_path):
-    result, text = invoke("extract", "--model", model_dir, "--out", tmp_path / "r", "--method", "pca")
-    assert result.exit_code == 2 and "pca" in text
-    result, text = invoke("extract", "--model", model_dir, "--out", tmp_path / "r", "--k", 3)
-    assert result.exit_code != 0 and "--k applies" in text
-
-
-def test_cli_compare_writes_resumable_tables(extracted_run, model_dir):
-    args = ["compare", "--model", model_dir, "--run", extracted_run, "--n-eval", 3, "--scope", "layer",
-            "--kind", "ablate", "--kind", "flip", "--kind", "leace", "--kind", "classifier-actadd",
-            "--kind", "rank-k"]
-    result, text = invoke(*args)
-    assert result.exit_code == 0, text
-    out = extracted_run / "comparison" / "first-token"
-    table = pd.read_csv(out / "comparison.csv")
-    assert table.iloc[0]["name"] == "baseline" and table.iloc[0]["delta_harmful"] == 0
-    names = set(table["name"])
-    assert {"ablate[layer]", "ablate[layer]~random0", "flip[layer,alpha=2]", "leace[layer]",
-            "flip[layer,alpha=2,centered]", "flip[layer,alpha=2,centered]~random0"} <= names
-    assert not any(n.startswith("leace") and "random" in n for n in names)  # LEACE has no random analogue
-    assert not any(n.startswith("classifier") for n in names)  # no artifact: skipped, reported
-    assert "skipped classifier-actadd" in text
-    row = table.set_index("name").loc["ablate[layer]"]
-    assert row["n_harmful"] == 3 and 0 <= row["refusal_harmful"] <= 1 and row["kl_harmless"] >= 0
-    assert row["delta_harmful"] == pytest.approx(row["refusal_harmful"] - table.iloc[0]["refusal_harmful"])
-    assert "control_refusal_harmful" in table and not math.isnan(row["control_refusal_harmful"])
-    sweep = pd.read_csv(out / "rank_k_sweep.csv")
-    rank = load_artifacts(extracted_run, hidden_size=D).inlp.rank
-    assert list(sweep["name"]) == ["baseline"] + [f"rank-k[layer,k={k}]{c}" for k in range(1, rank + 1)
-                                                  for c in ("", "~random0")]
-    assert "rank-k[layer,k=1]" in names  # also in the main table (evaluated once)
-    n_rows = len((out / "rows.jsonl").read_text().splitlines())
-    result, text = invoke(*args)  # resumes: nothing recomputed
-    assert result.exit_code == 0, text
-    assert len((out / "rows.jsonl").read_text().splitlines()) == n_rows
-    result, text = invoke(*args[:5], "--n-eval", 2, "--scope", "layer", "--kind", "ablate")
-    assert result.exit_code != 0 and "different settings" in text
-
-
-def test_actadd_rows_only_at_actadd_scopes(extracted_run):
-    from refusal_lab.comparison import CompareConfig, plan_conditions
-
-    artifacts = load_artifacts(extracted_run, hidden_size=D)
-    ranked = artifacts.ranked_layers()
-
-    def actadd_scopes(**options):
-        config = CompareConfig(kinds=["actadd", "ablate"], scopes=["layer", "all"], **options)
-        conditions, _ = plan_conditions(artifacts, config, 3, ranked)
-        assert {c.scope for c in conditions if c.kind == "ablate"} == {"layer", "all"}
-        return {c.scope for c in conditions if c.kind == "actadd"}, len([c for c in conditions if c.kind == "actadd"])
-
-    assert actadd_scopes() == ({"layer"}, 12)  # ±0.5, ±1, ±2, each with a random control
-    assert actadd_scopes(actadd_scopes=["layer", "all"]) == ({"layer", "all"}, 24)
-    with pytest.raises(RefusalLabError, match="unknown scope"):
-        CompareConfig(actadd_scopes=["everywhere"])
-
-
-def test_compare_evaluates_the_closest_candidate_of_a_selection_that_chose_nothing(extracted_run, tmp_path):
-    import shutil
-
-    from refusal_lab.methods.artifacts import CLOSEST
-
-    run = tmp_path / "run"
-    shutil.copytree(extracted_run, run)
-    for method in ("leace", "subspace"):
-        for chosen in (run / "methods" / method).glob("chosen.*"):
-            chosen.unlink()
-    assert load_artifacts(run, D, ["leace", "subspace"]).leace is None
-    artifacts = load_artifacts(run, D, ["leace", "subspace"], closest=True)
-    table = pd.read_csv(run / "methods" / "leace" / "selection.csv")
-    best = table[table["bypass"].notna()].iloc[0]
-    leace = artifacts.leace
-    assert (leace.provenance.layer, leace.provenance.position) == (best["layer"], best["position"])
-    assert leace.provenance.extra["selection"]["status"] == CLOSEST
-    best_k = int(pd.read_csv(run / "methods" / "subspace" / "selection.csv").dropna(subset=["bypass"]).iloc[0]["k"])
-    assert artifacts.subspace.rank == best_k and artifacts.subspace.provenance.extra["selection"]["status"] == CLOSEST
-    from refusal_lab.comparison import CompareConfig, plan_conditions
-
-    dim = load_artifacts(run, D, ["dim"])
-    artifacts.dim = dim.dim
-    conditions, _ = plan_conditions(artifacts, CompareConfig(kinds=["leace", "subspace"], scopes=["layer"]), 3,
-                                    artifacts.ranked_layers())
-    assert {c.meta()["selection"] for c in conditions if not c.control and c.kind != "none"} == {CLOSEST}

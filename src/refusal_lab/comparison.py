@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict
 from rich.console import Console
 from rich.progress import Progress
 
-from refusal_lab.directions.base import Direction, Provenance, Subspace
+from refusal_lab.directions.base import Direction, Provenance
 from refusal_lab.directions.subspace import stack_subspace
 from refusal_lab.errors import RefusalLabError
 from refusal_lab.evaluation.generate import cached_generations

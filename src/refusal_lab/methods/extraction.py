@@ -21,8 +21,9 @@ from refusal_lab.activations import collect_activations
 from refusal_lab.io import read_json, write_csv, write_json
 from refusal_lab.methods.artifacts import (chosen_stem, load_candidates, load_chosen, methods_dir, save_candidates,
                                            selection_marker)
-from refusal_lab.methods.registry import METHODS, FitContext, PlanEnv, get_method
-from refusal_lab.selection import Baseline, Candidate, Selection, candidates_from_table, select
+from refusal_lab.attribution import AttributionPrior
+from refusal_lab.methods.registry import METHODS, FitContext, MethodsConfig, PlanEnv, get_method
+from refusal_lab.selection import Baseline, Candidate, Selection, SelectionConfig, candidates_from_table, select
 
 log = Console(stderr=True).log
 
@@ -55,7 +56,26 @@ def _fit(method, ctx: FitContext, config, root: Path, hidden_size: int) -> dict[
     return candidates
 
 
-def _pool(method, scope: str, candidates: dict[tuple, object], n_layers: int, config) -> list[Candidate]:
+def select_candidates(lm, name: str, candidates: dict[tuple, object], scope: str, val_harmful, val_harmless,
+                      selection: SelectionConfig, methods: MethodsConfig, baseline: Baseline | None = None,
+                      prior: AttributionPrior | None = None, kl_cache: dict | None = None,
+                      ranked_layers: Sequence[int] = (), centers=None) -> Selection:
+    """Select among one method's ``candidates`` ``{(layer, position, k): artifact}`` at ``scope`` on the val
+    prompts (see :mod:`refusal_lab.selection`); ``baseline``/``prior`` are computed when not given."""
+    method = get_method(name)
+    baseline = baseline or Baseline.compute(lm, val_harmful, val_harmless, selection.batch_size)
+    if prior is None and selection.mode == "fast":
+        prior = AttributionPrior(lm, val_harmful)
+    env = PlanEnv(lm.n_layers, list(ranked_layers), methods, selection.induce_scales, centers)
+    pool = _pool(method, scope, candidates, lm.n_layers, selection)
+    plans = {c.key: method.plan(candidates[c.key], c.layer, scope, env) for c in pool
+             if c.status == "not evaluated"}
+    log(f"selecting {name} at scope {scope} among {len(plans)} candidates ({selection.mode})")
+    return select(lm, name, plans, pool, val_harmful, val_harmless, selection, baseline, prior, kl_cache)
+
+
+def _pool(method, scope: str, candidates: dict[tuple, object], n_layers: int, config: SelectionConfig
+          ) -> list[Candidate]:
     pool = []
     for (layer, position, k), artifact in sorted(candidates.items(), key=lambda kv: tuple(
             -1 if x is None else x for x in kv[0])):
@@ -63,10 +83,10 @@ def _pool(method, scope: str, candidates: dict[tuple, object], n_layers: int, co
         if method.inlp_derived:
             accuracies = artifact.provenance.extra.get("inlp", {}).get("val_accuracies") or [math.nan]
             c.inlp_accuracy = float(accuracies[0])
-        if layer is not None and layer >= config.selection.max_layer_fraction * n_layers:
-            c.status = f"filtered: layer >= {config.selection.max_layer_fraction}L"
-        elif method.inlp_derived and not c.inlp_accuracy >= config.selection.min_inlp_accuracy:
-            c.status = f"filtered: INLP accuracy < {config.selection.min_inlp_accuracy}"
+        if layer is not None and layer >= config.max_layer_fraction * n_layers:
+            c.status = f"filtered: layer >= {config.max_layer_fraction}L"
+        elif method.inlp_derived and not c.inlp_accuracy >= config.min_inlp_accuracy:
+            c.status = f"filtered: INLP accuracy < {config.min_inlp_accuracy}"
         pool.append(c)
     return pool
 
@@ -130,19 +150,13 @@ def extract(lm, splits, config, run_dir: str | Path, methods: Sequence[str] = ("
                     log(f"baseline scores on {len(val_harmful)} + {len(val_harmless)} val prompts")
                     baseline = Baseline.compute(lm, val_harmful, val_harmless, config.selection.batch_size)
                 if prior is None and config.selection.mode == "fast":
-                    from refusal_lab.attribution import AttributionPrior
-
                     log("attribution prior (one forward + backward pass over the harmful val prompts)")
                     prior = AttributionPrior(lm, val_harmful)
                 ranked_layers = [layer for layer, _ in (ctx.ranked or [])]
-                env = PlanEnv(lm.n_layers, ranked_layers, config.methods, config.selection.induce_scales,
-                              centers=lambda position, c=ctx: {j: c.center(j, position) for j in range(c.n_layers)})
-                pool = _pool(method, scope, candidates, lm.n_layers, config)
-                plans = {c.key: method.plan(candidates[c.key], c.layer, scope, env)
-                         for c in pool if c.status == "not evaluated"}
-                log(f"selecting {name} at scope {scope} among {len(plans)} candidates ({config.selection.mode})")
-                selection = select(lm, name, plans, pool, val_harmful, val_harmless, config.selection, baseline,
-                                   prior, kl_cache)
+                selection = select_candidates(
+                    lm, name, candidates, scope, val_harmful, val_harmless, config.selection, config.methods,
+                    baseline, prior, kl_cache, ranked_layers,
+                    centers=lambda position, c=ctx: {j: c.center(j, position) for j in range(c.n_layers)})
                 chosen = _save_selection(run_dir, selection, candidates, ranked_layers)
             else:
                 selection, chosen = loaded

@@ -161,9 +161,11 @@ class DiM(Method):
     name, fitted_by, kind = "dim", "dim", "ablate"
 
     def fit(self, ctx, config):
+        """Every layer and position with a non-zero vector (layers ≥ 0.8·L stay in the table, filtered)."""
         vectors = ctx.dim_vectors()
-        return {(layer, position, None): Direction(vectors[layer, position], ctx.provenance("dim", layer, position))
-                for layer, position in ctx.cells()}
+        return {(layer, p - ctx.n_positions, None): Direction(vectors[layer, p],
+                                                              ctx.provenance("dim", layer, p - ctx.n_positions))
+                for layer in range(ctx.n_layers) for p in range(ctx.n_positions) if vectors[layer, p].norm() > 1e-6}
 
     def plan(self, artifact, layer, scope, env):
         ablate = self.build("ablate", artifact, layer, scope, env)

@@ -1,0 +1,260 @@
+"""One pipeline for every method: fit → select at every scope → compare, through the API and the CLI (tiny models)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import invoke_cli as invoke
+from conftest import tiny_model
+from refusal_lab.directions.base import Provenance
+from refusal_lab.directions.inlp import INLPConfig, fit_inlp
+from refusal_lab.methods.artifacts import CLOSEST, chosen_for_scope, load_chosen, selected_scopes
+from refusal_lab.methods.extraction import select_candidates
+from refusal_lab.methods.registry import MethodsConfig
+from refusal_lab.selection import COLUMNS, SelectionConfig
+
+D = 64
+HARMFUL = ["do a bad thing now", "another bad request", "make trouble please", "cause harm today"]
+HARMLESS = ["bake a cake", "write a poem", "plan a picnic", "explain rainbows"]
+LOOSE = dict(kl_threshold=1e9, induce_threshold=-1e9, min_inlp_accuracy=0.0)
+METHODS = ["inlp", "flip", "classifier", "leace", "subspace"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _inlp_store(accuracies: dict[tuple[int, int], float]):
+    """INLP subspaces on planted data, with the recorded first-classifier accuracy the filter reads."""
+    stores = {}
+    g = torch.Generator().manual_seed(0)
+    for i, ((layer, position), acc) in enumerate(accuracies.items()):
+        y = torch.cat([torch.ones(40), torch.zeros(40)]).long()
+        X = torch.randn(80, D, generator=g) + 2.0 * y[:, None] * torch.randn(D, generator=g)
+        result = fit_inlp(X, y, X, y, INLPConfig(max_iterations=2, stop="fixed"))
+        result.val_accuracies[0] = acc
+        stores[(layer, position, None)] = result.to_subspace(Provenance("tiny", "inlp", D, layer, position, "h",
+                                                                        {"n_layers": 5}))
+    return stores
+
+
+@pytest.mark.parametrize("mode", ["exhaustive", "fast"])
+def test_inlp_selection_ranks_and_respects_accuracy_and_layer_filters(mode):
+    lm = tiny_model("llama", n_layers=5)
+    store = _inlp_store({(0, -1): 0.95, (1, -1): 0.5, (1, -2): 0.92, (2, -1): 0.99, (4, -1): 1.0})
+    config = SelectionConfig(mode=mode, finalists=10, **{**LOOSE, "min_inlp_accuracy": 0.9})
+    selection = select_candidates(lm, "inlp", store, "layer", HARMFUL, HARMLESS, config, MethodsConfig())
+    table = selection.table()
+    assert len(table) == 5 and table.iloc[0]["status"] == "selected" and tuple(table.columns) == COLUMNS
+    status = {(r.layer, r.position): r.status for r in table.itertuples()}
+    assert status[(1, -1)] == "filtered: INLP accuracy < 0.9"
+    assert status[(4, -1)] == "filtered: layer >= 0.8L"  # 4 >= 0.8 * 5
+    chosen = selection.chosen
+    assert (chosen.layer, chosen.position) in {(0, -1), (1, -2), (2, -1)} and chosen.inlp_accuracy >= 0.9
+    assert math.isnan(chosen.induce) and chosen.kl >= 0  # an erasure has no induce score
+    evaluated = table[~table["bypass"].isna()]
+    assert chosen.bypass == evaluated["bypass"].min()
+
+
+def test_flip_selection_uses_induce_and_shares_the_nullspace_kl():
+    lm = tiny_model("llama", n_layers=4)
+    store = _inlp_store({(0, -1): 1.0, (1, -1): 1.0, (2, -1): 1.0})
+    cache: dict = {}
+    config = SelectionConfig(mode="exhaustive", **LOOSE)
+    null = select_candidates(lm, "inlp", store, "layer", HARMFUL, HARMLESS, config, MethodsConfig(),
+                             kl_cache=cache)
+    flip = select_candidates(lm, "flip", store, "layer", HARMFUL, HARMLESS, config, MethodsConfig(),
+                             kl_cache=cache)
+    kl_null = {(r.layer, r.position): r.kl for r in null.table().itertuples()}
+    for r in flip.table().itertuples():
+        assert not math.isnan(r.induce)
+        assert r.kl == kl_null[(r.layer, r.position)]  # the flip's KL filter is the nullspace's
+    strict = select_candidates(lm, "flip", store, "layer", HARMFUL, HARMLESS,
+                               config.model_copy(update={"induce_threshold": 1e9}), MethodsConfig())
+    assert strict.chosen is None and all(s.startswith("filtered: induce") for s in strict.table()["status"])
+
+
+def _config(path, **extra):
+    config = {"n_train": 16, "n_val": 8, "batch_size": 16, "dtype": "float32",
+              "selection": {**LOOSE, "scopes": ["layer", "all"], "finalists": 4},
+              "methods": {"inlp_max_iterations": 3, "subspace_k": 2},
+              "compare": {"measure": "first-token", "n_eval": 3, "control_seeds": 1}, **extra}
+    path.write_text(json.dumps(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def extracted_run(model_dir, tmp_path_factory):
+    """extract every method at scopes layer and all through the CLI on the tiny model, with loose filters."""
+    root = tmp_path_factory.mktemp("pipeline-run")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("REFUSAL_LAB_CACHE", str(root / "cache"))
+    run = root / "run"
+    try:
+        args = ["extract", "--model", model_dir, "--out", run, "--config", _config(root / "config.json")]
+        for method in METHODS:
+            args += ["--method", method]
+        result, text = invoke(*args)
+        assert result.exit_code == 0, text
+        yield run
+    finally:
+        mp.undo()
+
+
+def test_every_method_is_selected_at_every_scope_with_one_schema(extracted_run):
+    methods = extracted_run / "methods"
+    for method in ["dim", *METHODS]:
+        assert selected_scopes(extracted_run, method) == ["all", "layer"]
+        for scope in ("layer", "all"):
+            table = pd.read_csv(methods / method / f"selection-{scope}.csv")
+            assert tuple(table.columns) == COLUMNS and set(table["scope"]) == {scope}
+            assert table.iloc[0]["status"] == "selected" and table.iloc[0]["method"] == method
+            chosen = load_chosen(extracted_run, method, scope, D)
+            assert chosen.provenance.extra["selection"]["scope"] == scope
+    ranking = json.loads((extracted_run / "ranking.json").read_text())["ranked"]
+    assert len({layer for layer, _ in ranking}) == len(ranking) >= 2
+    stack = load_chosen(extracted_run, "subspace", "all", D)
+    assert stack.rank <= 2 and stack.provenance.extra["layers"] == [layer for layer, _ in ranking[:2]]
+
+
+def test_extract_resumes_without_refitting_or_reselecting(extracted_run, model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("REFUSAL_LAB_CACHE", str(tmp_path / "cache"))
+    files = sorted((extracted_run / "methods").rglob("*"))
+    stamps = {p: p.stat().st_mtime_ns for p in files if p.is_file()}
+    result, text = invoke("extract", "--model", model_dir, "--out", extracted_run, "--method", "inlp")
+    assert result.exit_code == 0, text
+    assert {p: p.stat().st_mtime_ns for p in files if p.is_file()} == stamps
+
+
+def test_an_interrupted_selection_is_redone_not_read_as_nothing_passed(extracted_run, model_dir, tmp_path,
+                                                                        monkeypatch):
+    import shutil
+
+    monkeypatch.setenv("REFUSAL_LAB_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    shutil.copytree(extracted_run, run)
+    marker = run / "methods" / "leace" / "selection-layer.json"
+    marker.unlink()  # the table was written, the marker not: the stage was in flight
+    (run / "methods" / "leace" / "chosen-layer.json").unlink()
+    result, text = invoke("extract", "--model", model_dir, "--out", run, "--method", "leace")
+    assert result.exit_code == 0, text
+    assert marker.exists() and load_chosen(run, "leace", "layer", D) is not None
+
+
+@pytest.mark.parametrize("args", [
+    ["--intervention", "nullspace"],
+    ["--intervention", "flip", "--alpha", 3, "--scope", "all"],
+    ["--intervention", "rank-k", "--k", 1, "--site", "resid_pre", "--site", "mlp_out"],
+    ["--intervention", "subspace", "--k", 1],
+    ["--intervention", "actadd", "--scale", -2, "--scope", "all"],
+])
+def test_cli_generate_with_every_kind(extracted_run, model_dir, tmp_path, args):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("hello there\n")
+    out = tmp_path / "o.jsonl"
+    result, text = invoke("generate", "--model", model_dir, "--prompts", prompts, "--out", out, "--run",
+                          extracted_run, "--max-new-tokens", 2, *args)
+    assert result.exit_code == 0, text
+    assert len(out.read_text().splitlines()) == 1
+
+
+def test_compare_uses_the_artifact_selected_at_each_scope_and_resumes(extracted_run, model_dir):
+    args = ["compare", "--model", model_dir, "--run", extracted_run, "--n-eval", 3, "--scope", "layer",
+            "--scope", "all", "--kind", "ablate", "--kind", "nullspace", "--kind", "leace"]
+    result, text = invoke(*args)
+    assert result.exit_code == 0, text
+    out = extracted_run / "comparison" / "first-token"
+    table = pd.read_csv(out / "comparison.csv").set_index("name")
+    assert table.iloc[0].name == "baseline" and table.iloc[0]["delta_harmful"] == 0
+    for scope in ("layer", "all"):
+        row = table.loc[f"ablate[{scope}]"]
+        chosen = load_chosen(extracted_run, "dim", scope, D)
+        assert row["selected_at"] == scope and row["layer"] == chosen.provenance.layer
+        assert row["kl_val"] == pytest.approx(chosen.provenance.extra["selection"]["kl"])
+        assert row["n_harmful"] == 3 and row["kl_harmless"] >= 0
+        assert not math.isnan(row["control_refusal_harmful"])
+    assert not any(n.startswith("leace") and "random" in n for n in table.index)  # no random analogue
+    n_rows = len((out / "rows.jsonl").read_text().splitlines())
+    result, text = invoke(*args)  # resumes: nothing recomputed
+    assert result.exit_code == 0, text
+    assert len((out / "rows.jsonl").read_text().splitlines()) == n_rows
+    result, text = invoke(*args[:5], "--n-eval", 2)
+    assert result.exit_code != 0 and "different settings" in text
+
+
+def test_a_selection_that_chose_nothing_is_compared_at_its_closest_candidate(extracted_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(extracted_run, run)
+    for chosen in (run / "methods" / "leace").glob("chosen-*"):
+        chosen.unlink()
+    assert load_chosen(run, "leace", "layer", D) is None
+    artifact, at = chosen_for_scope(run, "leace", "layer", D)
+    table = pd.read_csv(run / "methods" / "leace" / "selection-layer.csv")
+    best = table[table["bypass"].notna()].sort_values("bypass").iloc[0]
+    assert at == "all" or (artifact.provenance.layer, artifact.provenance.position) == (best["layer"],
+                                                                                         best["position"])
+    assert artifact.provenance.extra["selection"]["status"] == CLOSEST
+
+
+def test_run_is_the_comparison_preset_and_resumes(model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("REFUSAL_LAB_CACHE", str(tmp_path / "cache"))
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({
+        "model": str(model_dir), "n_train": 8, "n_val": 4, "batch_size": 8, "dtype": "float32",
+        "selection": {"kl_threshold": 1e9, "induce_threshold": -1e9},
+        "compare": {"measure": "generation", "n_eval": 3, "kinds": ["ablate", "actadd"], "scopes": ["all"],
+                    "sweep_max_k": 0, "center_variants": False, "max_new_tokens": 2}}))
+    out = tmp_path / "run"
+    result, text = invoke("run", "--config", config, "--out", out)
+    assert result.exit_code == 0, text
+    table = pd.read_csv(out / "comparison" / "generation" / "comparison.csv")
+    assert list(table["name"]) == ["baseline", "ablate[all]", "ablate[all]~random0", "actadd[layer,scale=1]",
+                                   "actadd[layer,scale=1]~random0", "actadd[layer,scale=-1]",
+                                   "actadd[layer,scale=-1]~random0"]
+    assert (table["n_harmful"] == 3).all() and table["refusal_harmful"].between(0, 1).all()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["dtype"] == "torch.float32" and {"extract", "compare-generation"} <= set(manifest["timings_s"])
+    generations = out / "comparison" / "generation" / "generations"
+    stamps = {p.name: p.stat().st_mtime_ns for p in generations.iterdir()}
+    assert len(stamps) == 14
+    result, text = invoke("run", "--config", config, "--out", out)  # resumes: nothing regenerated
+    assert result.exit_code == 0, text
+    assert {p.name: p.stat().st_mtime_ns for p in generations.iterdir()} == stamps
+
+
+@pytest.mark.parametrize("kind", ["ablate", "nullspace"])
+def test_abliterate_bakes_any_projection_the_run_chose(extracted_run, model_dir, tmp_path, kind):
+    """The exported directory (plain transformers) equals the hooked projection at every layer and site, computed
+    here from the chosen artifact's basis."""
+    from transformers import AutoModelForCausalLM
+
+    from refusal_lab.interventions import Intervention, Projection, apply_interventions
+    from refusal_lab.models import load_model
+
+    out = tmp_path / kind
+    result, text = invoke("abliterate", "--model", model_dir, "--run", extracted_run, "--out", out, "--kind", kind,
+                          "--dtype", "float32")
+    assert result.exit_code == 0, text
+    artifact = load_chosen(extracted_run, "dim" if kind == "ablate" else "inlp", "all", D)
+    basis = artifact.unit[None, :] if kind == "ablate" else artifact.basis
+    lm = load_model(str(model_dir), dtype="float32")
+    ids = torch.tensor([[5, 20, 30, 40, 50]])
+    with torch.no_grad(), apply_interventions(lm, [Intervention(Projection(basis), tuple(range(lm.n_layers)))]):
+        hooked = lm.model(input_ids=ids).logits
+    with torch.no_grad():
+        edited = AutoModelForCausalLM.from_pretrained(out)(input_ids=ids).logits
+    torch.testing.assert_close(edited, hooked, atol=2e-4, rtol=1e-4)
+    result, text = invoke("abliterate", "--model", model_dir, "--run", extracted_run, "--out", tmp_path / "x",
+                          "--kind", "actadd")
+    assert result.exit_code != 0 and "projection" in text
