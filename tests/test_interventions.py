@@ -97,7 +97,7 @@ def test_flip_at_all_layers_reflects_each_residual_state_once():
     for i, layer in enumerate(layers):
         handles.append(layer.self_attn.register_forward_hook(lambda m, a, o, i=i: raw.__setitem__(("a", i), o[0])))
         handles.append(layer.mlp.register_forward_hook(lambda m, a, o, i=i: raw.__setitem__(("m", i), o)))
-    intervention = Intervention(flip, layers=tuple(range(4)))
+    intervention = Intervention(flip, layers=tuple(range(4)), placement="writes")
     assert intervention.hook_points()[0] == (0, "resid_pre")
     assert sum(site == "resid_pre" for _, site in intervention.hook_points()) == 1
     with apply_interventions(lm, [intervention]):
