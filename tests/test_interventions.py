@@ -121,3 +121,18 @@ def test_scope_layers():
         scope_layers("top50", 3, 10)
     with pytest.raises(RefusalLabError, match="unknown scope"):
         scope_layers("some", 3, 10)
+
+
+def test_placements_hook_points():
+    flip, proj = Projection(orthonormal(1), alpha=2.0), Projection(orthonormal(1))
+    each = Intervention(proj, layers=(2, 0))
+    assert each.placement == "each" and len(each.hook_points()) == 6 and each.hook_points()[0] == (0, "resid_pre")
+    once = Intervention(flip, layers=(2, 0))  # a flip defaults to the input variant, at resid_pre only
+    assert once.placement == "input" and once.sites == ("resid_pre",) and once.hook_points() == [(0, "resid_pre")]
+    writes = Intervention(flip, layers=(2, 0), placement="writes")
+    assert writes.hook_points() == [(0, "resid_pre"), (0, "attn_out"), (0, "mlp_out"), (2, "attn_out"),
+                                    (2, "mlp_out")]
+    only_writes = Intervention(flip, layers=(0, 1), sites=("mlp_out",), placement="writes")
+    assert only_writes.hook_points() == [(0, "mlp_out"), (1, "mlp_out")]
+    with pytest.raises(RefusalLabError, match="no layers"):
+        Intervention(proj, layers=())

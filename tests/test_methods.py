@@ -447,7 +447,7 @@ def test_cli_extract_resumes_without_refitting(extracted_run, model_dir, tmp_pat
     ["--intervention", "nullspace"],
     ["--intervention", "flip", "--alpha", 3, "--scope", "all"],
     ["--intervention", "rank-k", "--k", 1, "--site", "resid_pre", "--site", "mlp_out"],
-    ["--intervention", "leace", "--scope", "top50"],
+    ["--intervention", "leace", "--scope", "layer"],  # an eraser is valid only at its fitted layer
     ["--intervention", "subspace", "--k", 1],
     ["--intervention", "actadd", "--scale", -2, "--scope", "all"],
 ])

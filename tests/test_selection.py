@@ -84,7 +84,8 @@ def test_no_passing_candidate_is_reported_not_picked():
 
 def test_attribution_matrix_predicts_a_small_partial_ablation():
     """−r̂ᵀ M r̂ is the first-order change of Σ refusal scores when r̂ is ablated from every residual write; a
-    partial ablation h − ε(h·r̂)r̂ of every write (the flip-style 'once' plan) changes it by ε times that."""
+    partial ablation h − ε(h·r̂)r̂ of every write (placement 'writes', as the writes flip) changes it by ε times
+    that."""
     from refusal_lab.interventions import Intervention, Projection
     from refusal_lab.selection import ablation_attribution
 
@@ -93,7 +94,7 @@ def test_attribution_matrix_predicts_a_small_partial_ablation():
     r = torch.nn.functional.normalize(torch.randn(64, generator=torch.Generator().manual_seed(3)), dim=0)
     predicted = float(-(r.double() @ matrix @ r.double()))
     eps = 1e-2
-    partial = Intervention(Projection(r[None], alpha=eps), layers=tuple(range(lm.n_layers)))
+    partial = Intervention(Projection(r[None], alpha=eps), layers=tuple(range(lm.n_layers)), placement="writes")
     base = refusal_scores(last_token_logprobs(lm, HARMFUL), lm.refusal_token_ids).double().sum()
     moved = refusal_scores(last_token_logprobs(lm, HARMFUL, [partial]), lm.refusal_token_ids).double().sum()
     assert abs(predicted) > 1e-4

@@ -65,11 +65,10 @@ def eraser_interventions(erasers: Mapping[int, object], sites: Sequence[Site] = 
     writes = tuple(s for s in sites if s != "resid_pre")
     result = []
     for layer, eraser in sorted(erasers.items()):
-        label = f"{name}(layer={layer})"
         if "resid_pre" in sites:
-            result.append(Intervention(eraser, (layer,), ("resid_pre",), name=label))
+            result.append(Intervention(eraser, (layer,), ("resid_pre",), name=name))
         if writes:
-            result.append(Intervention(LinearPart(eraser), (layer,), writes, name=f"{label}-writes"))
+            result.append(Intervention(LinearPart(eraser), (layer,), writes, name=f"{name}-writes"))
     return result
 
 

@@ -98,7 +98,7 @@ def build_intervention(kind: str, artifacts: MethodArtifacts, layer: int | None 
     if n_layers is not None and layer is not None and not 0 <= layer < n_layers:
         raise RefusalLabError(f"layer {layer} is out of range for a model with {n_layers} layers")
     ranked = list(ranked_layers) if ranked_layers is not None else artifacts.ranked_layers()
-    layers = scope_layers(scope, layer if layer is not None else 0, n_layers or 0, ranked)
+    layers = tuple(sorted(scope_layers(scope, layer if layer is not None else 0, n_layers or 0, ranked)))
 
     if center and kind not in ("nullspace", "flip", "rank-k"):
         raise RefusalLabError(f"center applies to nullspace, flip and rank-k, not {kind}")
