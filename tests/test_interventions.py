@@ -97,7 +97,7 @@ def test_flip_at_all_layers_reflects_each_residual_state_once():
     for i, layer in enumerate(layers):
         handles.append(layer.self_attn.register_forward_hook(lambda m, a, o, i=i: raw.__setitem__(("a", i), o[0])))
         handles.append(layer.mlp.register_forward_hook(lambda m, a, o, i=i: raw.__setitem__(("m", i), o)))
-    intervention = Intervention(flip, layers=tuple(range(4)))
+    intervention = Intervention(flip, layers=tuple(range(4)), placement="writes")
     assert intervention.hook_points()[0] == (0, "resid_pre")
     assert sum(site == "resid_pre" for _, site in intervention.hook_points()) == 1
     with apply_interventions(lm, [intervention]):
@@ -121,3 +121,18 @@ def test_scope_layers():
         scope_layers("top50", 3, 10)
     with pytest.raises(RefusalLabError, match="unknown scope"):
         scope_layers("some", 3, 10)
+
+
+def test_placements_hook_points():
+    flip, proj = Projection(orthonormal(1), alpha=2.0), Projection(orthonormal(1))
+    each = Intervention(proj, layers=(2, 0))
+    assert each.placement == "each" and len(each.hook_points()) == 6 and each.hook_points()[0] == (0, "resid_pre")
+    once = Intervention(flip, layers=(2, 0))  # a flip defaults to the input variant, at resid_pre only
+    assert once.placement == "input" and once.sites == ("resid_pre",) and once.hook_points() == [(0, "resid_pre")]
+    writes = Intervention(flip, layers=(2, 0), placement="writes")
+    assert writes.hook_points() == [(0, "resid_pre"), (0, "attn_out"), (0, "mlp_out"), (2, "attn_out"),
+                                    (2, "mlp_out")]
+    only_writes = Intervention(flip, layers=(0, 1), sites=("mlp_out",), placement="writes")
+    assert only_writes.hook_points() == [(0, "mlp_out"), (1, "mlp_out")]
+    with pytest.raises(RefusalLabError, match="no layers"):
+        Intervention(proj, layers=())

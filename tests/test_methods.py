@@ -172,7 +172,7 @@ def test_only_full_scope_projections_can_be_baked(artifacts):
     with pytest.raises(RefusalLabError, match="scope 'all'"):
         bake(lm, build_intervention("nullspace", arts, scope="layer", n_layers=lm.n_layers))
     with pytest.raises(RefusalLabError, match="hooks"):
-        bake(lm, build_intervention("leace", arts, scope="all", n_layers=lm.n_layers))
+        bake(lm, build_intervention("leace", arts, scope="layer", n_layers=lm.n_layers))
     with pytest.raises(RefusalLabError, match="flip"):
         bake(lm, build_intervention("flip", arts, scope="all", n_layers=lm.n_layers))
 
@@ -204,7 +204,8 @@ def test_flip_at_several_layers_reflects_each_state_once(artifacts, scope, ranke
     w_j = a_j + m_j of the flipped run (each contribution reflected exactly once, never twice)."""
     arts, _ = artifacts
     lm = tiny_model("llama", n_layers=4)
-    built = build_intervention("flip", arts, scope=scope, ranked_layers=ranked, n_layers=4, layer=0)
+    built = build_intervention("flip", arts, scope=scope, ranked_layers=ranked, n_layers=4, layer=0,
+                               flip_variant="writes")
     (flip,) = built
     scoped = set(flip.layers)
     assert scoped == ({0, 2} if scope == "top50" else {0, 1, 2, 3})
@@ -230,7 +231,7 @@ def test_centered_flip_is_an_affine_reflection_through_the_training_mean(artifac
     torch.testing.assert_close(flip.transform(flip.transform(h)), h, atol=1e-4, rtol=1e-5)  # an involution
     torch.testing.assert_close(flip.transform(c[None, :]), c[None, :], atol=1e-5, rtol=1e-5)  # fixes the centre
     assert flip.transform.stacking == "once" and null.transform.stacking == "each"
-    built = build_intervention("flip", arts, n_layers=3, center=True)  # writes get the linear part
+    built = build_intervention("flip", arts, n_layers=3, center=True, flip_variant="writes")  # linear part on writes
     assert [(type(i.transform).__name__, i.sites) for i in built] == [
         ("CenteredProjection", ("resid_pre",)), ("Projection", ("attn_out", "mlp_out"))]
     with pytest.raises(RefusalLabError, match="records no centre"):
@@ -241,9 +242,10 @@ def test_centered_flip_is_an_affine_reflection_through_the_training_mean(artifac
 
 def test_centered_flip_at_all_layers_reflects_each_state_once(artifacts):
     """r_l = c + (e + Σ_{j<l} w_j − c) P_α for the raw writes w_j of the flipped run."""
-    arts, _ = artifacts
+    arts, result = artifacts
     lm = tiny_model("llama", n_layers=4)
-    built = build_intervention("flip", arts, scope="all", n_layers=4, center=True)
+    built = build_intervention("flip", arts, scope="all", n_layers=4, center=True, flip_variant="writes",
+                               centers={0: result.mean})
     raw, resid = _capture_run(lm, built)
     F = built[0].transform
     inside = raw["e"]
@@ -277,7 +279,7 @@ def test_batched_scores_equal_one_at_a_time(artifacts):
     lm = tiny_model("qwen2")
     base = last_token_logprobs(lm, HARMLESS)
     candidates = [build_intervention("flip", arts, layer=1, n_layers=3),
-                  build_intervention("leace", arts, layer=0, n_layers=3),
+                  build_intervention("leace", arts, layer=1, n_layers=3),
                   build_intervention("classifier-actadd", arts, layer=2, n_layers=3, scale=3.0),
                   build_intervention("nullspace", arts, scope="all", n_layers=3), []]
     scores, kl = batched_scores(lm, HARMLESS, candidates, base, rows_per_pass=8)  # 2 candidates per pass

@@ -141,7 +141,7 @@ def test_attribution_prior_predicts_a_small_projection_at_any_scope(layers, site
     prior = AttributionPrior(lm, HARMFUL, batch_size=3)
     basis = torch.linalg.qr(torch.randn(64, 2, generator=torch.Generator().manual_seed(3))).Q.T
     eps = 1e-2
-    partial = Intervention(Projection(basis, alpha=eps), layers=layers, sites=sites)
+    partial = Intervention(Projection(basis, alpha=eps), layers=layers, sites=sites, placement="writes")
     predicted_eps = prior.estimate([partial]) / eps
     # the full projection's estimate is the same points at α = 1 (later resid_pre skipped: already projected)
     full = prior.estimate([Intervention(Projection(basis, alpha=1.0), layers=layers, sites=sites)])

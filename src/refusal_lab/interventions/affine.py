@@ -1,34 +1,54 @@
-"""Affine erasers (LEACE) as interventions at every site.
+"""Affine maps as interventions: the LEACE eraser and projections / reflections through a centre.
 
-A LEACE eraser ``E(h) = h − ((h − b) Rᵀ) Lᵀ`` (``refusal_lab.directions.leace.AffineEraser``) is fit on residual
-*states*. It is already a :class:`~refusal_lab.interventions.base.Transform` (idempotent, stacking ``"each"``), and
-that is the right map at ``resid_pre``. A block's *write* ``Δ`` (``attn_out`` / ``mlp_out``) is a difference of
-residual states, so the bias must not be applied to it: the write gets the linear part ``Δ ↦ Δ − (Δ Rᵀ) Lᵀ``
-(:class:`LinearPart`). With both, the residual after a hooked layer is ``E(h + Δ_attn + Δ_mlp)`` exactly: the
-stream stays on the erased affine subspace ``{h : R (h − b) = 0}`` through every scoped layer.
+An affine map is fitted on the activations of one layer (at one post-instruction position, or pooled over
+several) and is valid only there:
 
-:func:`eraser_interventions` builds that pair for a set of layers and sites.
+* Layers. Each map records ``fitted_layer``; :class:`~refusal_lab.interventions.hooks.Intervention` refuses to
+  place it at any other layer. Multi-layer scopes use one fit per layer: the builders below take ``{layer: map}``
+  and place layer ``j``'s own map at layer ``j`` only.
+* Positions. Each map records ``valid_positions``: the post-instruction positions (negative, counted from the end
+  of the prompt) whose activations it was fitted on. The hooks nevertheless apply it at *every* position of the
+  sequence — every prompt token and every generated token. Only at ``valid_positions`` does the map do what it
+  was fitted to do (e.g. LEACE's equal class means); elsewhere it is an extrapolation.
+
+LEACE. The eraser ``E(h) = h − ((h − b) Rᵀ) Lᵀ`` (:class:`~refusal_lab.directions.leace.AffineEraser`) is fit on
+residual *states*: the right map at ``resid_pre``. A block's *write* ``Δ`` (``attn_out`` / ``mlp_out``) is a
+difference of states, so it gets the linear part ``Δ ↦ Δ − (Δ Rᵀ) Lᵀ`` (:class:`LinearPart`). With both at layer
+``j``, the residual after layer ``j`` is ``E_j(h + Δ_attn + Δ_mlp)``: it stays on ``{h : R_j (h − b_j) = 0}``.
+
+Centred projection. :class:`CenteredProjection` ``h ↦ c + (h − c) P_α`` projects (α = 1) or reflects (α = 2)
+through the layer's training mean ``c`` instead of the origin; block writes get the linear ``Projection(V, α)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
-from refusal_lab.interventions.hooks import SITES, Intervention, Site
+from refusal_lab.interventions.base import Projection
+from refusal_lab.interventions.hooks import SITES, Intervention, Placement, Site
 
 
 @dataclass
 class LinearPart:
-    """``h ↦ h − (h Rᵀ) Lᵀ``: the linear part of an affine eraser (for block writes). Idempotent (``R L = I``)."""
+    """``h ↦ h − (h Rᵀ) Lᵀ``: the linear part of an affine eraser (for block writes). Idempotent (``R L = I``).
+    Fitted with its eraser, so placed only at the eraser's layer."""
 
-    eraser: object  # AffineEraser (anything with proj_left [d, r] and proj_right [r, d])
+    eraser: object  # AffineEraser (anything with proj_left [d, r], proj_right [r, d], fitted_layer)
 
     idempotent: ClassVar[bool] = True
     stacking: ClassVar[str] = "each"
+
+    @property
+    def fitted_layer(self) -> int | None:
+        return self.eraser.fitted_layer
+
+    @property
+    def valid_positions(self) -> tuple[int, ...] | None:
+        return self.eraser.valid_positions
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
         dtype = torch.promote_types(h.dtype, torch.float32)
@@ -38,34 +58,35 @@ class LinearPart:
         return (x - (x @ right.T) @ left.T).to(h.dtype)
 
 
-def eraser_interventions(eraser, layers: Sequence[int], sites: Sequence[Site] = SITES,
+def eraser_interventions(erasers: Mapping[int, object], sites: Sequence[Site] = SITES,
                          name: str = "leace") -> list[Intervention]:
-    """The affine eraser at ``resid_pre`` and its :class:`LinearPart` at the write sites, for ``layers``."""
-    layers = tuple(layers)
+    """For every ``layer → eraser``: the eraser at ``resid_pre`` of that layer and its :class:`LinearPart` at
+    that layer's write sites (an eraser fitted at another layer is refused by ``Intervention``)."""
     writes = tuple(s for s in sites if s != "resid_pre")
     result = []
-    if "resid_pre" in sites:
-        result.append(Intervention(eraser, layers=layers, sites=("resid_pre",), name=name))
-    if writes:
-        result.append(Intervention(LinearPart(eraser), layers=layers, sites=writes, name=f"{name}-writes"))
+    for layer, eraser in sorted(erasers.items()):
+        if "resid_pre" in sites:
+            result.append(Intervention(eraser, (layer,), ("resid_pre",), name=name))
+        if writes:
+            result.append(Intervention(LinearPart(eraser), (layer,), writes, name=f"{name}-writes"))
     return result
 
 
 @dataclass
 class CenteredProjection:
-    """``h ↦ h − α ((h − c) Vᵀ) V = c + (h − c) P_α``: the projection / reflection through the point ``c`` (e.g.
-    the INLP training mean, the midpoint of balanced classes) instead of through the origin.
+    """``h ↦ h − α ((h − c) Vᵀ) V = c + (h − c) P_α``: the projection / reflection through the point ``c`` (the
+    training mean at ``fitted_layer``, e.g. INLP's) instead of through the origin.
 
     Residual activations carry a large common offset, part of which lies in span(V); the linear ``Projection``
     removes (α = 1) or negates (α = 2) that part too, so a linear flip sends *both* classes past the harmless
-    cluster. Reflecting through ``c`` swaps the clusters instead. Idempotent only for α = 1; a flip is applied
-    "once" like :class:`~refusal_lab.interventions.base.Projection`. At write sites use the linear
-    ``Projection(basis, alpha)`` (:func:`centered_interventions`).
+    cluster. Reflecting through ``c`` swaps the clusters instead. Idempotent only for α = 1.
     """
 
     basis: torch.Tensor
     alpha: float
     center: torch.Tensor
+    fitted_layer: int | None
+    valid_positions: tuple[int, ...] | None = None
 
     @property
     def idempotent(self) -> bool:
@@ -82,18 +103,28 @@ class CenteredProjection:
         return (x - self.alpha * coefficients @ basis).to(h.dtype)
 
 
-def centered_interventions(basis: torch.Tensor, alpha: float, center: torch.Tensor, layers: Sequence[int],
-                           sites: Sequence[Site] = SITES, name: str = "centered") -> list[Intervention]:
-    """:class:`CenteredProjection` at ``resid_pre`` and the linear ``Projection`` at the write sites, so the residual
-    after a hooked layer is ``c + (h + Δ − c) P_α`` (with a flip's "once" semantics across several layers)."""
-    from refusal_lab.interventions.base import Projection
+def centered_interventions(maps: Mapping[int, CenteredProjection], layers: Sequence[int],
+                           sites: Sequence[Site] = SITES, placement: Placement = "each",
+                           name: str = "centered") -> list[Intervention]:
+    """A centred map over ``layers``; ``maps`` holds the :class:`CenteredProjection` to place at each layer's
+    ``resid_pre`` (all with the same ``V`` and α), block writes get the linear ``Projection(V, α)``.
 
-    layers = tuple(layers)
-    writes = tuple(s for s in sites if s != "resid_pre")
+    * ``each`` (projections, α = 1): ``maps[j]`` at ``resid_pre`` of every scoped ``j``, the linear part at every
+      scoped write — every layer needs its own centre.
+    * ``input`` / ``writes`` (the flip variants): ``maps[first]`` once at ``resid_pre`` of the first scoped layer;
+      ``writes`` also reflects every scoped write with the linear part. Only the first layer's centre is used.
+    """
+    layers = tuple(sorted(set(layers)))
+    first = maps[layers[0]]
+    if placement == "input":
+        return [Intervention(first, layers, tuple(sites), name=name, placement="input")]
     result = []
     if "resid_pre" in sites:
-        result.append(Intervention(CenteredProjection(basis, alpha, center), layers=layers, sites=("resid_pre",),
-                                   name=name))
+        pieces = [(j, (j,)) for j in layers] if placement == "each" else [(layers[0], layers)]
+        result += [Intervention(maps[j], at, ("resid_pre",), name=name, placement="each" if placement == "each"
+                                else "input") for j, at in pieces]
+    writes = tuple(s for s in sites if s != "resid_pre")
     if writes:
-        result.append(Intervention(Projection(basis, alpha), layers=layers, sites=writes, name=f"{name}-writes"))
+        result.append(Intervention(Projection(first.basis, first.alpha), layers, writes, name=f"{name}-writes",
+                                   placement=placement))
     return result

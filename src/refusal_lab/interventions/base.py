@@ -6,9 +6,14 @@
   across the nullspace (counterfactual flip). Computed in low-rank form, never as a dense ``d × d`` matmul.
 * :class:`Addition` — ``h ↦ h + s·v`` (ActAdd; s > 0 induces refusal with the DiM vector, s < 0 bypasses).
 
-``stacking`` says how a map is applied when an intervention spans several layers: ``"each"`` applies it at every
-hook point (right for idempotent projections and for additions), ``"once"`` reflects each residual state exactly
-once (right for non-idempotent linear maps such as flips; see :mod:`refusal_lab.interventions.hooks`).
+``stacking`` says whether a map may be re-applied to a state it already changed: ``"each"`` (idempotent
+projections, additions) may be applied at every hook point; ``"once"`` (non-idempotent linear maps such as flips)
+must not. Where a ``"once"`` map goes — the flip variants ``input`` and ``writes`` — is the placement of its
+:class:`~refusal_lab.interventions.hooks.Intervention`.
+
+Affine maps (:mod:`refusal_lab.interventions.affine`, the LEACE eraser) also carry ``fitted_layer`` (the layer
+they were fitted at; the only layer they may be placed at) and ``valid_positions`` (the post-instruction positions,
+negative, they were fitted on). The maps here are linear (through the origin) and carry neither.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ Stacking = Literal["each", "once"]
 
 
 class Transform(Protocol):
+    """A map on ``h [..., d]`` (returns the input dtype); see the module docstring for the attributes."""
+
     stacking: Stacking
     idempotent: bool
 

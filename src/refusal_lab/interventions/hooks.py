@@ -8,13 +8,24 @@ Sites (where in layer ``l`` a map acts):
 Scopes (which layers): ``layer`` (the extraction layer only), ``top50`` (the best-ranked half of the layers from
 selection) and ``all``.
 
-Multi-layer semantics. A map with ``stacking == "each"`` (idempotent projections, additions) is applied at every
-(layer, site) requested. Applying an idempotent projection at ``resid_pre`` of every layer and to every block
-output is what keeps the span of V out of the residual stream everywhere, exactly like weight orthogonalization.
-A non-idempotent linear map (a flip, ``P_α`` with α ≠ 1) must not be re-applied to a state it already reflected:
-with ``resid_pre`` among the sites it reflects the residual stream once at the first scoped layer's input and then
-every later write (``attn_out`` / ``mlp_out``) of the scoped layers, so each residual state is reflected exactly
-once; with only block-output sites it reflects those writes.
+Placement (where in the scoped layers the map is applied; :attr:`Intervention.placement`):
+  * ``each``   — at every (layer, site) requested. Right for additions and idempotent projections: applying
+    ``P`` at ``resid_pre`` of every layer and to every block write keeps span(V) out of the stream everywhere,
+    exactly like weight orthogonalization.
+  * ``input``  — once, at ``resid_pre`` of the first scoped layer, and nowhere else (sites must be
+    ``("resid_pre",)``). The flip variant ``input``: reflect the residual stream once; every later block then
+    responds to the counterfactual state as the model would.
+  * ``writes`` — at ``resid_pre`` of the first scoped layer (when requested) and then at every later block write
+    (``attn_out`` / ``mlp_out``) of the scoped layers. The flip variant ``writes``: each contribution to the stream
+    is reflected exactly once, so the model's own response to the reflected state (computed from it) is reflected
+    too, i.e. negated along span(V).
+A non-idempotent map (``stacking == "once"``, a flip) may not be placed ``each`` (it would re-reflect states it
+already reflected); its default placement is ``input``. Flip names record the variant, ``flip(alpha=2,variant=input)``.
+
+Affine maps (LEACE, centred projections) record the layer they were fitted at (``fitted_layer``); an
+:class:`Intervention` that would place one at any other layer is refused here, in one place (fit one map per
+layer and build one intervention per layer instead). Every hook acts on *all* token positions of the sequence —
+every prompt position and every generated token — whatever positions a map was fitted on (``valid_positions``).
 """
 
 from __future__ import annotations
@@ -32,30 +43,73 @@ from refusal_lab.interventions.base import Transform
 Site = Literal["resid_pre", "attn_out", "mlp_out"]
 SITES: tuple[Site, ...] = ("resid_pre", "attn_out", "mlp_out")
 SCOPES = ("layer", "top50", "all")
+Placement = Literal["each", "input", "writes"]
+PLACEMENTS: tuple[Placement, ...] = ("each", "input", "writes")
+FLIP_VARIANTS: tuple[Placement, ...] = ("input", "writes")  # the placements a flip may use, by name
+
+PER_LAYER_FIX = ("fit one per layer: directions.leace.fit_leace_per_layer for LEACE (build_intervention(..., "
+                 "erasers=...)), each layer's own training mean for a centred map (build_intervention(..., "
+                 "centers=...))")
 
 
 @dataclass
 class Intervention:
-    """A transform placed at sites of some layers."""
+    """A transform placed at sites of some layers (see the module docstring for ``placement``).
+
+    ``sites`` default: ``("resid_pre",)`` for placement ``input``, all three sites otherwise. ``placement``
+    default: ``each`` for a map with ``stacking == "each"``, ``input`` for one with ``stacking == "once"``.
+    """
 
     transform: Transform
     layers: tuple[int, ...]
-    sites: tuple[Site, ...] = SITES
+    sites: tuple[Site, ...] | None = None
     name: str = ""
+    placement: Placement | None = None
 
     def __post_init__(self) -> None:
+        if not self.layers:
+            raise RefusalLabError(f"intervention {self.name or type(self.transform).__name__} has no layers")
+        self.layers = tuple(sorted(set(self.layers)))
+        self.placement = self.placement or ("each" if self.transform.stacking == "each" else "input")
+        if self.placement not in PLACEMENTS:
+            raise RefusalLabError(f"unknown placement {self.placement!r}; placements are {', '.join(PLACEMENTS)}")
+        self.sites = tuple(dict.fromkeys(self.sites or (("resid_pre",) if self.placement == "input" else SITES)))
         unknown = set(self.sites) - set(SITES)
         if unknown:
             raise RefusalLabError(f"unknown site(s) {sorted(unknown)}; sites are {', '.join(SITES)}")
-        self.layers = tuple(sorted(set(self.layers)))
+        if self.placement == "each" and self.transform.stacking == "once":
+            raise RefusalLabError(f"{self._label()} is not idempotent (a flip) and must not be re-applied to states "
+                                  "it already changed; use placement (flip_variant) 'input' or 'writes'")
+        if self.placement == "input" and self.sites != ("resid_pre",):
+            raise RefusalLabError(f"{self._label()} acts once, at resid_pre of the first scoped layer, so sites "
+                                  f"{list(self.sites)} do not apply; use sites ('resid_pre',) or the 'writes' "
+                                  "variant (flip_variant='writes')")
+        self._check_fitted_layer()
+
+    def _label(self) -> str:
+        return self.name or type(self.transform).__name__
+
+    def _check_fitted_layer(self) -> None:
+        """An affine map (one with a ``fitted_layer`` attribute) may only be placed at the layer it was fit at."""
+        if not hasattr(self.transform, "fitted_layer"):
+            return
+        fitted = self.transform.fitted_layer
+        placed = sorted({layer for layer, _ in self.hook_points()})
+        if fitted is None:
+            raise RefusalLabError(f"the affine map {self._label()} records no layer it was fitted at, so it cannot "
+                                  "be placed; refit it with its layer in the provenance")
+        if placed != [fitted]:
+            raise RefusalLabError(f"the affine map {self._label()} was fitted at layer {fitted} and is valid only "
+                                  f"there, not at layers {placed}; {PER_LAYER_FIX}")
 
     def hook_points(self) -> list[tuple[int, Site]]:
         """The (layer, site) pairs the transform is applied at (see the module docstring)."""
-        if self.transform.stacking == "each" or "resid_pre" not in self.sites:
+        if self.placement == "each":
             return [(layer, site) for layer in self.layers for site in self.sites]
-        first = self.layers[0]
-        writes = [(layer, site) for layer in self.layers for site in self.sites if site != "resid_pre"]
-        return [(first, "resid_pre"), *writes]
+        first = [(self.layers[0], "resid_pre")] if "resid_pre" in self.sites else []
+        if self.placement == "input":
+            return first
+        return first + [(layer, site) for layer in self.layers for site in self.sites if site != "resid_pre"]
 
 
 def scope_layers(scope: str, layer: int, n_layers: int, ranked_layers: Sequence[int] = ()) -> tuple[int, ...]:
