@@ -35,9 +35,9 @@ from refusal_lab.errors import RefusalLabError
 needs_pyrit = pytest.mark.skipif(importlib.util.find_spec("pyrit") is None,
                                  reason="pyrit is not installed (pip install --no-deps pyrit)")
 
-STOP = set("a an the and or of to in on for with at by from is are was were be do does did i my me "
-           "you your it its this that what how why when which who can should could would will there "
-           "their they we our about as into than so if not no any some".split())
+STOP = set("a an the and or of to in on for with at by from is are was were be do does did i my "
+           "me you your it its this that what how why when which who can should could would will "
+           "there their they we our about as into than so if not no any some".split())
 
 
 def _key(text: str) -> str:
@@ -48,7 +48,8 @@ def _content_words(text: str) -> set[str]:
     return set(re.findall(r"[a-z0-9]+", text.lower())) - STOP
 
 
-def _close(texts_a: list[str], texts_b: list[str] | None, threshold: float) -> list[tuple[str, str]]:
+def _close(texts_a: list[str], texts_b: list[str] | None, threshold: float
+           ) -> list[tuple[str, str]]:
     """Pairs (within ``texts_a``, or across a and b) whose content-word Jaccard is ≥ threshold."""
     a = [(t, _content_words(t)) for t in texts_a]
     pairs = (itertools.combinations(a, 2) if texts_b is None
@@ -61,7 +62,8 @@ def _close(texts_a: list[str], texts_b: list[str] | None, threshold: float) -> l
 
 def _generic_rows():
     raw = resources.files("refusal_lab.data").joinpath("builtin", "generic_harmless.jsonl")
-    return [json.loads(line) for line in raw.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = raw.read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def test_generic_set_size_fields_and_variety():
@@ -191,7 +193,7 @@ def test_mixed_is_half_matched_half_unmatched():
         assert builtin(HARMFUL) == builtin(HARMLESS)
     big = dataset_splits("mixed", n_train=64, n_val=16, seed=4)
     assert Counter(p.source for p in big.train_harmless) == {"builtin": 32, "builtin:generic": 32}
-    assert len({p.source for p in big.train_harmful[:32]}) == 2  # shuffled together, not concatenated
+    assert len({p.source for p in big.train_harmful[:32]}) == 2  # shuffled, not concatenated
 
 @needs_pyrit
 @pytest.mark.parametrize("source", SOURCES)

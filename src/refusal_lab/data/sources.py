@@ -9,7 +9,8 @@
   the held-out slices.
 - ``mixed``: per side, each split is a ``matched`` split of ``⌈n/2⌉`` prompts joined with an
   ``unmatched`` split of ``⌊n/2⌋`` prompts (same seed; ``n`` = n_train, n_val or n_test; with
-  ``n_test=None`` both tests are all the rest), then shuffled with ``random.Random(f"mixed-{seed}")``.
+  ``n_test=None`` both tests are all the rest), then shuffled with
+  ``random.Random(f"mixed-{seed}")``.
 
 Held-out slices (:func:`heldout_generic`, :func:`heldout_advbench`): :data:`HELDOUT_SIZE` prompts of
 the generic set and of AdvBench, stratified by category and chosen by ``sha256(text_key(text))``
@@ -25,7 +26,7 @@ import random
 
 from refusal_lab.data.packaged import builtin_prompts, load_generic_harmless, load_pyrit_advbench
 from refusal_lab.data.prompts import HARMFUL, HARMLESS, PromptSet, text_key
-from refusal_lab.data.splits import Splits, _assemble, make_splits
+from refusal_lab.data.splits import Splits, assemble_splits, make_splits
 from refusal_lab.errors import RefusalLabError
 
 SOURCES = ("matched", "unmatched", "mixed")
@@ -102,8 +103,9 @@ def _mixed(n_train: int, n_val: int, n_test: int | None, seed: int) -> Splits:
         joined[name] = items
     parts = [[joined[f"{split}_{label}"] for split in ("train", "val", "test")]
              for label in (HARMFUL, HARMLESS)]
-    return _assemble(*parts, {"kind": "mixed", "seed": seed, "n_train": n_train, "n_val": n_val,
-                              "n_test": n_test, "matched": m.meta, "unmatched": u.meta})
+    meta = {"kind": "mixed", "seed": seed, "n_train": n_train, "n_val": n_val, "n_test": n_test,
+            "matched": m.meta, "unmatched": u.meta}
+    return assemble_splits(*parts, meta)
 
 
 _BUILDERS = {"matched": _matched, "unmatched": _unmatched, "mixed": _mixed}

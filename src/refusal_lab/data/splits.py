@@ -99,7 +99,7 @@ class Splits:
         return splits
 
 
-def _assemble(harmful: Sequence[Sequence[Prompt]], harmless: Sequence[Sequence[Prompt]],
+def assemble_splits(harmful: Sequence[Sequence[Prompt]], harmless: Sequence[Sequence[Prompt]],
               meta: dict[str, Any]) -> Splits:
     """Splits from (train, val, test) harmful and harmless parts, checked disjoint."""
     parts = (part for pair in zip(harmful, harmless) for part in pair)
@@ -199,7 +199,7 @@ def make_splits(harmful: PromptSet, harmless: PromptSet, n_train: int = 128, n_v
         rng.shuffle(h)
         rng.shuffle(b)
         parts_h, parts_b = _cut(h, n_train, n_val, n_test), _cut(b, n_train, n_val, n_test)
-    return _assemble(parts_h, parts_b, {
+    return assemble_splits(parts_h, parts_b, {
         "kind": "matched" if paired else "independent", "seed": seed, "keep_pairs": keep_pairs,
         "n_train": n_train, "n_val": n_val, "n_test": n_test,
         "harmful_source": harmful.name, "harmless_source": harmless.name})
@@ -217,6 +217,6 @@ def unmatched_splits(harmful: PromptSet, harmless: PromptSet, n_train: int = 128
     _, b = _prepare(harmful, harmless)
     random.Random(f"unmatched-harmless-{seed}").shuffle(b)
     sizes = (len(matched.train_harmless), len(matched.val_harmless), len(matched.test_harmless))
-    return _assemble((matched.train_harmful, matched.val_harmful, matched.test_harmful),
+    return assemble_splits((matched.train_harmful, matched.val_harmful, matched.test_harmful),
                      _cut(b, *sizes), {**matched.meta, "kind": "unmatched"})
 
