@@ -1,5 +1,6 @@
-"""Prompt data that ships in packages: refusal_lab's own pairs, pyrit's AdvBench, senbonzakura's
-corpora, and the Hugging Face hub through ``datasets`` (the only loader that needs a network).
+"""Prompt data that ships in packages: refusal_lab's own pairs and generic harmless requests,
+pyrit's AdvBench, senbonzakura's corpora, and the Hugging Face hub through ``datasets`` (the only
+loader that needs a network).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from refusal_lab.data.prompts import HARMFUL, HARMLESS, LABELS, Prompt, PromptSe
 from refusal_lab.errors import RefusalLabError
 
 BUILTIN_FILE = "pairs.jsonl"
+GENERIC_FILE = "generic_harmless.jsonl"
 PYRIT_ADVBENCH = "datasets/seed_datasets/local/adv_bench.prompt"
 
 #: Corpora :func:`load_senbonzakura` knows: key -> (label, where).
@@ -43,17 +45,29 @@ def _clean_texts(values: Iterable[Any]) -> list[str]:
 # --- built-in pairs ----------------------------------------------------------------------------
 
 
-def load_builtin_pairs() -> list[dict[str, str]]:
-    """The project-authored matched pairs: dicts with id, category, harmful, harmless."""
-    ref = resources.files("refusal_lab.data").joinpath("builtin", BUILTIN_FILE)
+def _builtin_records(name: str) -> list[dict[str, str]]:
+    """The JSON objects, one per line, of the bundled file ``data/builtin/<name>``."""
+    ref = resources.files("refusal_lab.data").joinpath("builtin", name)
     try:
         raw = ref.read_text(encoding="utf-8")
     except (FileNotFoundError, OSError) as e:
         raise RefusalLabError(
-            f"built-in pairs file {BUILTIN_FILE} is missing from the refusal_lab install ({e}); "
+            f"built-in data file {name} is missing from the refusal_lab install ({e}); "
             f"reinstall refusal-lab") from e
-    return [row for _, row in jsonl_records(f"built-in {BUILTIN_FILE}", raw,
-                                            fix="reinstall refusal-lab")]
+    return [row for _, row in jsonl_records(f"built-in {name}", raw, fix="reinstall refusal-lab")]
+
+
+def load_builtin_pairs() -> list[dict[str, str]]:
+    """The project-authored matched pairs: dicts with id, category, harmful, harmless."""
+    return _builtin_records(BUILTIN_FILE)
+
+
+def load_generic_harmless() -> PromptSet:
+    """The project-authored generic harmless requests (everyday questions, writing, coding,
+    cooking, travel, maths, ...), unrelated to the matched pairs' topics; category per prompt."""
+    return PromptSet((Prompt(row["prompt"], HARMLESS, category=row["category"],
+                             source="builtin:generic")
+                      for row in _builtin_records(GENERIC_FILE)), name="generic_harmless")
 
 
 def builtin_prompts() -> PromptSet:

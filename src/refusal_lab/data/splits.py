@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from refusal_lab.data.files import read_json_document
-from refusal_lab.data.packaged import builtin_prompts
 from refusal_lab.data.prompts import HARMFUL, HARMLESS, Prompt, PromptSet, text_key
 from refusal_lab.errors import RefusalLabError
 
@@ -40,8 +39,11 @@ class Splits:
         return {n: len(s) for n, s in self.sets().items()}
 
     def data_hash(self) -> str:
-        """First 16 hex chars of a sha256 over all six sets' hashes, in order."""
+        """First 16 hex chars of a sha256 over ``meta["source"]`` (when set) and all six sets'
+        hashes, in order."""
         h = hashlib.sha256()
+        if "source" in self.meta:
+            h.update(f"source:{self.meta['source']}\n".encode())
         for n, s in self.sets().items():
             h.update(f"{n}:{s.data_hash()}\n".encode())
         return h.hexdigest()[:16]
@@ -97,7 +99,7 @@ class Splits:
         return splits
 
 
-def _assemble(harmful: Sequence[Sequence[Prompt]], harmless: Sequence[Sequence[Prompt]],
+def assemble_splits(harmful: Sequence[Sequence[Prompt]], harmless: Sequence[Sequence[Prompt]],
               meta: dict[str, Any]) -> Splits:
     """Splits from (train, val, test) harmful and harmless parts, checked disjoint."""
     parts = (part for pair in zip(harmful, harmless) for part in pair)
@@ -197,7 +199,7 @@ def make_splits(harmful: PromptSet, harmless: PromptSet, n_train: int = 128, n_v
         rng.shuffle(h)
         rng.shuffle(b)
         parts_h, parts_b = _cut(h, n_train, n_val, n_test), _cut(b, n_train, n_val, n_test)
-    return _assemble(parts_h, parts_b, {
+    return assemble_splits(parts_h, parts_b, {
         "kind": "matched" if paired else "independent", "seed": seed, "keep_pairs": keep_pairs,
         "n_train": n_train, "n_val": n_val, "n_test": n_test,
         "harmful_source": harmful.name, "harmless_source": harmless.name})
@@ -215,13 +217,6 @@ def unmatched_splits(harmful: PromptSet, harmless: PromptSet, n_train: int = 128
     _, b = _prepare(harmful, harmless)
     random.Random(f"unmatched-harmless-{seed}").shuffle(b)
     sizes = (len(matched.train_harmless), len(matched.val_harmless), len(matched.test_harmless))
-    return _assemble((matched.train_harmful, matched.val_harmful, matched.test_harmful),
+    return assemble_splits((matched.train_harmful, matched.val_harmful, matched.test_harmful),
                      _cut(b, *sizes), {**matched.meta, "kind": "unmatched"})
 
-
-def default_splits(seed: int = 0) -> Splits:
-    """Built-in pairs split by pair: 128+128 train, 32+32 val, the rest test."""
-    ps = builtin_prompts()
-    return make_splits(ps.filter(label=HARMFUL).renamed("builtin_harmful"),
-                       ps.filter(label=HARMLESS).renamed("builtin_harmless"),
-                       n_train=128, n_val=32, n_test=None, seed=seed, keep_pairs=True)
