@@ -324,7 +324,8 @@ def test_save_load_round_trip(tmp_path, planted_inlp, leace_data):
                 assert torch.equal(getattr(loaded, f.name), value), f.name
         with pytest.raises(RefusalLabError, match=rf"hidden size {D}.*hidden size {D + 8}"):
             load_artifact(tmp_path / name, hidden_size=D + 8)
-    assert subspace.provenance.extra["inlp"]["stopped"] == "chance" and subspace.provenance.extra["order"] == "iteration"
+    assert subspace.provenance.extra["inlp"]["stopped"] == "chance"
+    assert subspace.provenance.extra["order"] == "iteration"
     assert subspace.provenance.extra["inlp"]["first_accuracy"] == planted_inlp.first_accuracy
     assert isinstance(load_artifact(tmp_path / "era"), AffineEraser)
 
