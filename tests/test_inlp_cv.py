@@ -71,21 +71,23 @@ def test_cv_accuracies_match_a_hand_computed_4_fold_cv():
     assert r.C == GRID[hand.index(max(hand))]
 
 
-def test_second_accuracy_is_cross_fitted_by_hand():
+@pytest.mark.parametrize("C", [0.5, None])
+def test_second_accuracy_is_cross_fitted_by_hand(C):
     """Classifier 2's OOF accuracy: fold j fits w_1 on its own training rows, projects both its training and its
-    held-out rows by I − ŵ_1ŵ_1ᵀ, fits classifier 2 on the projected training rows and scores the held-out rows."""
+    held-out rows by I − ŵ_1ŵ_1ᵀ, fits classifier 2 on the projected training rows and scores the held-out rows.
+    (C = None: the same with the C the search chose, whose fold fits seed the fold projections.)"""
     g = torch.Generator().manual_seed(8)
     y = torch.arange(120) % 2
     X = torch.randn(120, 6, generator=g, dtype=torch.float64) * torch.tensor([1.0, 1, 2, 3, 1, 1], dtype=torch.float64)
     X[:, :2] += (2 * y[:, None] - 1).double() * torch.tensor([1.0, 0.6], dtype=torch.float64)
-    r = fit_inlp(X, y, INLPConfig(C=0.5, stop="fixed", max_iterations=2, tol=1e-10))
-    Z, hits1, hits2 = hand_standardise(X), 0, 0
+    r = fit_inlp(X, y, INLPConfig(C=C, stop="fixed", max_iterations=2, tol=1e-10))
+    C, Z, hits1, hits2 = r.C, hand_standardise(X), 0, 0
     for tr, te in hand_folds(y):
-        c1 = LogisticRegression(C=0.5, max_iter=1000, tol=1e-10).fit(Z[tr], y[tr])
+        c1 = LogisticRegression(C=C, max_iter=1000, tol=1e-10).fit(Z[tr], y[tr])
         hits1 += int((c1.predict(Z[te]) == y[te].numpy()).sum())
         w = c1.coef_.reshape(-1) / np.linalg.norm(c1.coef_)
         project = lambda A: A - np.outer(A @ w, w)  # noqa: E731
-        c2 = LogisticRegression(C=0.5, max_iter=1000, tol=1e-10).fit(project(Z[tr]), y[tr])
+        c2 = LogisticRegression(C=C, max_iter=1000, tol=1e-10).fit(project(Z[tr]), y[tr])
         hits2 += int((c2.predict(project(Z[te])) == y[te].numpy()).sum())
     assert r.oof_accuracies[:2] == [hits1 / 120, hits2 / 120]
     assert r.oof_accuracies[0] > r.oof_accuracies[1]
@@ -111,13 +113,15 @@ def test_residual_accuracy_is_not_biased_below_chance():
 
 
 def test_explicit_C_skips_the_search_and_fits_are_counted():
-    """Cost: n_folds fits per accuracy (k + 1 of them), one full fit per kept direction, n_folds·|grid| for CV."""
+    """Cost: n_folds fits per accuracy (k + 1 of them), one full fit per kept direction; the C search costs
+    n_folds·|grid| and its runs at the chosen C stand in for iteration 1's fold fits."""
     X, y = nuisance(3)
     fixed = fit_inlp(X, y, INLPConfig(C=2.0, stop="fixed", max_iterations=3))
     assert fixed.C == 2.0 and fixed.cv_accuracies is None and fixed.rank == 3
     assert fixed.n_fits == 4 * (3 + 1) + 3
     searched = fit_inlp(X, y, INLPConfig(stop="fixed", max_iterations=3))
-    assert searched.n_fits == 4 * 5 + 4 * (3 + 1) + 3
+    assert searched.n_fits == 4 * 5 + 4 * 3 + 3
+    assert searched.oof_accuracies[0] == searched.cv_accuracies[GRID.index(searched.C)]
 
 
 def test_no_validation_split_anywhere():

@@ -263,7 +263,7 @@ def fit_inlp(X_train: _ArrayLike, y_train: _ArrayLike, config: INLPConfig | None
     Per iteration ``i``: the cross-fitted OOF accuracy (``n_folds`` fits; stop here if at chance), then one fit on
     ``Z P_{i−1}`` with ``Z = (X − μ)/s`` and ``P_{i−1}`` applied as ``Z − (Z Vᵀ) V`` (never densely); the weight is
     Gram–Schmidt orthogonalised against ``V`` and appended. ``config.C = None`` first picks ``C`` by OOF accuracy
-    over ``C_grid`` (``n_folds·|C_grid|`` fits). When ``n < d`` everything runs exactly in the ``n``-dimensional row
+    over ``C_grid`` (``n_folds·|C_grid|`` fits; those at the chosen ``C`` are iteration 1's fold fits). When ``n < d`` everything runs exactly in the ``n``-dimensional row
     space of ``Z`` (one QR up front; fold classifiers' weights lie in it too). A fit takes ~2–10 ms for n = 256;
     BLAS runs single-threaded meanwhile.
     """
@@ -296,9 +296,10 @@ def _fit_inlp(X_train: _ArrayLike, y_train: _ArrayLike, config: INLPConfig, redu
 
     probe = ProbeFitter(config.classifier, config.max_iter_solver, config.tol, config.seed)
     folds = stratified_folds(y, config.n_folds, config.seed)
-    cv_accuracies = None
-    if config.C is None:
-        C, cv_accuracies = probe.choose_C(Z, y, folds, config.C_grid)
+    cv_accuracies, first = None, None
+    if config.C is None:  # the search's runs at the chosen C are iteration 1's fold classifiers
+        C, cv_accuracies, fold_weights = probe.choose_C(Z, y, folds, config.C_grid)
+        first = cv_accuracies[config.C_grid.index(C)], fold_weights
     else:
         C = config.C
     chance = max(float(y.mean()), 1.0 - float(y.mean()), 0.5)
@@ -312,12 +313,10 @@ def _fit_inlp(X_train: _ArrayLike, y_train: _ArrayLike, config: INLPConfig, redu
 
     for it in range(config.max_iterations + 1):
         # Cross-fitted held-out accuracy: fold j runs its own INLP on the rows outside F_j and scores F_j.
-        hits, fold_weights = 0, []
-        for (train, test), basis in zip(folds, fold_bases):
-            clf = probe.fit(basis.project(Z[train]), y[train], C, it)
-            hits += int((clf.predict(basis.project(Z[test])) == y[test]).sum())
-            fold_weights.append(clf.coef_)
-        acc = hits / n
+        if it == 0 and first is not None:
+            acc, fold_weights = first
+        else:
+            acc, fold_weights = probe.oof_accuracy(Z, y, folds, C, it, [basis.project for basis in fold_bases])
         if it == config.max_iterations or (config.stop == "chance" and acc <= threshold):
             residual = acc
             stopped = "chance" if it < config.max_iterations else "max_iterations"
@@ -353,7 +352,7 @@ def inlp_per_layer(X: _ArrayLike, y: _ArrayLike, config: INLPConfig | None = Non
                    progress: bool = True) -> dict[int, INLPResult]:
     """:func:`fit_inlp` on each layer of the training split: ``X [n, L, d]``, ``y [n]`` → ``{layer: INLPResult}``.
 
-    About 0.2 s per layer for n = 256, d = 1536, ~8 iterations and the C search (``benchmarks/bench_inlp.py``).
+    About 0.2 s per layer for n = 256, d = 1536, a few iterations and the C search (``benchmarks/bench_inlp.py``).
     """
     if X.ndim != 3:
         raise RefusalLabError(f"per-layer INLP needs [n, L, d] activations, got {tuple(X.shape)}")

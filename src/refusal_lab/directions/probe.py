@@ -8,7 +8,7 @@ Features ``Z [n, r]`` (rows = prompts), labels ``y [n]`` (1 = harmful). The out-
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,19 +94,23 @@ class ProbeFitter:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         return clf
 
-    def oof_accuracy(self, Z: np.ndarray, y: np.ndarray, folds: Folds, C: float,
-                     iteration: int = 0) -> tuple[float, list[float]]:
-        """Pooled out-of-fold accuracy and the per-fold accuracies (one fit per fold)."""
-        correct, per_fold = 0, []
-        for train, test in folds:
-            hits = int((self.fit(Z[train], y[train], C, iteration).predict(Z[test]) == y[test]).sum())
-            correct += hits
-            per_fold.append(hits / len(test))
-        return correct / len(y), per_fold
+    def oof_accuracy(self, Z: np.ndarray, y: np.ndarray, folds: Folds, C: float, iteration: int = 0,
+                     maps: Sequence[Callable[[np.ndarray], np.ndarray]] | None = None) -> tuple[float, list[np.ndarray]]:
+        """Pooled out-of-fold accuracy and each fold classifier's weight ``[r]`` (one fit per fold). With ``maps``,
+        fold ``j``'s training and held-out rows are first mapped by ``maps[j]`` (e.g. that fold's own projection)."""
+        correct, fold_weights = 0, []
+        for j, (train, test) in enumerate(folds):
+            Z_train, Z_test = (Z[train], Z[test]) if maps is None else (maps[j](Z[train]), maps[j](Z[test]))
+            clf = self.fit(Z_train, y[train], C, iteration)
+            correct += int((clf.predict(Z_test) == y[test]).sum())
+            fold_weights.append(np.asarray(clf.coef_, dtype=np.float64).reshape(-1))
+        return correct / len(y), fold_weights
 
-    def choose_C(self, Z: np.ndarray, y: np.ndarray, folds: Folds, grid: Sequence[float]) -> tuple[float, list[float]]:
+    def choose_C(self, Z: np.ndarray, y: np.ndarray, folds: Folds,
+                 grid: Sequence[float]) -> tuple[float, list[float], list[np.ndarray]]:
         """The ``C`` in ``grid`` with the highest OOF accuracy (ties: the smallest ``C``, i.e. the strongest L2
-        penalty) and the OOF accuracy of every grid value (in grid order)."""
-        accuracies = [self.oof_accuracy(Z, y, folds, C)[0] for C in grid]
-        best = max(accuracies)
-        return min(C for C, acc in zip(grid, accuracies) if acc == best), accuracies
+        penalty), the OOF accuracy of every grid value (in grid order) and the chosen ``C``'s fold weights."""
+        runs = [self.oof_accuracy(Z, y, folds, C) for C in grid]
+        accuracies = [acc for acc, _ in runs]
+        chosen = min(C for C, acc in zip(grid, accuracies) if acc == max(accuracies))
+        return chosen, accuracies, runs[list(grid).index(chosen)][1]
