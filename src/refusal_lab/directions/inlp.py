@@ -19,7 +19,8 @@ rows outside ``F_j`` (same ``C``) and scores ``F_j`` with its classifier ``i`` a
 pooled accuracy over folds is classifier ``i``'s out-of-fold (OOF) accuracy. Every held-out row is scored by
 a projection and a classifier that never saw it. (Scoring held-out folds after a projection fit on *all* rows is
 biased far below chance: removing the pooled mean difference leaves each fold's complement with minus that fold's
-own difference.) No other split is read, so selection may use the validation split without INLP having seen it.
+own difference.) The label-free centring, scale and row-space basis use all training rows. No other split is
+read, so selection may use the validation split without INLP having seen it.
 
 ``C``. ``config.C = None`` picks ``C`` from ``config.C_grid`` by OOF accuracy of the *first* classifier (ties: the
 smallest ``C``) and reuses it for every iteration; the first classifier's OOF accuracy is then the maximum over the
