@@ -213,7 +213,8 @@ def test_inlp_input_validation(planted):
 
 def test_inlp_per_layer(planted):
     _, Xt, yt, _, _ = planted
-    X = torch.stack([Xt[:400], torch.randn(400, D, dtype=torch.float64)], dim=1)  # layer 1 carries no concept
+    noise = torch.randn(400, D, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    X = torch.stack([Xt[:400], noise], dim=1)  # layer 1 carries no concept
     results = inlp_per_layer(X, yt[:400], INLPConfig(max_iterations=5), progress=False)
     assert set(results) == {0, 1}
     assert results[0].rank >= 1 and results[0].first_accuracy > 0.85
