@@ -45,14 +45,14 @@ def planted():
         noise = noise - (noise @ U.T) @ U
         return (noise + c @ U + 5.0) * 40.0, y
 
-    (Xt, yt), (Xv, yv), (Xs, ys) = make(2000), make(1000), make(2000)
-    return U, Xt, yt, Xv, yv, Xs, ys
+    (Xt, yt), (Xs, ys) = make(2000), make(2000)
+    return U, Xt, yt, Xs, ys
 
 
 @pytest.fixture(scope="module")
 def planted_inlp(planted):
-    _, Xt, yt, Xv, yv, _, _ = planted
-    return fit_inlp(Xt, yt, Xv, yv, INLPConfig(stop="chance", max_iterations=20))
+    _, Xt, yt, _, _ = planted
+    return fit_inlp(Xt, yt, INLPConfig(stop="chance", max_iterations=20))
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +66,7 @@ def mean_shift():
         y = torch.randint(0, 2, (n,), generator=g)
         return torch.randn(n, D, generator=g, dtype=torch.float64) + 3.0 + 1.5 * y.double()[:, None] * u, y
 
-    (Xt, yt), (Xv, yv) = make(1000), make(500)
-    return u, Xt, yt, Xv, yv
+    return (u, *make(1000))
 
 
 # ---------------------------------------------------------------- DiM and cosines
@@ -127,17 +126,18 @@ def test_inlp_basis_orthonormal_and_projection_algebra(planted_inlp):
     assert torch.equal(sub.truncate(2).projection_matrix(1.0), r.projection(2))
     P2 = sub.projection_matrix(2.0)
     assert torch.allclose(P2 @ P2, torch.eye(D), atol=1e-5)
-    assert torch.allclose(sub.scores, torch.tensor(r.val_accuracies))
+    assert torch.allclose(sub.scores, torch.tensor(r.oof_accuracies))
+    assert sub.provenance.extra["order"] == "iteration"
 
 
 def test_inlp_recovers_planted_span_and_erases(planted, planted_inlp):
-    U, Xt, yt, _, _, Xs, ys = planted
+    U, Xt, yt, Xs, ys = planted
     r = planted_inlp
     assert r.stopped == "chance" and 3 <= r.rank < 20
     cosines = principal_angles(U, r.basis)
     assert (cosines >= 0.9).sum() == 3, cosines
     assert ((U.float() @ r.basis.T).norm(dim=1) >= 0.9).all()
-    assert r.val_accuracies[0] > 0.9 and r.residual_val_accuracy <= r.chance_level + r.config.epsilon
+    assert r.first_accuracy > 0.9 and r.residual_accuracy <= r.chance_level + r.config.epsilon
     P = r.projection().double()
     assert fresh_probe_accuracy(Xt, yt, Xs, ys) > 0.9
     assert fresh_probe_accuracy(Xt @ P, yt, Xs @ P, ys) <= 0.6
@@ -154,17 +154,19 @@ def test_inlp_svd_basis_spans_same_space(planted_inlp):
 
 
 def test_inlp_stop_rules(planted):
-    _, Xt, yt, Xv, yv, _, _ = planted
-    fixed = fit_inlp(Xt[:600], yt[:600], Xv, yv, INLPConfig(stop="fixed", max_iterations=9))
+    _, Xt, yt, _, _ = planted
+    fixed = fit_inlp(Xt[:600], yt[:600], INLPConfig(stop="fixed", max_iterations=9))
     assert fixed.rank == 9 and fixed.stopped == "max_iterations"
-    assert len(fixed.val_accuracies) == len(fixed.train_accuracies) == 9 and fixed.weights.shape == (9, D)
-    early = fit_inlp(Xt[:600], yt[:600], Xv, yv, INLPConfig(stop="chance", max_iterations=20, epsilon=0.05))
+    assert len(fixed.oof_accuracies) == len(fixed.train_accuracies) == 9 and fixed.weights.shape == (9, D)
+    early = fit_inlp(Xt[:600], yt[:600], INLPConfig(stop="chance", max_iterations=20, epsilon=0.05))
     assert early.stopped == "chance" and early.rank < 9
-    # chance stop keeps no direction whose classifier was at chance
-    assert min(early.val_accuracies) > early.chance_level + 0.05
+    # chance stop keeps no direction whose classifier was at chance (out of fold), and stops at the first one that is
+    assert min(early.oof_accuracies) > early.chance_level + 0.05
+    assert early.residual_accuracy <= early.chance_level + 0.05
+    assert early.oof_accuracies == fixed.oof_accuracies[: early.rank]
     # ...and the first iterations agree with the fixed run (same data, same solver)
     assert torch.allclose(early.basis, fixed.basis[: early.rank], atol=1e-4)
-    svm = fit_inlp(Xt[:600], yt[:600], Xv, yv, INLPConfig(classifier="svm", stop="fixed", max_iterations=3))
+    svm = fit_inlp(Xt[:600], yt[:600], INLPConfig(classifier="svm", stop="fixed", max_iterations=3))
     assert svm.rank == 3 and torch.allclose(svm.basis @ svm.basis.T, torch.eye(3), atol=1e-5)
 
 
@@ -175,56 +177,60 @@ def test_inlp_row_space_reduction_is_exact():
     g = torch.Generator().manual_seed(5)
     d, u = 400, torch.zeros(400, dtype=torch.float64)
     u[:2] = 1.0
-    y, yv = torch.arange(120) % 2, torch.arange(100) % 2
+    y = torch.arange(120) % 2
     X = torch.randn(120, d, generator=g, dtype=torch.float64) * 3 + 10 + y[:, None] * u
-    Xv = torch.randn(100, d, generator=g, dtype=torch.float64) * 3 + 10 + yv[:, None] * u
     cfg = INLPConfig(stop="fixed", max_iterations=3, tol=1e-10)
-    reduced, full = inlp._fit_inlp(X, y, Xv, yv, cfg), inlp._fit_inlp(X, y, Xv, yv, cfg, reduce=False)
-    assert reduced.val_accuracies == full.val_accuracies
+    reduced, full = inlp._fit_inlp(X, y, cfg), inlp._fit_inlp(X, y, cfg, reduce=False)
+    assert reduced.C == full.C and reduced.cv_accuracies == full.cv_accuracies
+    assert reduced.oof_accuracies == full.oof_accuracies
     assert ((reduced.basis * full.basis).sum(1) > 0.999).all()
     assert torch.allclose(reduced.weights, full.weights, rtol=1e-2, atol=1e-2 * float(full.weights.abs().max()))
 
 
 def test_inlp_pure_noise_keeps_nothing():
     g = torch.Generator().manual_seed(3)
-    X, Xv = torch.randn(300, D, generator=g), torch.randn(300, D, generator=g)
-    y, yv = torch.arange(300) % 2, torch.arange(300) % 2
-    r = fit_inlp(X, y, Xv, yv, INLPConfig(epsilon=0.1))
+    X, y = torch.randn(300, D, generator=g), torch.arange(300) % 2
+    r = fit_inlp(X, y, INLPConfig(epsilon=0.1))
     assert r.rank == 0 and r.stopped == "chance" and torch.equal(r.projection(), torch.eye(D))
     with pytest.raises(RefusalLabError, match="no direction"):
         r.to_subspace(prov("inlp"))
 
 
 def test_inlp_input_validation(planted):
-    _, Xt, yt, Xv, yv, _, _ = planted
+    _, Xt, yt, _, _ = planted
     with pytest.raises(RefusalLabError, match="binary"):
-        fit_inlp(Xt, yt + 1, Xv, yv)
+        fit_inlp(Xt, yt + 1)
     with pytest.raises(RefusalLabError, match="NaN"):
-        fit_inlp(torch.full_like(Xt, float("nan")), yt, Xv, yv)
-    with pytest.raises(RefusalLabError, match="hidden size"):
-        fit_inlp(Xt, yt, Xv[:, :-1], yv)
-    with pytest.raises(RefusalLabError):
-        INLPConfig(stop="sometimes")
+        fit_inlp(torch.full_like(Xt, float("nan")), yt)
+    with pytest.raises(RefusalLabError, match="both harmful"):
+        fit_inlp(Xt, torch.ones_like(yt))
+    with pytest.raises(RefusalLabError, match="4-fold cross-validation needs at least 4 harmful"):
+        fit_inlp(Xt[:7], torch.tensor([1, 1, 1, 0, 0, 0, 0]))
+    for bad in ({"stop": "sometimes"}, {"C": 0.0}, {"C_grid": ()}, {"n_folds": 1}):
+        with pytest.raises(RefusalLabError):
+            INLPConfig(**bad)
 
 
 def test_inlp_per_layer(planted):
-    _, Xt, yt, Xv, yv, _, _ = planted
-    X = torch.stack([Xt[:400], torch.randn(400, D, dtype=torch.float64)], dim=1)  # layer 1 carries no concept
-    Xval = torch.stack([Xv[:400], torch.randn(400, D, dtype=torch.float64)], dim=1)
-    results = inlp_per_layer(X, yt[:400], Xval, yv[:400], INLPConfig(max_iterations=5), progress=False)
+    _, Xt, yt, _, _ = planted
+    noise = torch.randn(400, D, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    X = torch.stack([Xt[:400], noise], dim=1)  # layer 1 carries no concept
+    results = inlp_per_layer(X, yt[:400], INLPConfig(max_iterations=5), progress=False)
     assert set(results) == {0, 1}
-    assert results[0].rank >= 1 and results[0].val_accuracies[0] > 0.85
-    assert results[1].rank <= 1
-    only = inlp_per_layer(X, yt[:400], Xval, yv[:400], INLPConfig(max_iterations=2), layers=[1], progress=False)
-    assert set(only) == {1}
+    assert results[0].rank >= 1 and results[0].first_accuracy > 0.85
+    assert results[1].rank <= 1 and results[1].first_accuracy < 0.6
+    only = inlp_per_layer(X, yt[:400], INLPConfig(max_iterations=2), layers=[1], progress=False)
+    assert set(only) == {1} and only[1].C == results[1].C
+    with pytest.raises(RefusalLabError, match="out of range"):
+        inlp_per_layer(X, yt[:400], layers=[2], progress=False)
 
 
 # ---------------------------------------------------------------- classifier direction
 
 
 def test_first_classifier_direction_matches_dim(mean_shift):
-    u, Xt, yt, Xv, yv = mean_shift
-    r = fit_inlp(Xt, yt, Xv, yv, INLPConfig(stop="fixed", max_iterations=1))
+    u, Xt, yt = mean_shift
+    r = fit_inlp(Xt, yt, INLPConfig(stop="fixed", max_iterations=1))
     dim = difference_in_means(Xt[yt == 1].mean(0), Xt[yt == 0].mean(0), prov("dim"))
     clf = classifier_direction(r, dim)
     assert clf.provenance.method == "classifier" and clf.provenance.layer == dim.provenance.layer
@@ -241,7 +247,7 @@ def test_first_classifier_direction_matches_dim(mean_shift):
 
 @pytest.fixture(scope="module")
 def leace_data(planted):
-    _, Xt, yt, _, _, Xs, ys = planted
+    _, Xt, yt, Xs, ys = planted
     return Xt, yt, Xs, ys, fit_leace(Xt, yt, prov("leace"))
 
 
@@ -320,6 +326,8 @@ def test_save_load_round_trip(tmp_path, planted_inlp, leace_data):
         with pytest.raises(RefusalLabError, match=rf"hidden size {D}.*hidden size {D + 8}"):
             load_artifact(tmp_path / name, hidden_size=D + 8)
     assert subspace.provenance.extra["inlp"]["stopped"] == "chance"
+    assert subspace.provenance.extra["order"] == "iteration"
+    assert subspace.provenance.extra["inlp"]["first_accuracy"] == planted_inlp.first_accuracy
     assert isinstance(load_artifact(tmp_path / "era"), AffineEraser)
 
 

@@ -132,17 +132,16 @@ def test_first_inlp_direction_is_close_to_dim_on_the_bundled_model(lm):
     prompts = builtin_prompts()
     harmful, harmless = prompts.filter(label=H).texts, prompts.filter(label=B).texts
     train_h, train_b = (collect_activations(lm, p[:32]).acts[:, :, -1] for p in (harmful, harmless))
-    val_h, val_b = (collect_activations(lm, p[32:48]).acts[:, :, -1] for p in (harmful, harmless))
-    X, Xv = torch.cat([train_h, train_b]).float(), torch.cat([val_h, val_b]).float()
-    y, yv = torch.tensor([1] * 32 + [0] * 32), torch.tensor([1] * 16 + [0] * 16)
+    X, y = torch.cat([train_h, train_b]).float(), torch.tensor([1] * 32 + [0] * 32)
     middle = lm.n_layers // 2
-    results = inlp_per_layer(X, y, Xv, yv, INLPConfig(max_iterations=4), layers=[middle - 3, middle, middle + 3],
-                             progress=False)
+    results = inlp_per_layer(X, y, INLPConfig(max_iterations=4), layers=[middle - 3, middle, middle + 3], progress=False)
     dim = train_h[:, middle].double().mean(0) - train_b[:, middle].double().mean(0)
     result = results[middle]
     cosine = float(cosine_matrix(result.basis[0], dim.float()))
-    print(f"layer {middle}: first INLP held-out accuracy {result.val_accuracies[0]:.3f}, cosine with DiM {cosine:.3f}")
-    assert result.rank >= 1 and result.val_accuracies[0] >= 0.75  # 32 prompts a side: a noisy, not a weak probe
+    print(f"layer {middle}: first INLP out-of-fold accuracy {result.first_accuracy:.3f} (C = {result.C}), "
+          f"cosine with DiM {cosine:.3f}")
+    # 32 prompts a side, each scored by a classifier fit on 48 others: a noisy, not a weak probe
+    assert result.rank >= 1 and result.first_accuracy >= 0.7
     assert cosine > 0.5
 
 

@@ -11,6 +11,7 @@ Each object saves as ``<stem>.safetensors`` (tensors) plus ``<stem>.json`` (:cla
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -102,7 +103,9 @@ class Direction:
 class Subspace:
     """An orthonormal basis ``V [k, d]`` (rows); ``P_k = I − V[:k]ᵀ V[:k]`` removes the span of the first k rows.
 
-    ``scores`` (optional, ``[k]``) orders the rows, e.g. INLP singular values or per-iteration accuracies.
+    ``scores`` (optional, ``[k]``) go with the rows, e.g. INLP per-iteration accuracies or shares of the DiM vector.
+    The row order is what rank-k means; ``provenance.extra["order"]`` names it where it was chosen (e.g. INLP's
+    ``"iteration"`` / ``"dim_share"``, see :meth:`reordered`). ``"svd"`` marks an order-less basis (span only).
     """
 
     basis: torch.Tensor
@@ -120,11 +123,28 @@ class Subspace:
         return self.basis.shape[0]
 
     def truncate(self, k: int) -> Subspace:
-        """The leading ``k`` basis rows (rank-k ``P_k``)."""
+        """The leading ``k`` basis rows (rank-k ``P_k``) in the current row order."""
         if not 1 <= k <= self.rank:
             raise RefusalLabError(f"k must be between 1 and the subspace rank {self.rank}, got {k}")
+        if k < self.rank and self.provenance.extra.get("order") == "svd":
+            raise RefusalLabError("this basis comes from an SVD of a projector and has no row order; truncate a "
+                                  "subspace in a named order instead (e.g. INLP order 'iteration' or 'dim_share')")
         scores = None if self.scores is None else self.scores[:k]
         return Subspace(self.basis[:k], self.provenance, scores)
+
+    def reordered(self, order_scores: torch.Tensor, name: str) -> Subspace:
+        """The same span with rows sorted by ``order_scores [k]`` descending (stable: ties keep the current order).
+
+        The sorted ``order_scores`` become ``scores`` and ``name`` goes to ``provenance.extra["order"]``, so
+        ``reordered(s, name).truncate(k)`` keeps the ``k`` rows with the largest scores. ``P = I − VᵀV`` is unchanged.
+        """
+        order_scores = torch.as_tensor(order_scores).detach().reshape(-1).to("cpu", torch.float32)
+        if order_scores.shape[0] != self.rank or not torch.isfinite(order_scores).all():
+            raise RefusalLabError(f"reordering a rank-{self.rank} subspace needs {self.rank} finite scores, got "
+                                  f"{order_scores.shape[0]}")
+        sorted_scores, index = torch.sort(order_scores, descending=True, stable=True)
+        provenance = dataclasses.replace(self.provenance, extra={**self.provenance.extra, "order": name})
+        return Subspace(self.basis[index.to(self.basis.device)], provenance, sorted_scores)
 
     def projection_matrix(self, alpha: float = 1.0) -> torch.Tensor:
         """Dense ``P_α = αP + (1−α)I = I − α VᵀV`` ([d, d], symmetric). For tests and small d only."""
