@@ -58,8 +58,7 @@ def planted(n=160, seed=0, strength=3.0):
 @pytest.fixture(scope="module")
 def artifacts():
     X, y, _ = planted()
-    Xv, yv, _ = planted(seed=1)
-    result = fit_inlp(X, y, Xv, yv, INLPConfig(max_iterations=4, stop="fixed"))
+    result = fit_inlp(X, y, INLPConfig(max_iterations=4, stop="fixed"))
     dim = Direction(X[y == 1].mean(0) - X[y == 0].mean(0), prov("dim"))
     return MethodArtifacts(
         dim=dim,

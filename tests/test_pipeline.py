@@ -40,8 +40,8 @@ def _inlp_store(accuracies: dict[tuple[int, int], float]):
     for i, ((layer, position), acc) in enumerate(accuracies.items()):
         y = torch.cat([torch.ones(40), torch.zeros(40)]).long()
         X = torch.randn(80, D, generator=g) + 2.0 * y[:, None] * torch.randn(D, generator=g)
-        result = fit_inlp(X, y, X, y, INLPConfig(max_iterations=2, stop="fixed"))
-        result.val_accuracies[0] = acc
+        result = fit_inlp(X, y, INLPConfig(max_iterations=2, stop="fixed"))
+        result.oof_accuracies[0] = acc
         stores[(layer, position, None)] = result.to_subspace(Provenance("tiny", "inlp", D, layer, position, "h",
                                                                         {"n_layers": 5}))
     return stores
@@ -75,7 +75,9 @@ def test_flip_selection_uses_induce_and_shares_the_nullspace_kl():
     flip = select_candidates(lm, "flip", store, "layer", HARMFUL, HARMLESS, config, MethodsConfig(),
                              kl_cache=cache)
     kl_null = {(r.layer, r.position): r.kl for r in null.table().itertuples()}
-    for r in flip.table().itertuples():
+    checked = [r for r in flip.table().itertuples() if r.status != "not evaluated"]
+    assert checked
+    for r in checked:
         assert not math.isnan(r.induce)
         assert r.kl == kl_null[(r.layer, r.position)]  # the flip's KL filter is the nullspace's
     strict = select_candidates(lm, "flip", store, "layer", HARMFUL, HARMLESS,

@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from refusal_lab.directions.base import Direction, Provenance
+from refusal_lab.directions.inlp_order import reorder_inlp
 from refusal_lab.directions.subspace import stack_subspace
 from refusal_lab.errors import RefusalLabError
 from refusal_lab.evaluation.generate import cached_generations
@@ -63,6 +64,7 @@ class CompareConfig(BaseModel):
     flip_alpha: float = 2.0
     flip_variants: list[Literal["input", "writes"]] = ["input", "writes"]
     rank_k: int = 1  # k of the rank-k row in the main table (the sweep covers every k)
+    rank_k_orders: list[Literal["iteration", "dim_share"]] = ["iteration", "dim_share"]  # what "first k" means
     sweep_scopes: list[Literal["layer", "top50", "all"]] = ["layer"]
     sweep_max_k: int | None = None  # default: the INLP rank; 0 turns the sweep off
     sweep_controls: bool = True
@@ -86,6 +88,7 @@ class Condition:
     k: int | None = None
     alpha: float | None = None
     variant: str | None = None
+    order: str | None = None  # rank-k: which k INLP directions come first
     scale: float | None = None
     center: bool = False
     control: bool = False
@@ -114,21 +117,26 @@ def random_like(artifact, seed: int):
 
 
 def plan_conditions(run_dir: Path, config: CompareConfig, n_layers: int, hidden_size: int,
-                    ranked_layers: list[int], centers) -> tuple[list[Condition], list[str]]:
+                    ranked_layers: list[int], fits=None) -> tuple[list[Condition], list[str]]:
     """Every row of both tables (baseline first), and the kinds skipped for want of an artifact."""
     conditions = [Condition("baseline", "both", "none")]
     skipped: list[str] = []
 
     def add(table: str, kind: str, scope: str, artifact, selected_at: str, **params) -> None:
+        if params.get("order"):  # rank-k: the INLP rows in the named order (refusal_lab.directions.inlp_order)
+            artifact = reorder_inlp(artifact, params["order"])
         p, method = artifact.provenance, ARTIFACT_OF[kind]
         layer = p.layer if p.layer is not None else (p.extra.get("layers") or [None])[0]
         center = params.pop("center", False)
-        extra = {"center": True, "centers": centers(p.position)} if center else {}
+        extra = {"center": True, "centers": fits.centers(p.position)} if center and fits else (
+            {"center": True} if center else {})
+        if kind == "leace" and scope != "layer" and fits is not None:
+            extra["erasers"] = fits.erasers(p.position)
 
         def build(art):
             return build_intervention(kind, MethodArtifacts(**{"inlp" if method == "flip" else method: art}),
                                       layer=layer, scope=scope, n_layers=n_layers, ranked_layers=ranked_layers,
-                                      **params, **extra)
+                                      **{n: v for n, v in params.items() if n != "order"}, **extra)
 
         label = "".join(f",{n}={v:g}" if isinstance(v, float | int) else f",{n}={v}"
                         for n, v in params.items() if v is not None) + (",centered" if center else "")
@@ -138,7 +146,8 @@ def plan_conditions(run_dir: Path, config: CompareConfig, n_layers: int, hidden_
         same = (kind == get_method(method).kind and scope == selected_at and not center
                 and (params.get("scale") or -1) < 0)
         main = Condition(name, table, kind, scope, method, layer, p.position, params.get("k"), params.get("alpha"),
-                         params.get("flip_variant"), params.get("scale"), center, selected_at=selected_at,
+                         params.get("flip_variant"), params.get("order"), params.get("scale"), center,
+                         selected_at=selected_at,
                          selection=selection.get("status", "selected"),
                          kl_val=selection.get("kl", math.nan) if same else math.nan,
                          interventions=build(artifact))
@@ -149,7 +158,8 @@ def plan_conditions(run_dir: Path, config: CompareConfig, n_layers: int, hidden_
             control = random_like(artifact.truncate(params["k"]) if kind == "rank-k" else artifact, seed)
             conditions.append(Condition(f"{name}~random{seed}", table, kind, scope, "random", layer, p.position,
                                         params.get("k"), params.get("alpha"), params.get("flip_variant"),
-                                        params.get("scale"), center, True, seed, name, selected_at,
+                                        params.get("order"), params.get("scale"), center, True, seed, name,
+                                        selected_at,
                                         interventions=build(control)))
 
     for kind in config.kinds:
@@ -173,7 +183,9 @@ def plan_conditions(run_dir: Path, config: CompareConfig, n_layers: int, hidden_
                         add("comparison", kind, scope, artifact, selected_at, alpha=config.flip_alpha,
                             flip_variant=variant, center=center)
                 elif kind == "rank-k":
-                    add("comparison", kind, scope, artifact, selected_at, k=config.rank_k, center=center)
+                    for order in config.rank_k_orders:
+                        add("comparison", kind, scope, artifact, selected_at, k=config.rank_k, order=order,
+                            center=center)
                 else:
                     add("comparison", kind, scope, artifact, selected_at, center=center)
     if config.sweep_max_k != 0:
@@ -182,8 +194,9 @@ def plan_conditions(run_dir: Path, config: CompareConfig, n_layers: int, hidden_
             if inlp is None:
                 skipped.append("rank-k sweep: no INLP artifact")
                 break
-            for k in range(1, min(config.sweep_max_k or inlp.rank, inlp.rank) + 1):
-                add("rank_k_sweep", "rank-k", scope, inlp, selected_at, k=k)
+            for order in config.rank_k_orders:
+                for k in range(1, min(config.sweep_max_k or inlp.rank, inlp.rank) + 1):
+                    add("rank_k_sweep", "rank-k", scope, inlp, selected_at, k=k, order=order)
     return conditions, skipped
 
 
@@ -240,9 +253,10 @@ class Comparison:
     out_dir: Path
 
 
-def compare(lm, run_dir: str | Path, splits, config: CompareConfig, centers=None) -> Comparison:
+def compare(lm, run_dir: str | Path, splits, config: CompareConfig, fits=None) -> Comparison:
     """Evaluate every planned condition on the test split of ``splits`` and write the tables (resumable).
-    ``centers(position) -> {layer: training mean}`` enables the centred variants at multi-layer scopes."""
+    ``fits`` (a :class:`~refusal_lab.methods.registry.FitContext`) gives the affine maps (centred variants, LEACE)
+    one fit per layer at multi-layer scopes; without it those rows stay at the layer they were fitted at."""
     run_dir = Path(run_dir)
     if not (run_dir / "ranking.json").exists():
         raise RefusalLabError(f"{run_dir} has no selected DiM direction (ranking.json); run `refusal-lab extract "
@@ -257,11 +271,7 @@ def compare(lm, run_dir: str | Path, splits, config: CompareConfig, centers=None
     write_json(saved, payload)
 
     ranked = [layer for layer, _ in read_json(run_dir / "ranking.json")["ranked"]]
-    if not config.center_variants:
-        centers = None
-    elif centers is None:
-        config = config.model_copy(update={"center_variants": False})
-    conditions, skipped = plan_conditions(run_dir, config, lm.n_layers, lm.hidden_size, ranked, centers)
+    conditions, skipped = plan_conditions(run_dir, config, lm.n_layers, lm.hidden_size, ranked, fits)
     for note in skipped:
         log(f"skipped {note}")
     rows_path = out_dir / "rows.jsonl"

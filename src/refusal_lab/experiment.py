@@ -129,11 +129,8 @@ def run_extract(lm, config: RunConfig, run_dir: str | Path, methods=None) -> Ext
 def run_compare(lm, config: RunConfig, run_dir: str | Path) -> Comparison:
     run_dir, splits = open_run(config, run_dir)
     start = time.perf_counter()
-    centers = None
-    if config.compare.center_variants:
-        ctx = fit_context(lm, splits, config)
-        centers = lambda position: {j: ctx.center(j, position) for j in range(ctx.n_layers)}  # noqa: E731
-    result = compare(lm, run_dir, splits, config.compare, centers)
+    needs_fits = config.compare.center_variants or "leace" in config.compare.kinds
+    result = compare(lm, run_dir, splits, config.compare, fit_context(lm, splits, config) if needs_fits else None)
     _record(run_dir, lm, splits, f"compare-{config.compare.measure}", time.perf_counter() - start)
     return result
 

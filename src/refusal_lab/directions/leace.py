@@ -142,14 +142,15 @@ def _rows(acts: torch.Tensor, layer: int, position: int | None) -> tuple[torch.T
 
 def fit_leace_per_layer(acts: torch.Tensor, y: torch.Tensor, provenance: Provenance,
                         layers: Sequence[int] | None = None, position: int | None = None,
-                        **options) -> dict[int, AffineEraser]:
+                        skip_degenerate: bool = False, **options) -> dict[int, AffineEraser]:
     """One LEACE eraser per layer (for multi-layer scopes: layer ``j``'s eraser is applied at layer ``j`` only).
 
     ``acts [n, L, P, d]`` (``resid_pre`` at the post-instruction positions), ``y [n]`` (1 = harmful); ``layers``
     default all L. ``position`` (negative, −P..−1) fits each eraser at that position; ``None`` pools all P
     positions (each prompt contributes P rows with its label). ``provenance`` is the template: each eraser gets
     ``layer = j``, ``position`` and ``extra["valid_positions"]`` (the positions fitted on). ``options`` go to
-    :func:`fit_leace`.
+    :func:`fit_leace`. ``skip_degenerate`` leaves out layers whose fit fails (e.g. identical activations at a
+    template token: nothing there to erase) instead of raising.
     """
     y = y.reshape(-1)
     if y.shape[0] != acts.shape[0]:
@@ -160,7 +161,11 @@ def fit_leace_per_layer(acts: torch.Tensor, y: torch.Tensor, provenance: Provena
         labels = y.repeat_interleave(len(positions)) if position is None else y
         fitted = replace(provenance, layer=layer, position=position,
                          extra={**provenance.extra, "valid_positions": list(positions)})
-        erasers[layer] = fit_leace(X, labels, fitted, **options)
+        try:
+            erasers[layer] = fit_leace(X, labels, fitted, **options)
+        except RefusalLabError:
+            if not skip_degenerate:
+                raise
     return erasers
 
 

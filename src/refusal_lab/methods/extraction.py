@@ -59,14 +59,15 @@ def _fit(method, ctx: FitContext, config, root: Path, hidden_size: int) -> dict[
 def select_candidates(lm, name: str, candidates: dict[tuple, object], scope: str, val_harmful, val_harmless,
                       selection: SelectionConfig, methods: MethodsConfig, baseline: Baseline | None = None,
                       prior: AttributionPrior | None = None, kl_cache: dict | None = None,
-                      ranked_layers: Sequence[int] = (), centers=None) -> Selection:
+                      ranked_layers: Sequence[int] = (), fits: FitContext | None = None) -> Selection:
     """Select among one method's ``candidates`` ``{(layer, position, k): artifact}`` at ``scope`` on the val
-    prompts (see :mod:`refusal_lab.selection`); ``baseline``/``prior`` are computed when not given."""
+    prompts (see :mod:`refusal_lab.selection`); ``baseline``/``prior`` are computed when not given; ``fits``
+    gives affine methods their per-layer maps at multi-layer scopes (without it they stay at one layer)."""
     method = get_method(name)
     baseline = baseline or Baseline.compute(lm, val_harmful, val_harmless, selection.batch_size)
     if prior is None and selection.mode == "fast":
         prior = AttributionPrior(lm, val_harmful)
-    env = PlanEnv(lm.n_layers, list(ranked_layers), methods, selection.induce_scales, centers)
+    env = PlanEnv(lm.n_layers, list(ranked_layers), methods, selection.induce_scales, fits)
     pool = _pool(method, scope, candidates, lm.n_layers, selection)
     plans = {c.key: method.plan(candidates[c.key], c.layer, scope, env) for c in pool
              if c.status == "not evaluated"}
@@ -81,8 +82,7 @@ def _pool(method, scope: str, candidates: dict[tuple, object], n_layers: int, co
             -1 if x is None else x for x in kv[0])):
         c = Candidate(method.name, scope, layer, position, k)
         if method.inlp_derived:
-            accuracies = artifact.provenance.extra.get("inlp", {}).get("val_accuracies") or [math.nan]
-            c.inlp_accuracy = float(accuracies[0])
+            c.inlp_accuracy = float(artifact.provenance.extra.get("inlp", {}).get("first_accuracy", math.nan))
         if layer is not None and layer >= config.max_layer_fraction * n_layers:
             c.status = f"filtered: layer >= {config.max_layer_fraction}L"
         elif method.inlp_derived and not c.inlp_accuracy >= config.min_inlp_accuracy:
@@ -155,8 +155,7 @@ def extract(lm, splits, config, run_dir: str | Path, methods: Sequence[str] = ("
                 ranked_layers = [layer for layer, _ in (ctx.ranked or [])]
                 selection = select_candidates(
                     lm, name, candidates, scope, val_harmful, val_harmless, config.selection, config.methods,
-                    baseline, prior, kl_cache, ranked_layers,
-                    centers=lambda position, c=ctx: {j: c.center(j, position) for j in range(c.n_layers)})
+                    baseline, prior, kl_cache, ranked_layers, fits=ctx)
                 chosen = _save_selection(run_dir, selection, candidates, ranked_layers)
             else:
                 selection, chosen = loaded

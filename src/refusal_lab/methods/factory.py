@@ -61,8 +61,9 @@ def build_intervention(kind: str, artifacts: MethodArtifacts, layer: int | None 
     of the activations' common offset); the centred flip swaps the clusters.
 
     Affine maps are placed only at the layer they were fitted at (else a ``RefusalLabError``): ``leace`` uses
-    ``erasers[j]`` (:func:`~refusal_lab.directions.leace.fit_leace_per_layer`) at each scoped layer ``j``, else the
-    artifact's eraser, which fits only its own layer. A centred map uses ``centers[j]`` (each layer's own training
+    ``erasers[j]`` (:func:`~refusal_lab.directions.leace.fit_leace_per_layer`) at each scoped layer ``j`` that has
+    one (a layer without one has nothing to erase and is left alone), else the artifact's eraser, which fits only
+    its own layer. A centred map uses ``centers[j]`` (each layer's own training
     mean, e.g. :func:`~refusal_lab.directions.leace.per_layer_means`; ``center_positions``: the positions they
     were taken at, recorded as ``valid_positions``), else the artifact's recorded centre at its own layer. Centred
     nullspace / rank-k need a centre at every scoped layer, a centred flip at the first scoped layer only.
@@ -142,7 +143,10 @@ def build_intervention(kind: str, artifacts: MethodArtifacts, layer: int | None 
         basis = artifact.basis if k is None else artifact.truncate(k).basis
         return projection(basis, 1.0, f"subspace(k={basis.shape[0]})")
     if kind == "leace":
-        return eraser_interventions({j: (erasers or {}).get(j, artifact) for j in layers}, sites)
+        chosen = {j: artifact for j in layers} if erasers is None else {j: erasers[j] for j in layers if j in erasers}
+        if not chosen:
+            raise RefusalLabError(f"no LEACE eraser was fitted at any of layers {list(layers)}")
+        return eraser_interventions(chosen, sites)
     raise AssertionError(kind)  # pragma: no cover
 
 

@@ -21,8 +21,7 @@ Additive induce plans are tried at each of ``selection.induce_scales``; the flip
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -32,7 +31,7 @@ from refusal_lab.directions.base import Direction, Provenance
 from refusal_lab.directions.classifier import classifier_direction
 from refusal_lab.directions.dim import dim_candidates
 from refusal_lab.directions.inlp import INLPConfig, inlp_per_layer
-from refusal_lab.directions.leace import fit_leace
+from refusal_lab.directions.leace import fit_leace, fit_leace_per_layer
 from refusal_lab.directions.subspace import stack_subspace
 from refusal_lab.errors import RefusalLabError
 from refusal_lab.methods.artifacts import MethodArtifacts
@@ -51,7 +50,7 @@ class MethodsConfig(BaseModel):
     subspace_k: int = 4
     inlp_max_iterations: int = 20
     inlp_classifier: Literal["logistic", "svm"] = "logistic"
-    inlp_C: float = 1.0
+    inlp_C: float | None = None  # None: chosen by cross-validation on the train split
 
     def inlp_config(self) -> INLPConfig:
         return INLPConfig(classifier=self.inlp_classifier, C=self.inlp_C, max_iterations=self.inlp_max_iterations)
@@ -71,6 +70,7 @@ class FitContext:
     max_layer_fraction: float = 0.8
     ranked: list[tuple[int, int]] | None = None
     inlp_results: dict | None = None  # INLP fits, shared by the inlp, flip and classifier methods
+    leace_fits: dict = field(default_factory=dict)  # position → {layer: eraser}
 
     def inlp(self, config: MethodsConfig) -> dict:
         """``{(layer, position): INLPResult}`` on the train split for every eligible cell (computed once)."""
@@ -81,7 +81,7 @@ class FitContext:
                 layers = [layer for layer, pos in self.cells() if pos == position]
                 if layers:
                     X, y = self.xy(slice(None), position)
-                    for layer, result in inlp_per_layer(X, y, X, y, config.inlp_config(), layers=layers,
+                    for layer, result in inlp_per_layer(X, y, config.inlp_config(), layers=layers,
                                                         progress=False).items():
                         self.inlp_results[(layer, position)] = result
         return self.inlp_results
@@ -121,6 +121,19 @@ class FitContext:
         """The training mean at ``(layer, position)`` (balanced classes: the midpoint of the class means)."""
         return ((self.harmful_mean[layer, position] + self.harmless_mean[layer, position]) / 2).float()
 
+    def centers(self, position: int) -> dict[int, torch.Tensor]:
+        """Every layer's training mean at ``position``: the per-layer centres of a centred map."""
+        return {layer: self.center(layer, position) for layer in range(self.n_layers)}
+
+    def erasers(self, position: int) -> dict:
+        """One LEACE eraser per layer at ``position`` (for multi-layer scopes; computed once per position)."""
+        if position not in self.leace_fits:
+            y = torch.cat([torch.ones(len(self.train_harmful)), torch.zeros(len(self.train_harmless))]).long()
+            acts = torch.cat([self.train_harmful, self.train_harmless]).float()
+            self.leace_fits[position] = fit_leace_per_layer(acts, y, self.provenance("leace", None, position),
+                                                            position=position, skip_degenerate=True)
+        return self.leace_fits[position]
+
 
 @dataclass
 class PlanEnv:
@@ -130,7 +143,7 @@ class PlanEnv:
     ranked_layers: list[int]
     methods: MethodsConfig
     induce_scales: list[float]
-    centers: Callable[[int], dict[int, torch.Tensor]] | None = None  # position → {layer: training mean}
+    fits: FitContext | None = None  # per-layer centres and erasers for affine maps at multi-layer scopes
 
 
 class Method:
@@ -178,14 +191,13 @@ class INLP(Method):
 
     def fit(self, ctx, config):
         return {(layer, position, None): result.to_subspace(ctx.provenance(
-                    "inlp", layer, position, train_accuracies=result.train_accuracies,
-                    center=ctx.center(layer, position).tolist()))
+                    "inlp", layer, position, center=ctx.center(layer, position).tolist()))
                 for (layer, position), result in ctx.inlp(config).items() if result.rank}
 
     def _centered(self, artifact, env: PlanEnv) -> dict:
         if not env.methods.center:
             return {}
-        return {"center": True, "centers": env.centers(artifact.provenance.position) if env.centers else None}
+        return {"center": True, "centers": env.fits.centers(artifact.provenance.position) if env.fits else None}
 
     def plan(self, artifact, layer, scope, env):
         ivs = self.build("nullspace", artifact, layer, scope, env, **self._centered(artifact, env))
@@ -229,6 +241,11 @@ class LEACE(Method):
             except RefusalLabError:  # degenerate cell (e.g. identical activations): not a candidate
                 continue
         return erasers
+
+    def plan(self, artifact, layer, scope, env):
+        per_layer = {"erasers": env.fits.erasers(artifact.provenance.position)} if scope != "layer" and env.fits else {}
+        ivs = self.build("leace", artifact, layer, scope, env, **per_layer)
+        return Plan(bypass=ivs, kl=ivs)
 
 
 class Stack(Method):
