@@ -23,13 +23,14 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from pydantic import BaseModel, Field
+from pydantic import Field, NonNegativeInt, PositiveInt
 from rich.console import Console
 from safetensors.torch import load_file, save_file
 
 from refusal_lab import __version__
 from refusal_lab.activations import collect_activations
 from refusal_lab.data import HARMFUL, HARMLESS, Splits, builtin_prompts, make_splits
+from refusal_lab.config import ConfigModel, load_config_file
 from refusal_lab.directions.base import Direction, Provenance, load_artifact
 from refusal_lab.directions.dim import dim_candidates
 from refusal_lab.errors import RefusalLabError
@@ -46,37 +47,27 @@ from refusal_lab.selection import SelectionConfig, SelectionResult, ablation, ac
 log = Console(stderr=True).log
 
 
-class RunConfig(BaseModel):
+class RunConfig(ConfigModel):
     """Everything that determines a run's numbers (saved as RUN_DIR/config.json)."""
 
     model: str = DEFAULT_MODEL
     dtype: str = "auto"
     seed: int = 0
-    n_train: int = 128
-    n_val: int = 32
-    n_eval: int | None = Field(None, description="held-out prompts per side to evaluate (None: the whole test split)")
-    batch_size: int = 32
-    max_new_tokens: int = 24
+    n_train: PositiveInt = 128
+    n_val: PositiveInt = 32
+    n_eval: PositiveInt | None = Field(None, description="held-out prompts per side to evaluate (None: the whole "
+                                                         "test split)")
+    batch_size: PositiveInt = 32
+    max_new_tokens: PositiveInt = 24
     actadd_scale: float = 1.0
-    control_seeds: int = 1
+    control_seeds: NonNegativeInt = 1
     selection: SelectionConfig = SelectionConfig()
 
 
 def load_config(path: str | Path | None, **overrides) -> RunConfig:
-    """A RunConfig from a JSON or TOML file (or defaults), with non-None ``overrides`` applied."""
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise RefusalLabError(f"config file {path} does not exist")
-        if path.suffix == ".toml":
-            import tomllib
-
-            data = tomllib.loads(path.read_text())
-        else:
-            data = json.loads(path.read_text())
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    return RunConfig(**data)
+    """A RunConfig from a JSON or TOML file (or defaults), with non-None ``overrides`` applied (the file's
+    ``[methods]`` table is read by :func:`refusal_lab.methods.method_config_from`)."""
+    return load_config_file(path, RunConfig, ignore=("methods",), **overrides)
 
 
 def code_version() -> str:

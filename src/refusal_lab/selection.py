@@ -30,30 +30,32 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 import torch
-from pydantic import BaseModel
+from pydantic import NonNegativeInt, PositiveInt
 from rich.progress import Progress
 
 from refusal_lab.batched import batched_scores
+from refusal_lab.config import ConfigModel
 from refusal_lab.forward import position_ids_for
 from refusal_lab.interventions.base import Addition, Projection
 from refusal_lab.interventions.hooks import SITES, Intervention
 from refusal_lab.scoring import kl_divergence, last_token_logprobs, refusal_scores
 
 
-class SelectionConfig(BaseModel):
-    mode: str = "fast"  # "fast" or "exhaustive"
+class SelectionConfig(ConfigModel):
+    mode: Literal["fast", "exhaustive"] = "fast"
     max_layer_fraction: float = 0.8
     kl_threshold: float = 0.1
     induce_threshold: float = 0.0
-    screen_keep: int = 24
-    screen_prompts: int = 4
-    finalists: int = 6
-    kl_screen_prompts: int = 8  # fast mode: KL on this many harmless prompts first; 0 turns the screen off
-    max_checked: int = 24  # fast mode: give up (nothing passes) after checking induce / KL of this many finalists
-    batch_size: int = 32
+    screen_keep: PositiveInt = 24
+    screen_prompts: PositiveInt = 4
+    finalists: PositiveInt = 6
+    kl_screen_prompts: NonNegativeInt = 8  # fast mode: KL on this many harmless prompts first; 0 turns the screen off
+    max_checked: PositiveInt = 24  # fast mode: nothing passes after checking induce / KL of this many finalists
+    batch_size: PositiveInt = 32
 
 
 @dataclass
