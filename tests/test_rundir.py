@@ -80,6 +80,7 @@ def test_the_same_weights_in_another_dtype_are_named_as_a_dtype_change(tmp_path)
     fp32.model = copy.deepcopy(bf16.model).float()  # lossless: the weights hash is unchanged
     with pytest.raises(RefusalLabError, match=r"with model tiny-qwen2 in bfloat16, not float32: set dtype"):
         rd.check(lm=fp32)
+    rd.check(lm=fp32, same_dtype=False)  # a command that only reads the run's artifacts
 
 
 def test_same_weights_under_another_name_pass(lm, tmp_path):

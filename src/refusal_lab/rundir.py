@@ -94,13 +94,15 @@ class RunDirectory:
         except json.JSONDecodeError:
             raise RefusalLabError(f"{self.fingerprint_path} is damaged (not JSON); use a new --out") from None
 
-    def check(self, lm=None, data_hash: str | None = None, config: BaseModel | None = None) -> None:
+    def check(self, lm=None, data_hash: str | None = None, config: BaseModel | None = None, *,
+              same_dtype: bool = True) -> None:
         """Raise :class:`RefusalLabError` naming the first given part that differs from the stored fingerprint.
 
         Parts left None, and parts not stored yet, are not compared. The model is compared by weights hash (a
-        model of the same architecture and size but other weights fails) and then by dtype; its name is not
-        compared, so the same weights reached by another spec (bundled name or directory) pass."""
-        self._compare(self.fingerprint(), self._parts(lm, data_hash, config))
+        model of the same architecture and size but other weights fails) and, if ``same_dtype`` (off for commands
+        that only read the run's artifacts, like generate), by dtype; its name is not compared, so the same
+        weights reached by another spec (bundled name or directory) pass."""
+        self._compare(self.fingerprint(), self._parts(lm, data_hash, config), same_dtype)
 
     def bind(self, lm=None, data_hash: str | None = None, config: BaseModel | None = None) -> None:
         """:meth:`check` the given parts, then store those not stored yet (creates the directory). Call it with
@@ -122,13 +124,13 @@ class RunDirectory:
             parts["config"] = json.loads(canonical_json(config))
         return parts
 
-    def _compare(self, stored: dict[str, Any], given: dict[str, Any]) -> None:
+    def _compare(self, stored: dict[str, Any], given: dict[str, Any], same_dtype: bool = True) -> None:
         if "model" in stored and "model" in given:
             old, new = stored["model"], given["model"]
             if old["weights"] != new["weights"]:
                 raise RefusalLabError(f"{self.path} was created for model {old['name']} (weights {old['weights']}), "
                                       f"not {new['name']} (weights {new['weights']}): use a new --out")
-            if old["dtype"] != new["dtype"]:
+            if same_dtype and old["dtype"] != new["dtype"]:
                 raise RefusalLabError(f"{self.path} was created with model {old['name']} in {old['dtype']}, not "
                                       f"{new['dtype']}: set dtype = \"{old['dtype']}\" to resume, or use a new --out")
         if "data_hash" in stored and "data_hash" in given and stored["data_hash"] != given["data_hash"]:
