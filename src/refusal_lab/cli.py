@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from refusal_lab.errors import RefusalLabError
@@ -21,6 +24,46 @@ if not console.is_terminal:  # logs and pipes: rich assumes 80 columns, too narr
     console = Console(width=140)
 
 ModelOption = Annotated[str, typer.Option("--model", "-m", help="bundled name, Hugging Face id, directory or .gguf")]
+INTERRUPTED = 130  # the shell's exit status for SIGINT
+# click's usage errors (bad option values, unknown commands), reached through typer, which may vendor click
+ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def _check_out(path: Optional[Path], directory: bool) -> Optional[Path]:
+    """An --out path the command can write, checked before any work: not an existing file where a directory is
+    needed (or the reverse), and inside a folder that accepts new entries (probed with a temporary folder)."""
+    if path is None:
+        return path
+    if path.exists() and path.is_dir() != directory:
+        raise typer.BadParameter(f"{path} is an existing {'directory' if path.is_dir() else 'file'}; pass a "
+                                 f"{'directory' if directory else 'file'} path")
+    folder = path if directory else path.parent
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise typer.BadParameter(f"{existing} is a file, so {path} cannot be created; pass another path")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".refusal-lab-probe-", dir=existing))
+    except OSError as error:
+        raise typer.BadParameter(f"{existing} is not writable ({error.strerror}); pass another path") from None
+    return path
+
+
+def _out_dir(path: Optional[Path]) -> Optional[Path]:
+    return _check_out(path, directory=True)
+
+
+def _out_file(path: Optional[Path]) -> Optional[Path]:
+    return _check_out(path, directory=False)
+
+
+def _cap_n_eval(n_eval: Optional[int], splits) -> Optional[int]:
+    """``n_eval`` capped to the held-out prompts per side of ``splits`` (one line says so when it is)."""
+    available = min(len(splits.test_harmful), len(splits.test_harmless))
+    if n_eval is not None and n_eval > available:
+        console.print(f"n_eval {n_eval} is more than the {available} held-out prompts per side; capped to "
+                      f"{available}", soft_wrap=True)
+        return available
+    return n_eval
 
 
 class InterventionKind(str, Enum):
@@ -117,15 +160,17 @@ ConfigOption = Annotated[Optional[Path], typer.Option(help="RunConfig as .toml o
 
 @app.command()
 def run(
-    out: Annotated[Path, typer.Option(help="run directory (resumable)")] = Path("runs/demo"),
+    out: Annotated[Path, typer.Option(help="run directory (resumable)", callback=_out_dir)] = Path("runs/demo"),
     config: ConfigOption = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m")] = None,
-    n_eval: Annotated[Optional[int], typer.Option(help="held-out prompts per side")] = None,
+    n_eval: Annotated[Optional[int], typer.Option(help="held-out prompts per side", min=1)] = None,
 ):
     """The main job: extract and select every configured method, then compare on held-out prompts."""
-    from refusal_lab.experiment import run as run_job
+    from refusal_lab.experiment import prepare_splits, run as run_job
 
     cfg = _config(config, None, model=model, **{"compare.n_eval": n_eval})
+    n_eval = _cap_n_eval(cfg.compare.n_eval, prepare_splits(cfg, out))
+    cfg = cfg.model_copy(update={"compare": cfg.compare.model_copy(update={"n_eval": n_eval})})
     console.print(f"[bold]refusal-lab run[/] model={cfg.model} → {out}")
     extraction, comparison = run_job(cfg, out)
     _report_selection(extraction)
@@ -171,7 +216,7 @@ def _print_comparison(result, title: str) -> None:
 
 
 @app.command()
-def extract(model: ModelOption, out: Annotated[Path, typer.Option(help="run directory")],
+def extract(model: ModelOption, out: Annotated[Path, typer.Option(help="run directory", callback=_out_dir)],
             config: ConfigOption = None,
             method: Annotated[Optional[list[Method]], typer.Option(help="repeatable; methods to fit and select "
                                                                   "(DiM always runs first)")] = None,
@@ -195,16 +240,16 @@ def extract(model: ModelOption, out: Annotated[Path, typer.Option(help="run dire
 def generate_cmd(
     model: ModelOption,
     prompts: Annotated[Path, typer.Option(help=".txt (a prompt a line), .jsonl (field prompt) or .csv (prompt/goal)")],
-    out: Annotated[Path, typer.Option(help="output .jsonl")],
+    out: Annotated[Path, typer.Option(help="output .jsonl", callback=_out_file)],
     run_dir: Annotated[Optional[Path], typer.Option("--run", help="run directory (from refusal-lab extract)")] = None,
     intervention: InterventionKind = InterventionKind.none,
-    max_new_tokens: int = 64,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
     scale: Annotated[Optional[float], typer.Option(help="ActAdd coefficient k (negative bypasses)")] = None,
-    batch_size: int = 16,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
     alpha: Annotated[Optional[float], typer.Option(help="flip coefficient: P_a = aP + (1-a)I (default 2)")] = None,
     flip_variant: Annotated[Optional[FlipVariant], typer.Option(help="flip: reflect the stream once at the first "
                                                                 "scoped layer (input) or every write (writes)")] = None,
-    k: Annotated[Optional[int], typer.Option(help="rank-k: leading INLP directions (default 1); subspace: "
+    k: Annotated[Optional[int], typer.Option(min=1, help="rank-k: leading INLP directions (default 1); subspace: "
                                              "leading rows of the stack (default all)")] = None,
     scope: Annotated[Optional[Scope], typer.Option(help="layer, top50 or all (default: all for ablate and "
                                                    "subspace, layer otherwise)")] = None,
@@ -239,11 +284,12 @@ def compare(
     config: ConfigOption = None,
     measure: Annotated[Optional[Measure], typer.Option(help="first-token (refusal score > 0; cheap) or generation "
                                                        "(greedy tokens + substring judge)")] = None,
-    n_eval: Annotated[Optional[int], typer.Option(help="held-out prompts per side (default: all)")] = None,
+    n_eval: Annotated[Optional[int], typer.Option(min=1, help="held-out prompts per side (default: all)")] = None,
     kind: Annotated[Optional[list[str]], typer.Option(help="repeatable; intervention kinds to include")] = None,
     scope: Annotated[Optional[list[Scope]], typer.Option(help="repeatable; default layer, top50 and all")] = None,
-    control_seeds: Annotated[Optional[int], typer.Option(help="random controls per row")] = None,
-    max_new_tokens: Annotated[Optional[int], typer.Option(help="generation measure: tokens per completion")] = None,
+    control_seeds: Annotated[Optional[int], typer.Option(min=0, help="random controls per row")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(min=1, help="generation measure: tokens per completion")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="prompts per forward pass")] = None,
 ):
     """The intervention matrix on held-out prompts: every method and scope vs baseline and random controls, plus
     the INLP rank-k sweep. Writes RUN/comparison/<measure>/{comparison,rank_k_sweep}.csv; resumable."""
@@ -252,10 +298,13 @@ def compare(
 
     if not (run_dir / "config.json").exists():
         raise RefusalLabError(f"{run_dir} is not a run directory (no config.json); run refusal-lab extract first")
+    from refusal_lab.data import Splits
+
     cfg = _config(config, run_dir, model=model)
+    n_eval = _cap_n_eval(n_eval, Splits.load(run_dir / "splits.json")) if (run_dir / "splits.json").exists() else n_eval
     options = {"measure": measure.value if measure else None, "n_eval": n_eval, "kinds": kind,
                "scopes": [s.value for s in scope] if scope else None, "control_seeds": control_seeds,
-               "max_new_tokens": max_new_tokens}
+               "max_new_tokens": max_new_tokens, "batch_size": batch_size}
     if config is None:  # the matrix, not the run's preset
         cfg = cfg.model_copy(update={"compare": CompareConfig(**{k: v for k, v in options.items() if v is not None})})
     else:
@@ -268,7 +317,7 @@ def compare(
 
 @app.command()
 def abliterate(run_dir: Annotated[Path, typer.Option("--run", help="run directory")],
-               out: Annotated[Path, typer.Option(help="output model directory")],
+               out: Annotated[Path, typer.Option(help="output model directory", callback=_out_dir)],
                model: Annotated[Optional[str], typer.Option("--model", "-m", help="default: the run's")] = None,
                kind: Annotated[str, typer.Option(help="ablate, nullspace, rank-k or subspace")] = "ablate",
                dtype: Annotated[str, typer.Option(help="weights' dtype: auto (bf16 where the CPU is fast at it), "
@@ -280,13 +329,28 @@ def abliterate(run_dir: Annotated[Path, typer.Option("--run", help="run director
     console.print(f"abliterated model written to {abliterate_job(_load(cfg, dtype), run_dir, out, kind)}")
 
 
+def _exit(message: str, code: int) -> None:
+    """One line on stderr (never wrapped), then exit with ``code``."""
+    Console(stderr=True).print(message, highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
 def main() -> None:
-    """Console entry point: user errors become one line on stderr and exit status 1."""
+    """Console entry point. Every user error is one line on stderr: a RefusalLabError exits 1, a bad option 2
+    (click's usage errors, raised here instead of printed as a box); Ctrl-C exits 130 with the hint to resume
+    (click turns KeyboardInterrupt into exit code 130 without a word, so it is handled here)."""
+    hint = "interrupted; rerun the same command to resume from the run directory"
     try:
-        app()
+        code = app(standalone_mode=False)
     except RefusalLabError as error:
-        Console(stderr=True).print(f"[red]error:[/] {error}", highlight=False)
-        sys.exit(1)
+        _exit(f"[red]error:[/] {escape(str(error))}", 1)
+    except ClickException as error:
+        if type(error).__name__ == "NoArgsIsHelpError":  # the help is already printed
+            sys.exit(error.exit_code)
+        command = f" (see '{error.ctx.command_path} --help')" if getattr(error, "ctx", None) else ""
+        _exit(f"[red]error:[/] {escape(error.format_message().rstrip('.'))}{command}", error.exit_code)
     except KeyboardInterrupt:
-        Console(stderr=True).print("interrupted; rerun the same command to resume from the run directory")
-        sys.exit(130)
+        _exit(hint, INTERRUPTED)
+    if code == INTERRUPTED:
+        _exit(hint, INTERRUPTED)
+    sys.exit(code or 0)

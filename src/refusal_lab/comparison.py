@@ -24,10 +24,11 @@ from typing import Literal
 
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import NonNegativeInt, PositiveInt
 from rich.console import Console
 from rich.progress import Progress
 
+from refusal_lab.config import ConfigModel
 from refusal_lab.directions.base import Direction, Provenance
 from refusal_lab.directions.inlp_order import reorder_inlp
 from refusal_lab.directions.subspace import stack_subspace
@@ -49,13 +50,11 @@ _NO_CONTROL = ("leace",)
 log = Console(stderr=True).log
 
 
-class CompareConfig(BaseModel):
+class CompareConfig(ConfigModel):
     """What the comparison evaluates (``[compare]`` in a run config; saved as ``comparison/<measure>/config.json``)."""
 
-    model_config = ConfigDict(extra="forbid")
-
     measure: Literal["first-token", "generation"] = "first-token"
-    n_eval: int | None = None  # held-out prompts per side (None: the whole test split)
+    n_eval: PositiveInt | None = None  # held-out prompts per side (None: the whole test split)
     kinds: list[Literal["ablate", "actadd", "nullspace", "flip", "rank-k", "leace", "subspace",
                         "classifier-actadd"]] = list(DEFAULT_KINDS)
     scopes: list[Literal["layer", "top50", "all"]] = ["layer", "top50", "all"]
@@ -63,15 +62,15 @@ class CompareConfig(BaseModel):
     actadd_scopes: list[Literal["layer", "top50", "all"]] = ["layer"]
     flip_alpha: float = 2.0
     flip_variants: list[Literal["input", "writes"]] = ["input", "writes"]
-    rank_k: int = 1  # k of the rank-k row in the main table (the sweep covers every k)
+    rank_k: PositiveInt = 1  # k of the rank-k row in the main table (the sweep covers every k)
     rank_k_orders: list[Literal["iteration", "dim_share"]] = ["iteration", "dim_share"]  # what "first k" means
     sweep_scopes: list[Literal["layer", "top50", "all"]] = ["layer"]
-    sweep_max_k: int | None = None  # default: the INLP rank; 0 turns the sweep off
+    sweep_max_k: NonNegativeInt | None = None  # default: the INLP rank; 0 turns the sweep off
     sweep_controls: bool = True
     center_variants: bool = True  # also nullspace / flip / rank-k through the training mean
-    control_seeds: int = 1
-    max_new_tokens: int = 24
-    batch_size: int = 32
+    control_seeds: NonNegativeInt = 1
+    max_new_tokens: PositiveInt = 24
+    batch_size: PositiveInt = 32
 
 
 @dataclass

@@ -18,14 +18,15 @@ import subprocess
 import time
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, PositiveInt
 from rich.console import Console
 
 from refusal_lab import __version__
 from refusal_lab.comparison import Comparison, CompareConfig, compare
 from refusal_lab.data import HARMFUL, HARMLESS, Splits, builtin_prompts, make_splits
-from refusal_lab.errors import RefusalLabError
+from refusal_lab.config import ConfigModel, load_config_file
 from refusal_lab.io import read_json, write_json
+from refusal_lab.rundir import RunDirectory
 from refusal_lab.methods.extraction import Extraction, extract, fit_context
 from refusal_lab.methods.registry import MethodsConfig
 from refusal_lab.models.bundled import DEFAULT_MODEL
@@ -34,17 +35,15 @@ from refusal_lab.selection import SelectionConfig
 log = Console(stderr=True).log
 
 
-class RunConfig(BaseModel):
+class RunConfig(ConfigModel):
     """Everything that determines a run's numbers (saved as RUN_DIR/config.json)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     model: str = DEFAULT_MODEL
     dtype: str = "auto"
     seed: int = 0
     n_train: int = Field(128, ge=2)
     n_val: int = Field(64, ge=2)
-    batch_size: int = Field(32, ge=1)
+    batch_size: PositiveInt = 32
     extract_methods: list[str] = ["dim"]
     selection: SelectionConfig = SelectionConfig()
     methods: MethodsConfig = MethodsConfig()
@@ -53,28 +52,9 @@ class RunConfig(BaseModel):
 
 
 def load_config(path: str | Path | None, **overrides) -> RunConfig:
-    """A RunConfig from a JSON or TOML file (or defaults); ``overrides`` (non-None) are dotted keys, e.g.
-    ``{"compare.n_eval": 64}``."""
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise RefusalLabError(f"config file {path} does not exist")
-        if path.suffix == ".toml":
-            import tomllib
-
-            data = tomllib.loads(path.read_text())
-        else:
-            data = json.loads(path.read_text())
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        *parents, leaf = key.split(".")
-        node = data
-        for parent in parents:
-            node = node.setdefault(parent, {})
-        node[leaf] = value
-    return RunConfig(**data)
+    """A RunConfig from a JSON or TOML file (or defaults); ``overrides`` (non-None) may be dotted keys, e.g.
+    ``{"compare.n_eval": 64}``. Errors are one line naming the file, the key and what is allowed."""
+    return load_config_file(path, RunConfig, **overrides)
 
 
 def code_version() -> str:
@@ -98,15 +78,19 @@ def prepare_splits(config: RunConfig, run_dir: Path) -> Splits:
     return splits
 
 
-def open_run(config: RunConfig, run_dir: str | Path) -> tuple[Path, Splits]:
-    """Create or reopen ``run_dir`` for ``config`` (a different saved config is an error) and its splits."""
+def open_run(config: RunConfig, run_dir: str | Path, lm=None) -> tuple[Path, Splits]:
+    """Create or reopen ``run_dir`` for ``config`` and its splits, checking its fingerprint
+    (:class:`~refusal_lab.rundir.RunDirectory`): the model's weights and dtype, the data and every setting that
+    determines extraction must match what created it. The ``[compare]`` settings are not part of it: each
+    comparison directory checks its own."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    saved = run_dir / "config.json"
-    if saved.exists() and read_json(saved) != json.loads(config.model_dump_json()):
-        raise RefusalLabError(f"{run_dir} holds a run with a different config; use a new --out directory")
-    write_json(saved, json.loads(config.model_dump_json()))
-    return run_dir, prepare_splits(config, run_dir)
+    directory = RunDirectory(run_dir)
+    directory.bind(config=config.model_copy(update={"compare": CompareConfig()}))
+    if not (run_dir / "config.json").exists():
+        write_json(run_dir / "config.json", json.loads(config.model_dump_json()))
+    splits = prepare_splits(config, run_dir)
+    directory.bind(lm=lm, data_hash=splits.data_hash())
+    return run_dir, splits
 
 
 def _record(run_dir: Path, lm, splits: Splits, stage: str, seconds: float) -> None:
@@ -119,7 +103,7 @@ def _record(run_dir: Path, lm, splits: Splits, stage: str, seconds: float) -> No
 
 
 def run_extract(lm, config: RunConfig, run_dir: str | Path, methods=None) -> Extraction:
-    run_dir, splits = open_run(config, run_dir)
+    run_dir, splits = open_run(config, run_dir, lm)
     start = time.perf_counter()
     extraction = extract(lm, splits, config, run_dir, methods or config.extract_methods)
     _record(run_dir, lm, splits, "extract", time.perf_counter() - start)
@@ -127,7 +111,7 @@ def run_extract(lm, config: RunConfig, run_dir: str | Path, methods=None) -> Ext
 
 
 def run_compare(lm, config: RunConfig, run_dir: str | Path) -> Comparison:
-    run_dir, splits = open_run(config, run_dir)
+    run_dir, splits = open_run(config, run_dir, lm)
     start = time.perf_counter()
     needs_fits = config.compare.center_variants or "leace" in config.compare.kinds
     result = compare(lm, run_dir, splits, config.compare, fit_context(lm, splits, config) if needs_fits else None)
@@ -139,6 +123,7 @@ def run(config: RunConfig, run_dir: str | Path, lm=None) -> tuple[Extraction, Co
     """The whole job, resumable: extract every configured method → compare on held-out prompts."""
     from refusal_lab.models.load import load_model
 
+    open_run(config, run_dir)  # settings and data checked (and recorded) before minutes of model loading
     lm = lm or load_model(config.model, dtype=config.dtype)
     extraction = run_extract(lm, config, run_dir)
     if extraction.chosen.get(("dim", config.selection.scopes[0])) is None:

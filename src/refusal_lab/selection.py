@@ -33,19 +33,18 @@ from typing import Literal
 
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import NonNegativeInt, PositiveInt, field_validator
 from rich.progress import Progress
 
 from refusal_lab.batched import batched_scores
+from refusal_lab.config import ConfigModel
 from refusal_lab.errors import RefusalLabError
 from refusal_lab.interventions.hooks import SCOPES, Intervention
 from refusal_lab.scoring import kl_divergence, last_token_logprobs, refusal_scores
 
 
-class SelectionConfig(BaseModel):
+class SelectionConfig(ConfigModel):
     """Selection settings shared by every method (``[selection]`` in a run config)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     mode: Literal["fast", "exhaustive"] = "fast"
     scopes: list[Literal["layer", "top50", "all"]] = ["all"]
@@ -54,12 +53,12 @@ class SelectionConfig(BaseModel):
     induce_threshold: float = 0.0
     induce_scales: list[float] = [1.0, 2.0, 4.0]
     min_inlp_accuracy: float = 0.9
-    screen_keep: int = 24
-    screen_prompts: int = 4
-    finalists: int = 6
-    kl_screen_prompts: int = 8  # KL on this many harmless prompts first; 0 turns the screen off
-    max_checked: int = 24  # give up (nothing passes) after checking induce / KL of this many candidates
-    batch_size: int = 32
+    screen_keep: PositiveInt = 24
+    screen_prompts: PositiveInt = 4
+    finalists: PositiveInt = 6
+    kl_screen_prompts: NonNegativeInt = 8  # KL on this many harmless prompts first; 0 turns the screen off
+    max_checked: PositiveInt = 24  # give up (nothing passes) after checking induce / KL of this many candidates
+    batch_size: PositiveInt = 32
 
     @field_validator("induce_scales")
     @classmethod

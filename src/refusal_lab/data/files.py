@@ -20,6 +20,8 @@ from refusal_lab.errors import RefusalLabError
 #: Fields, in order of preference, that hold the prompt in a generic .jsonl file / .csv file.
 JSONL_FIELDS = ("prompt", "instruction", "goal", "text")
 CSV_COLUMNS = ("prompt", "goal")
+#: The longest line (one prompt, or one JSON record) a prompt file may hold.
+MAX_LINE_BYTES = 100_000
 #: File types :func:`load_prompt_file` understands.
 EXTENSIONS = (".txt", ".jsonl", ".json", ".csv")
 
@@ -54,10 +56,26 @@ def _check_file(path: str | Path) -> Path:
     return p
 
 
-def _read_text(path: str | Path) -> tuple[Path, str]:
+def _check_lines(p: Path, raw: bytes, line_limit: bool) -> None:
+    """Reject binary files (a NUL byte) and, if ``line_limit``, lines over :data:`MAX_LINE_BYTES`, naming the
+    line (a .json document may be one long line)."""
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        at = raw.count(b"\n", 0, nul) + 1
+        raise RefusalLabError(f"{p}: line {at} holds a NUL byte, so this is a binary file, not prompts; pass "
+                              f"a UTF-8 text file")
+    for n, line in enumerate(raw.split(b"\n") if line_limit else (), 1):
+        if len(line) > MAX_LINE_BYTES:
+            raise RefusalLabError(f"{p}: line {n} is {len(line):,} bytes, over the {MAX_LINE_BYTES:,}-byte limit "
+                                  f"for one prompt; split or shorten it")
+
+
+def _read_text(path: str | Path, line_limit: bool = True) -> tuple[Path, str]:
     p = _check_file(path)
+    raw = p.read_bytes()
+    _check_lines(p, raw, line_limit)
     try:
-        text = p.read_text(encoding="utf-8-sig")
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise RefusalLabError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start}); save the "
                               f"file as UTF-8") from e
@@ -69,7 +87,7 @@ def _read_text(path: str | Path) -> tuple[Path, str]:
 
 def read_json_document(path: str | Path) -> tuple[Path, Any]:
     """The parsed contents of a JSON file."""
-    p, text = _read_text(path)
+    p, text = _read_text(path, line_limit=False)
     try:
         return p, json.loads(text)
     except json.JSONDecodeError as e:

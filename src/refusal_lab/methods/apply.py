@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from refusal_lab.errors import RefusalLabError
+from refusal_lab.rundir import RunDirectory
 from refusal_lab.interventions.hooks import Intervention
 from refusal_lab.methods.artifacts import ARTIFACT_OF, MethodArtifacts, check_kind, chosen_for_scope, selected_scopes
 from refusal_lab.methods.factory import bake, build_intervention
@@ -16,6 +17,7 @@ def run_interventions(lm, run_dir: str | Path, kind: str, scope: str | None = No
     kind = check_kind(kind)
     if kind == "none":
         return []
+    RunDirectory(run_dir).check(lm=lm, same_dtype=False)
     method = ARTIFACT_OF[kind]
     scopes = selected_scopes(run_dir, method)
     if not scopes:

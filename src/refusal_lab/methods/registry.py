@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
 
+from refusal_lab.config import ConfigModel
 from refusal_lab.directions.base import Direction, Provenance
 from refusal_lab.directions.classifier import classifier_direction
 from refusal_lab.directions.dim import dim_candidates
@@ -39,10 +39,8 @@ from refusal_lab.methods.factory import build_intervention
 from refusal_lab.selection import Plan
 
 
-class MethodsConfig(BaseModel):
+class MethodsConfig(ConfigModel):
     """The methods' own settings (``[methods]`` in a run config)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     flip_alpha: float = 2.0
     flip_variant: Literal["input", "writes"] = "input"
