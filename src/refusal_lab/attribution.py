@@ -31,6 +31,7 @@ class AttributionPrior:
 
     def __init__(self, lm, prompts: Sequence[str], batch_size: int = 8) -> None:
         d, layers = lm.hidden_size, lm.adapter.layers(lm.model)
+        self.n_prompts = len(prompts)
         points = [(i, site) for i in range(len(layers)) for site in ("resid_pre", "attn_out", "mlp_out")]
         self.matrices = {point: torch.zeros(d, d, dtype=torch.float32) for point in points}
         captured: dict[tuple[int, str], torch.Tensor] = {}

@@ -104,6 +104,11 @@ class FlipVariant(str, Enum):
     writes = "writes"
 
 
+class EvalSet(str, Enum):
+    test = "test"
+    generic = "generic"
+
+
 class Measure(str, Enum):
     first_token = "first-token"
     generation = "generation"
@@ -290,6 +295,8 @@ def compare(
     control_seeds: Annotated[Optional[int], typer.Option(min=0, help="random controls per row")] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(min=1, help="generation measure: tokens per completion")] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="prompts per forward pass")] = None,
+    eval_set: Annotated[Optional[EvalSet], typer.Option(help="test (the run's test split) or generic (held-out "
+                                                        "AdvBench vs generic everyday requests)")] = None,
 ):
     """The intervention matrix on held-out prompts: every method and scope vs baseline and random controls, plus
     the INLP rank-k sweep. Writes RUN/comparison/<measure>/{comparison,rank_k_sweep}.csv; resumable."""
@@ -304,7 +311,8 @@ def compare(
     n_eval = _cap_n_eval(n_eval, Splits.load(run_dir / "splits.json")) if (run_dir / "splits.json").exists() else n_eval
     options = {"measure": measure.value if measure else None, "n_eval": n_eval, "kinds": kind,
                "scopes": [s.value for s in scope] if scope else None, "control_seeds": control_seeds,
-               "max_new_tokens": max_new_tokens, "batch_size": batch_size}
+               "max_new_tokens": max_new_tokens, "batch_size": batch_size,
+               "eval_set": eval_set.value if eval_set else None}
     if config is None:  # the matrix, not the run's preset
         cfg = cfg.model_copy(update={"compare": CompareConfig(**{k: v for k, v in options.items() if v is not None})})
     else:

@@ -54,6 +54,7 @@ class CompareConfig(ConfigModel):
     """What the comparison evaluates (``[compare]`` in a run config; saved as ``comparison/<measure>/config.json``)."""
 
     measure: Literal["first-token", "generation"] = "first-token"
+    eval_set: Literal["test", "generic"] = "test"  # the run's test split, or held-out AdvBench vs generic requests
     n_eval: PositiveInt | None = None  # held-out prompts per side (None: the whole test split)
     kinds: list[Literal["ablate", "actadd", "nullspace", "flip", "rank-k", "leace", "subspace",
                         "classifier-actadd"]] = list(DEFAULT_KINDS)
@@ -252,6 +253,16 @@ class Comparison:
     out_dir: Path
 
 
+def eval_prompts(splits, eval_set: str) -> tuple[list[str], list[str]]:
+    """Held-out (harmful, harmless) prompts: the run's test split, or (``generic``) the fixed held-out AdvBench
+    requests and generic everyday requests (:mod:`refusal_lab.data.sources`), never in any train / val split."""
+    if eval_set == "generic":
+        from refusal_lab.data import heldout_advbench, heldout_generic
+
+        return heldout_advbench(splits).texts, heldout_generic(splits).texts
+    return splits.test_harmful.texts, splits.test_harmless.texts
+
+
 def compare(lm, run_dir: str | Path, splits, config: CompareConfig, fits=None) -> Comparison:
     """Evaluate every planned condition on the test split of ``splits`` and write the tables (resumable).
     ``fits`` (a :class:`~refusal_lab.methods.registry.FitContext`) gives the affine maps (centred variants, LEACE)
@@ -260,8 +271,9 @@ def compare(lm, run_dir: str | Path, splits, config: CompareConfig, fits=None) -
     if not (run_dir / "ranking.json").exists():
         raise RefusalLabError(f"{run_dir} has no selected DiM direction (ranking.json); run `refusal-lab extract "
                               "--out RUN_DIR` first")
-    harmful, harmless = splits.test_harmful.texts[: config.n_eval], splits.test_harmless.texts[: config.n_eval]
-    out_dir = run_dir / "comparison" / config.measure
+    harmful, harmless = eval_prompts(splits, config.eval_set)
+    harmful, harmless = harmful[: config.n_eval], harmless[: config.n_eval]
+    out_dir = run_dir / "comparison" / (config.measure + ("" if config.eval_set == "test" else f"-{config.eval_set}"))
     saved = out_dir / "config.json"
     payload = json.loads(config.model_dump_json()) | {"n_harmful": len(harmful), "n_harmless": len(harmless)}
     if saved.exists() and read_json(saved) != payload:

@@ -17,13 +17,14 @@ import json
 import subprocess
 import time
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, PositiveInt
 from rich.console import Console
 
 from refusal_lab import __version__
 from refusal_lab.comparison import Comparison, CompareConfig, compare
-from refusal_lab.data import HARMFUL, HARMLESS, Splits, builtin_prompts, make_splits
+from refusal_lab.data import Splits, dataset_splits
 from refusal_lab.config import ConfigModel, load_config_file
 from refusal_lab.io import read_json, write_json
 from refusal_lab.rundir import RunDirectory
@@ -41,6 +42,7 @@ class RunConfig(ConfigModel):
     model: str = DEFAULT_MODEL
     dtype: str = "auto"
     seed: int = 0
+    data: Literal["matched", "unmatched", "mixed"] = "matched"  # refusal_lab.data.sources
     n_train: int = Field(128, ge=2)
     n_val: int = Field(64, ge=2)
     batch_size: PositiveInt = 32
@@ -67,13 +69,11 @@ def code_version() -> str:
 
 
 def prepare_splits(config: RunConfig, run_dir: Path) -> Splits:
-    """The builtin matched pairs split by pair (or the splits already saved in ``run_dir``)."""
-    path = run_dir / "splits.json"
+    """The train / val / test splits of ``config.data`` (or the splits already saved in ``run_dir``)."""
+    path = Path(run_dir) / "splits.json"
     if path.exists():
         return Splits.load(path)
-    prompts = builtin_prompts()
-    splits = make_splits(prompts.filter(label=HARMFUL), prompts.filter(label=HARMLESS), n_train=config.n_train,
-                         n_val=config.n_val, n_test=None, seed=config.seed, keep_pairs=True)
+    splits = dataset_splits(config.data, n_train=config.n_train, n_val=config.n_val, seed=config.seed)
     splits.save(path)
     return splits
 

@@ -53,6 +53,7 @@ class SelectionConfig(ConfigModel):
     induce_threshold: float = 0.0
     induce_scales: list[float] = [1.0, 2.0, 4.0]
     min_inlp_accuracy: float = 0.9
+    prior_prompts: PositiveInt = 32  # fast mode: the attribution prior on this many most-refused val prompts
     screen_keep: PositiveInt = 24
     screen_prompts: PositiveInt = 4
     finalists: PositiveInt = 6
@@ -256,7 +257,7 @@ def select(lm, method: str, plans: dict[tuple, Plan], pool: list[Candidate], val
                 for c in eligible:
                     estimate = prior.estimate(plans[c.key].bypass)
                     if estimate is not None:
-                        c.estimated_bypass = float(baseline.harmful_scores.mean()) + estimate / len(val_harmful)
+                        c.estimated_bypass = float(baseline.harmful_scores.mean()) + estimate / prior.n_prompts
                         with_prior.append(c)
         by_prior = sorted(with_prior, key=lambda c: c.estimated_bypass)
         shortlist = by_prior[: config.screen_keep] + [c for c in eligible if c not in with_prior]

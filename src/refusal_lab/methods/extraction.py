@@ -56,6 +56,13 @@ def _fit(method, ctx: FitContext, config, root: Path, hidden_size: int) -> dict[
     return candidates
 
 
+def attribution_prior(lm, val_harmful, baseline: Baseline, selection: SelectionConfig) -> AttributionPrior:
+    """The fast mode's prior, on the ``prior_prompts`` most strongly refused harmful val prompts."""
+    strongest = baseline.harmful_scores.argsort(descending=True)[: selection.prior_prompts].tolist()
+    log(f"attribution prior: one forward + backward pass over {len(strongest)} harmful val prompts")
+    return AttributionPrior(lm, [val_harmful[i] for i in strongest])
+
+
 def select_candidates(lm, name: str, candidates: dict[tuple, object], scope: str, val_harmful, val_harmless,
                       selection: SelectionConfig, methods: MethodsConfig, baseline: Baseline | None = None,
                       prior: AttributionPrior | None = None, kl_cache: dict | None = None,
@@ -66,7 +73,7 @@ def select_candidates(lm, name: str, candidates: dict[tuple, object], scope: str
     method = get_method(name)
     baseline = baseline or Baseline.compute(lm, val_harmful, val_harmless, selection.batch_size)
     if prior is None and selection.mode == "fast":
-        prior = AttributionPrior(lm, val_harmful)
+        prior = attribution_prior(lm, val_harmful, baseline, selection)
     env = PlanEnv(lm.n_layers, list(ranked_layers), methods, selection.induce_scales, fits)
     pool = _pool(method, scope, candidates, lm.n_layers, selection)
     plans = {c.key: method.plan(candidates[c.key], c.layer, scope, env) for c in pool
@@ -150,8 +157,7 @@ def extract(lm, splits, config, run_dir: str | Path, methods: Sequence[str] = ("
                     log(f"baseline scores on {len(val_harmful)} + {len(val_harmless)} val prompts")
                     baseline = Baseline.compute(lm, val_harmful, val_harmless, config.selection.batch_size)
                 if prior is None and config.selection.mode == "fast":
-                    log("attribution prior (one forward + backward pass over the harmful val prompts)")
-                    prior = AttributionPrior(lm, val_harmful)
+                    prior = attribution_prior(lm, val_harmful, baseline, config.selection)
                 ranked_layers = [layer for layer, _ in (ctx.ranked or [])]
                 selection = select_candidates(
                     lm, name, candidates, scope, val_harmful, val_harmless, config.selection, config.methods,
