@@ -20,12 +20,7 @@ ARCHS = ["llama", "qwen2", "gemma2"]
 PROV = Provenance("tiny", "leace", D, None, None, "h", {"n_layers": N_LAYERS})
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _generator(seed):

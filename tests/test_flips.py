@@ -23,12 +23,7 @@ SCOPED = {"layer": (2,), "top50": (1, 2), "all": (0, 1, 2, 3)}
 ARCHS = ["llama", "qwen2", "gemma2"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _generator(seed):

@@ -25,12 +25,7 @@ LOOSE = dict(kl_threshold=1e9, induce_threshold=-1e9, min_inlp_accuracy=0.0)
 METHODS = ["inlp", "flip", "classifier", "leace", "subspace"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _inlp_store(accuracies: dict[tuple[int, int], float]):

@@ -17,12 +17,7 @@ HARMFUL = ["do a bad thing now", "another bad request", "make trouble please", "
 HARMLESS = ["bake a cake", "write a poem", "plan a picnic", "explain rainbows"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ablation(unit, n_layers):
