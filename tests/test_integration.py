@@ -158,3 +158,26 @@ def test_local_gguf_file_loads_and_matches_the_bundled_model(lm, tmp_path, monke
         assert torch.equal(local.model(**batch).logits, lm.model(**batch).logits)
     converted = list((tmp_path / "cache" / "models").iterdir())
     assert len(converted) == 1 and load_model(str(gguf)).source == str(converted[0])  # no second conversion
+
+
+def test_default_selection_yields_a_direction_on_the_bundled_model_and_says_what_it_relaxed(lm):
+    """The 0.5B's matched-pair DiM vectors are short: ActAdd at 1·v induces nothing, so the default induce scales
+    (1, 2, 4) pass a candidate at a larger scale, recorded in its row. Layers 12–15 (around the README's pick,
+    layer 14), the default filters, 32 + 32 val prompts."""
+    from refusal_lab.data import dataset_splits
+    from refusal_lab.methods.extraction import fit_context, select_candidates
+    from refusal_lab.methods.registry import METHODS, MethodsConfig
+    from refusal_lab.experiment import RunConfig
+    from refusal_lab.selection import SelectionConfig
+
+    splits = dataset_splits("matched", n_train=64, n_val=32)
+    ctx = fit_context(lm, splits, RunConfig(n_train=64, n_val=32))
+    candidates = {key: d for key, d in METHODS["dim"].fit(ctx, MethodsConfig()).items() if 12 <= key[0] <= 15}
+    selection = select_candidates(lm, "dim", candidates, "all", splits.val_harmful.texts, splits.val_harmless.texts,
+                                  SelectionConfig(mode="exhaustive"), MethodsConfig())
+    chosen = selection.chosen
+    print(selection.table().head(6).to_string())
+    assert chosen is not None and chosen.kl < 0.1 and chosen.induce > 0
+    assert chosen.bypass < selection.table()["bypass"].max()
+    if chosen.induce_scale > 1:
+        assert f"induce at scale {chosen.induce_scale:g}" in chosen.status
