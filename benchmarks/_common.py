@@ -1,7 +1,7 @@
 """Shared by the benchmark scripts: model flags and loading, timing, and the figures table.
 
 Every script prints one :class:`Report` per figure group: the measured value beside the README's (``—`` where the
-README quotes none for this model or setting), captioned with the machine it ran on.
+README quotes none for this model or setting), followed by the machine it ran on.
 """
 
 from __future__ import annotations
@@ -53,6 +53,9 @@ def load(args: argparse.Namespace, dtype: str | None = None):
     return load_model(args.model, dtype=dtype or args.dtype)
 
 
+START_LOAD = os.getloadavg() if hasattr(os, "getloadavg") else ()  # taken before the script loads the machine
+
+
 def machine() -> str:
     """One line: CPU model, cores, torch threads, native bf16, GPU, torch version, load average when it started."""
     cpu = platform.processor() or platform.machine()
@@ -61,12 +64,9 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    load = " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    load = " ".join(f"{x:.1f}" for x in START_LOAD) or "?"
     return (f"{cpu}, {os.cpu_count()} cpus, torch {torch.__version__} with {torch.get_num_threads()} threads, "
-            f"native bf16 {'yes' if cpu_has_native_bf16() else 'no'}, {gpu}, load average {load}")
-
-
-MACHINE = machine()  # taken at import, before the script loads the machine itself
+            f"native bf16 {'yes' if cpu_has_native_bf16() else 'no'}, {gpu}, load average at start {load}")
 
 
 def timed(fn: Callable, *args, **kwargs) -> tuple[object, float]:
@@ -102,7 +102,7 @@ class Report:
             table.add_row(*map(escape, row))
         console.print(f"[bold]{escape(self.title)}[/bold]")
         console.print(table)
-        console.print(f"ran on: {escape(MACHINE)}\n")
+        console.print(f"ran on: {escape(machine())}\n")
 
 
 def readme_figures(figures: dict[str, dict[str, str]], model: str) -> dict[str, str]:

@@ -1,6 +1,7 @@
 """Time INLP on every layer of synthetic activations shaped like qwen2.5-coder-1.5b (28 layers, d = 1536).
 
     python benchmarks/bench_inlp.py [--n-train 256] [--n-val 128] [--layers 28] [--d 1536] [--classifier logistic]
+                                    [--quick]
 
 Activations: a large common offset plus heavy-tailed outlier features (like a residual stream), and a planted
 concept whose strength grows with depth, carried by 3 orthonormal directions per layer with unequal noise scales.
@@ -9,12 +10,13 @@ concept whose strength grows with depth, carried by 3 orthonormal directions per
 from __future__ import annotations
 
 import argparse
-import os
-import time
 
 import torch
+from _common import Report, add_run_args, setup, timed
 
 from refusal_lab.directions.inlp import INLPConfig, fit_inlp
+
+README_TOTAL = "4.8 s"  # the README's figure, for the default settings
 
 
 def synthetic_layers(n: int, n_layers: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,7 +38,8 @@ def synthetic_layers(n: int, n_layers: int, d: int, seed: int) -> tuple[torch.Te
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = add_run_args(argparse.ArgumentParser(description=__doc__,
+                                              formatter_class=argparse.RawDescriptionHelpFormatter))
     ap.add_argument("--n-train", type=int, default=256)
     ap.add_argument("--n-val", type=int, default=128)
     ap.add_argument("--layers", type=int, default=28)
@@ -46,27 +49,33 @@ def main() -> None:
     ap.add_argument("--max-iterations", type=int, default=20)
     ap.add_argument("--stop", choices=["chance", "fixed"], default="chance")
     args = ap.parse_args()
+    setup(args)
+    if args.quick:
+        args.layers, args.d = 4, 256
 
     X, y = synthetic_layers(args.n_train, args.layers, args.d, seed=0)
     Xv, yv = synthetic_layers(args.n_val, args.layers, args.d, seed=1)
     config = INLPConfig(classifier=args.classifier, C=args.C, max_iterations=args.max_iterations, stop=args.stop)
     fit_inlp(X[:, 0], y, Xv[:, 0], yv, INLPConfig(stop="fixed", max_iterations=1))  # warm up imports
 
-    print(f"INLP {args.classifier} C={args.C} stop={args.stop} max_iterations={args.max_iterations}: "
-          f"n_train={args.n_train} n_val={args.n_val} d={args.d} layers={args.layers} "
-          f"threads={torch.get_num_threads()} cpus={os.cpu_count()}")
-    print(f"{'layer':>5} {'k':>3} {'acc_1':>6} {'acc_res':>7} {'stopped':>14} {'seconds':>8}")
+    setting = (f"INLP {args.classifier} C={args.C} stop={args.stop} max_iterations={args.max_iterations}: "
+               f"n_train={args.n_train} n_val={args.n_val} d={args.d} layers={args.layers}")
+    per_layer = Report(setting, ("k", "acc_1", "acc_res", "stopped", "seconds"))
     total, fits = 0.0, 0
     for layer in range(args.layers):
-        t0 = time.perf_counter()
-        r = fit_inlp(X[:, layer], y, Xv[:, layer], yv, config)
-        dt = time.perf_counter() - t0
-        total += dt
+        r, seconds = timed(fit_inlp, X[:, layer], y, Xv[:, layer], yv, config)
+        total += seconds
         fits += r.rank + 1
         acc1 = r.val_accuracies[0] if r.val_accuracies else r.residual_val_accuracy
-        print(f"{layer:>5} {r.rank:>3} {acc1:>6.3f} {r.residual_val_accuracy:>7.3f} {r.stopped:>14} {dt:>8.3f}")
-    print(f"total {total:.2f} s, {total / args.layers:.3f} s/layer, {fits} classifier fits, "
-          f"{total / fits * 1000:.1f} ms/fit")
+        per_layer.add(f"layer {layer}", str(r.rank), f"{acc1:.3f}", f"{r.residual_val_accuracy:.3f}", r.stopped,
+                      f"{seconds:.3f}")
+    per_layer.print()
+    summary = Report(setting)
+    default = vars(args) | {"threads": None, "quick": False} == vars(ap.parse_args([]))  # the README's setting
+    summary.add(f"all {args.layers} layers (s)", f"{total:.2f}", readme=README_TOTAL if default else None)
+    summary.add("per layer (s)", f"{total / args.layers:.3f}")
+    summary.add(f"per classifier fit (ms, {fits} fits)", f"{total / fits * 1000:.1f}")
+    summary.print()
 
 
 if __name__ == "__main__":
