@@ -28,10 +28,31 @@ test: $(STAMP) models
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
+# `make bench` re-measures every figure of the README's speed section and timings table, each beside the README's
+# (about an hour on the 2-core CPU; QUICK=1 runs every script at small sizes in minutes, to check them). Figures
+# that need a finished run come with RUN=runs/demo or RUN=runs/full (from `make demo` / configs/full.toml).
+SMALL := qwen2.5-coder-0.5b-instruct
+LARGE := qwen2.5-coder-1.5b-instruct
+Q     := $(if $(QUICK),--quick)
+
 bench: $(STAMP) models
-	$(PY) benchmarks/bench_pipeline.py activations
-	$(PY) benchmarks/bench_pipeline.py selection --exhaustive
-	$(PY) benchmarks/bench_inlp.py
+	$(CLI) models --install $(LARGE)
+	$(PY) benchmarks/bench_dtype.py --model $(SMALL) $(Q)
+	$(PY) benchmarks/bench_load.py --model $(SMALL) $(Q)
+	$(PY) benchmarks/bench_load.py --model $(LARGE) $(Q)
+	$(PY) benchmarks/bench_inlp.py $(Q)
+	$(PY) benchmarks/bench_inlp_dim.py --model $(LARGE) $(Q)
+	$(PY) benchmarks/bench_lowrank.py --model $(SMALL) --dtype float32 --threads 1 --repeats 4 $(Q)
+	$(PY) benchmarks/bench_pipeline.py activations --model $(LARGE) $(Q)
+	$(PY) benchmarks/bench_pipeline.py selection --model $(SMALL) --exhaustive --induce-threshold -5 $(Q)
+	$(PY) benchmarks/bench_pipeline.py selection --model $(LARGE) --config configs/demo.toml --without-kl-screen $(Q)
+ifdef RUN
+	$(PY) benchmarks/bench_pipeline.py run --run $(RUN)
+	$(PY) benchmarks/check_abliterated.py --run $(RUN)
+else
+	@echo "bench: skipped the run figures (make demo's stage timings, the exported abliterated model):"
+	@echo "       they need a finished run; pass RUN=runs/demo or RUN=runs/full"
+endif
 
 clean:
 	rm -rf $(VENV) runs

@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from _common import add_run_args, setup
 from refusal_lab.directions.inlp import INLPConfig, fit_inlp
 
 
@@ -38,7 +39,8 @@ def synthetic_layers(n: int, n_layers: int, d: int, seed: int) -> tuple[torch.Te
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = add_run_args(argparse.ArgumentParser(description=__doc__,
+                                              formatter_class=argparse.RawDescriptionHelpFormatter))
     ap.add_argument("--n-train", type=int, default=256)
     ap.add_argument("--layers", type=int, default=28)
     ap.add_argument("--d", type=int, default=1536)
@@ -47,6 +49,9 @@ def main() -> None:
     ap.add_argument("--max-iterations", type=int, default=20)
     ap.add_argument("--stop", choices=["chance", "fixed"], default="chance")
     args = ap.parse_args()
+    setup(args)
+    if args.quick:
+        args.layers, args.d = 4, 256
 
     X, y = synthetic_layers(args.n_train, args.layers, args.d, seed=0)
     config = INLPConfig(classifier=args.classifier, C=args.C, max_iterations=args.max_iterations, stop=args.stop)

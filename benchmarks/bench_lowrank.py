@@ -1,7 +1,7 @@
 """Forward throughput of a rank-k projection hook: low-rank ``h − (h V_kᵀ) V_k`` vs the dense ``h @ P_k``.
 
     python benchmarks/bench_lowrank.py [--model qwen2.5-coder-0.5b-instruct] [--ks 1 8 32] [--prompts 16]
-                                       [--repeats 3] [--threads N]
+                                       [--repeats 3] [--threads N] [--quick]
 
 Both forms are hooked at every layer and site (``resid_pre``, ``attn_out``, ``mlp_out``: 3·L hook points, what
 scope ``all`` means). The low-rank form costs ``4·k·d`` flops per token and hook point; the dense form ``2·d²``
@@ -24,14 +24,17 @@ The low-rank hook is free within noise (±10 % here); the dense form costs ~15�
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import torch
+from _common import Report, add_model_args, load, readme_figures, setup
 
 from refusal_lab.data import HARMFUL, HARMLESS, builtin_prompts
 from refusal_lab.interventions import SITES, Intervention, Projection, apply_interventions
-from refusal_lab.models import load_model
+
+# the README's low-rank / dense ratios (0.5B, float32, threads 1, contended; see above)
+README = {"qwen2.5-coder-0.5b-instruct": {k: f"low-rank / dense {ratio}"
+                                          for k, ratio in ((1, "1.29"), (8, "1.13"), (32, "1.15"))}}
 
 
 class DenseProjection:
@@ -59,18 +62,18 @@ def tokens_per_second(lm, batches, interventions) -> tuple[float, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
+    ap = add_model_args(argparse.ArgumentParser(description=__doc__,
+                                                formatter_class=argparse.RawDescriptionHelpFormatter))
     ap.add_argument("--ks", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    setup(args)
+    if args.quick:
+        args.ks, args.prompts, args.batch_size, args.repeats = [8], 4, 4, 1
 
-    lm = load_model(args.model)
+    lm = load(args)
     prompts = builtin_prompts()
     texts = (prompts.filter(label=HARMFUL).texts[: args.prompts // 2]
              + prompts.filter(label=HARMLESS).texts[: args.prompts - args.prompts // 2])
@@ -93,14 +96,16 @@ def main() -> None:
             best[name] = max(best[name], tokens_per_second(lm, batches, interventions)[0])
 
     n_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
-    print(f"{lm.name}: d={d}, {lm.n_layers} layers x {len(SITES)} sites = {lm.n_layers * len(SITES)} hook points; "
-          f"{len(texts)} prompts, {n_tokens} tokens per pass; dtype={lm.dtype}; threads={torch.get_num_threads()}, "
-          f"cpus={os.cpu_count()}; best of {args.repeats}")
-    print(f"no hook: {best['none']:.1f} tokens/s")
-    print(f"{'k':>4} {'low-rank tok/s':>15} {'dense tok/s':>12} {'low-rank/dense':>15} {'low-rank/no hook':>17}")
+    report = Report(f"{lm.name} ({lm.dtype}): {lm.n_layers} layers × {len(SITES)} sites = "
+                    f"{lm.n_layers * len(SITES)} hook points, d = {d}; {len(texts)} prompts, {n_tokens} tokens per "
+                    f"pass; best of {args.repeats}; no hook {best['none']:.1f} tokens/s",
+                    ("low-rank tok/s", "dense tok/s", "low-rank / dense", "low-rank / no hook"))
+    figures = readme_figures(README, args.model)
     for k in args.ks:
         low, dense = best[f"lowrank-{k}"], best[f"dense-{k}"]
-        print(f"{k:>4} {low:>15.1f} {dense:>12.1f} {low / dense:>15.2f} {low / best['none']:>17.2f}")
+        report.add(f"k = {k}", f"{low:.1f}", f"{dense:.1f}", f"{low / dense:.2f}", f"{low / best['none']:.2f}",
+                   readme=figures.get(k))
+    report.print()
 
 
 if __name__ == "__main__":

@@ -1,119 +1,166 @@
-"""Speed targets of the core pipeline, printed as a table (figures go into the README).
+"""Speed of the core pipeline's stages, beside the README's figures.
 
     python benchmarks/bench_pipeline.py activations --model qwen2.5-coder-0.5b-instruct
-    python benchmarks/bench_pipeline.py selection  --model qwen2.5-coder-0.5b-instruct --exhaustive
-    python benchmarks/bench_pipeline.py demo       --run runs/demo
+    python benchmarks/bench_pipeline.py selection   --model qwen2.5-coder-0.5b-instruct --exhaustive \
+                                                    --induce-threshold -5
+    python benchmarks/bench_pipeline.py selection   --model qwen2.5-coder-1.5b-instruct --config configs/demo.toml \\
+                                                    --without-kl-screen
+    python benchmarks/bench_pipeline.py run         --run runs/demo
 
 * activations: throughput of ``collect_activations`` (every layer, post-instruction positions) as a ratio to a
-  plain forward pass of the full model over the same prompts and batch size (goal ≥ 0.8).
-* selection: wall time of the fast selection over every layer < 0.8·L × every post-instruction position, and with
-  ``--exhaustive`` the exhaustive pass too, showing whether both pick the same candidate.
-* demo: the stage timings a finished ``make demo`` run recorded in its manifest (goal ≤ 15 min in all).
+  plain forward pass of the full model over the same prompts and batch size (goal ≥ 0.8), and the wall time of
+  collecting the whole train split (128 + 128 prompts), uncached.
+* selection: wall time of the fast selection over every layer < 0.8·L × every post-instruction position; with
+  ``--without-kl-screen`` the fast selection again with its KL screen off, and with ``--exhaustive`` the exhaustive
+  pass, showing whether each picks the same candidate as the fast one. ``--config`` takes the selection settings
+  from a run config's ``[selection]`` table (the README's 1.5B figures used ``configs/demo.toml``). The 0.5B's DiM
+  ActAdd never reaches induce > 0 at k = 1, so on that model nothing is picked unless ``--induce-threshold`` is
+  lowered (the README used −5).
+* run: the stage timings a finished run (``make demo`` → runs/demo, ``configs/full.toml`` → runs/full) recorded in
+  its manifest.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
+import tomllib
 from pathlib import Path
 
 import torch
-from rich.console import Console
-from rich.table import Table
+from _common import Report, add_model_args, load, readme_figures, setup, timed
 
 from refusal_lab.activations import collect_activations
 from refusal_lab.data import default_splits
-from refusal_lab.directions.dim import dim_candidates
-from refusal_lab.models import SMALLEST_MODEL, load_model
-from refusal_lab.selection import SelectionConfig, select_direction
 
-console = Console()
-
-
-def show(title: str, rows: list[tuple]) -> None:
-    table = Table(title=title)
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    for name, value in rows:
-        table.add_row(name, value)
-    console.print(table)
+README_ACTIVATIONS = {"qwen2.5-coder-1.5b-instruct": {"ratio": "1.79× (17.8 s vs 31.9 s)", "train": "~60 s"}}
+README_SELECTION = {
+    "qwen2.5-coder-0.5b-instruct": {"fast": "118 s", "exhaustive": "271 s", "fast pick": "(14, -4)",
+                                    "exhaustive pick": "(14, -4)", "fast scores": "-2.42 / — / 0.083"},
+    "qwen2.5-coder-1.5b-instruct": {"fast": "250 s (4 min 10 s)", "fast, no KL screen": "316 s (5 min 16 s)",
+                                    "fast pick": "(18, -2)", "fast scores": "-2.81 / 0.90 / 0.098"},
+}
+README_RUNS = {
+    "demo": {"total": "595 s", "extract_select_s": "activations 48 s + selection 4 min 10 s", "evaluate_s": "5 min"},
+    "full": {"total": "21 min", "evaluate_s": "15 min"},
+}
+VARIANTS = ("fast", "fast, no KL screen", "exhaustive")
 
 
 @torch.no_grad()
-def bench_activations(model: str, n: int, batch_size: int) -> None:
-    lm = load_model(model)
-    prompts = default_splits().train_harmful.texts[:n]
-    tokens = sum(len(ids) for ids in lm.tokenizer(lm.format(prompts), add_special_tokens=False)["input_ids"])
-    start = time.perf_counter()
-    for i in range(0, n, batch_size):
-        lm.model(**lm.tokenize(prompts[i : i + batch_size]), use_cache=False)
-    plain = time.perf_counter() - start
-    start = time.perf_counter()
-    collect_activations(lm, prompts, batch_size=batch_size, use_cache=False)
-    collected = time.perf_counter() - start
-    show(f"activation collection, {model}, {n} prompts, batch {batch_size}", [
-        ("prompt tokens", f"{tokens}"),
-        ("plain forward (s)", f"{plain:.1f}"), ("plain forward tokens/s", f"{tokens / plain:.0f}"),
-        ("collect_activations (s)", f"{collected:.1f}"),
-        ("throughput ratio collect / plain (goal ≥ 0.8)", f"{plain / collected:.2f}"),
-    ])
-
-
-def bench_selection(model: str, exhaustive: bool, induce_threshold: float) -> None:
-    lm = load_model(model)
+def bench_activations(args: argparse.Namespace) -> None:
+    lm = load(args)
     splits = default_splits()
-    candidates = dim_candidates(collect_activations(lm, splits.train_harmful.texts).mean,
-                                collect_activations(lm, splits.train_harmless.texts).mean)
-    eligible = sum(l < 0.8 * lm.n_layers for l in range(lm.n_layers)) * lm.n_post_instruction
-    rows = [("candidates (layer < 0.8L × positions)", str(eligible))]
+    n = 8 if args.quick else args.n
+    prompts = splits.train_harmful.texts[:n]
+    tokens = sum(len(ids) for ids in lm.tokenizer(lm.format(prompts), add_special_tokens=False)["input_ids"])
+
+    def plain_forward() -> None:
+        for i in range(0, n, args.batch_size):
+            lm.model(**lm.tokenize(prompts[i : i + args.batch_size]), use_cache=False)
+
+    lm.model(**lm.tokenize(prompts[:2]), use_cache=False)  # warm-up: first calls pick kernels
+    collect_activations(lm, prompts[:2], use_cache=False)
+    plain = timed(plain_forward)[1]
+    collected = timed(collect_activations, lm, prompts, batch_size=args.batch_size, use_cache=False)[1]
+    n_train = n if args.quick else None
+    train = (splits.train_harmful.texts[:n_train], splits.train_harmless.texts[:n_train])
+    whole = sum(timed(collect_activations, lm, texts, batch_size=args.batch_size, use_cache=False)[1]
+                for texts in train)
+    figures = readme_figures(README_ACTIVATIONS, args.model)
+    report = Report(f"activation collection, {lm.name} ({lm.dtype}), {n} prompts ({tokens} tokens), "
+                    f"batch {args.batch_size}")
+    report.add("plain forward (s)", f"{plain:.1f}")
+    report.add("plain forward tokens/s", f"{tokens / plain:.0f}")
+    report.add("collect_activations (s)", f"{collected:.1f}")
+    report.add("throughput ratio collect / plain (goal ≥ 0.8)", f"{plain / collected:.2f}×",
+               readme=figures.get("ratio"))
+    report.add(f"collect_activations, train split {len(train[0])} + {len(train[1])} (s)", f"{whole:.0f}",
+               readme=figures.get("train"))
+    report.print()
+
+
+def select(lm, candidates: dict, val_harmful: list[str], val_harmless: list[str], variant: str,
+           induce_threshold: float, config: Path | None):
+    """The one call into :mod:`refusal_lab.selection` (adapt it here if that API changes)."""
+    from refusal_lab.methods.extraction import select_candidates
+    from refusal_lab.methods.registry import MethodsConfig
+    from refusal_lab.selection import SelectionConfig
+
+    settings = tomllib.loads(config.read_text()).get("selection", {}) if config else {}
+    settings.update(mode="exhaustive" if variant == "exhaustive" else "fast", induce_threshold=induce_threshold)
+    if variant == "fast, no KL screen":
+        settings["kl_screen_prompts"] = 0
+    return select_candidates(lm, "dim", candidates, "all", val_harmful, val_harmless, SelectionConfig(**settings),
+                             MethodsConfig())
+
+
+def bench_selection(args: argparse.Namespace) -> None:
+    lm = load(args)
+    splits = default_splits()
+    n_val = 8 if args.quick else None  # --quick: fewer validation prompts, the same code path
+    val = (splits.val_harmful.texts[:n_val], splits.val_harmless.texts[:n_val])
+    from refusal_lab.experiment import RunConfig
+    from refusal_lab.methods.extraction import fit_context
+    from refusal_lab.methods.registry import METHODS, MethodsConfig
+
+    candidates = METHODS["dim"].fit(fit_context(lm, splits, RunConfig()), MethodsConfig())
+    eligible = sum(layer < 0.8 * lm.n_layers for layer in range(lm.n_layers)) * lm.n_post_instruction
+    figures = readme_figures(README_SELECTION, args.model)
+    report = Report(f"direction selection, {lm.name} ({lm.dtype}), induce threshold {args.induce_threshold}, "
+                    f"{len(val[0])} + {len(val[1])} val prompts, settings from "
+                    f"{args.config or 'SelectionConfig defaults'}")
+    report.add("candidates (layer < 0.8L × positions)", str(eligible))
+    variants = [v for v in VARIANTS if v == "fast" or (v == "exhaustive" and args.exhaustive)
+                or (v == "fast, no KL screen" and args.without_kl_screen)]
     picks = {}
-    for mode in ("fast", "exhaustive") if exhaustive else ("fast",):
-        start = time.perf_counter()
-        result = select_direction(lm, candidates, splits.val_harmful.texts, splits.val_harmless.texts,
-                                  SelectionConfig(mode=mode, induce_threshold=induce_threshold))
-        seconds = time.perf_counter() - start
+    for variant in variants:
+        result, seconds = timed(select, lm, candidates, *val, variant, args.induce_threshold, args.config)
         chosen = result.chosen
-        picks[mode] = None if chosen is None else (chosen.layer, chosen.position)
-        rows += [(f"{mode}: wall time (s)", f"{seconds:.0f}"),
-                 (f"{mode}: chosen (layer, position)", str(picks[mode])),
-                 (f"{mode}: bypass / induce / KL", "-" if chosen is None else
-                  f"{chosen.bypass:.2f} / {chosen.induce:.2f} / {chosen.kl:.3f}")]
-        rows += [(f"{mode}:   {stage} (s)", f"{t:.0f}") for stage, t in result.extra["timings_s"].items()]
-    if exhaustive:
-        rows.append(("fast picks the exhaustive candidate", str(picks["fast"] == picks["exhaustive"])))
-    show(f"direction selection, {model}, induce threshold {induce_threshold}", rows)
+        picks[variant] = None if chosen is None else (chosen.layer, chosen.position)
+        report.add(f"{variant}: wall time (s)", f"{seconds:.0f}", readme=figures.get(variant))
+        report.add(f"{variant}: chosen (layer, position)", str(picks[variant]),
+                   readme=figures.get(f"{variant} pick"))
+        report.add(f"{variant}: bypass / induce / KL", "-" if chosen is None else
+                   f"{chosen.bypass:.2f} / {chosen.induce:.2f} / {chosen.kl:.3f}",
+                   readme=figures.get(f"{variant} scores"))
+        for stage, t in result.timings_s.items():
+            report.add(f"{variant}:   {stage} (s)", f"{t:.0f}")
+    for variant in variants[1:]:
+        report.add(f"{variant} picks the fast candidate", str(picks[variant] == picks["fast"]))
+    report.print()
 
 
-def bench_demo(run: Path) -> None:
-    manifest = json.loads((run / "manifest.json").read_text())
-    timings = manifest["timings"]
-    rows = [(k, f"{v:.0f}") for k, v in timings.items()]
-    rows.append(("total (s, goal ≤ 900)", f"{sum(timings.values()):.0f}"))
-    show(f"make demo stages, {manifest['model']}", rows)
+def bench_run(args: argparse.Namespace) -> None:
+    manifest = json.loads((args.run / "manifest.json").read_text())
+    timings = manifest["timings_s"]
+    figures = README_RUNS.get(args.run.name, {})
+    report = Report(f"stage timings recorded by {args.run} ({manifest['model']})")
+    for stage, seconds in timings.items():
+        report.add(f"{stage} (s)", f"{seconds:.0f}", readme=figures.get(stage))
+    for stage, seconds in manifest.get("selection_timings_s", {}).items():
+        report.add(f"  selection: {stage} (s)", f"{seconds:.0f}")
+    report.add("total (s, goal ≤ 900 for make demo)", f"{sum(timings.values()):.0f}", readme=figures.get("total"))
+    report.print()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
-    a = sub.add_parser("activations")
-    a.add_argument("--model", default=SMALLEST_MODEL)
+    a = add_model_args(sub.add_parser("activations"))
     a.add_argument("--n", type=int, default=64)
     a.add_argument("--batch-size", type=int, default=32)
-    s = sub.add_parser("selection")
-    s.add_argument("--model", default=SMALLEST_MODEL)
-    s.add_argument("--exhaustive", action="store_true")
-    s.add_argument("--induce-threshold", type=float, default=0.0,
-                   help="the 0.5B model's DiM ActAdd never reaches induce > 0 at k = 1; lower it to compare rankings")
-    d = sub.add_parser("demo")
-    d.add_argument("--run", type=Path, default=Path("runs/demo"))
+    s = add_model_args(sub.add_parser("selection"))
+    s.add_argument("--exhaustive", action="store_true", help="also time the exhaustive selection")
+    s.add_argument("--without-kl-screen", action="store_true",
+                   help="also time the fast selection with its KL screen off")
+    s.add_argument("--induce-threshold", type=float, default=0.0)
+    s.add_argument("--config", type=Path, help="run config whose [selection] table sets the selection")
+    r = sub.add_parser("run")
+    r.add_argument("--run", type=Path, default=Path("runs/demo"))
     args = parser.parse_args()
-    if args.what == "activations":
-        bench_activations(args.model, args.n, args.batch_size)
-    elif args.what == "selection":
-        bench_selection(args.model, args.exhaustive, args.induce_threshold)
-    else:
-        bench_demo(args.run)
+    setup(args)
+    {"activations": bench_activations, "selection": bench_selection, "run": bench_run}[args.what](args)
 
 
 if __name__ == "__main__":

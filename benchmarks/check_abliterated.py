@@ -19,13 +19,14 @@ import time
 from pathlib import Path
 
 import torch
-from rich.console import Console
-from rich.table import Table
+from _common import Report
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from refusal_lab.evaluation.judges import is_refusal
 from refusal_lab.evaluation.metrics import Rate
 from refusal_lab.io import write_jsonl
+
+README = {"full": {"hooked": "0.06", "plain": "0.07 [0.04, 0.12]", "same": "151 / 176"}}  # runs/full, the 1.5B
 
 
 @torch.no_grad()
@@ -53,28 +54,29 @@ def main() -> None:
     config = json.loads((args.run / "config.json").read_text())
     dtype = getattr(torch, json.loads((args.run / "manifest.json").read_text())["dtype"].removeprefix("torch."))
     out = args.out or args.run / "abliterated-model"
-    hooked = [json.loads(line) for line in (args.run / "generations" / "ablate-harmful.jsonl").read_text().splitlines()]
+    generations = args.run / "comparison" / "generation" / "generations"
+    hooked = [json.loads(line) for line in (generations / "ablate_all_-harmful.jsonl").read_text().splitlines()]
     if not (out / "config.json").exists():
         cli = shutil.which("refusal-lab", path=str(Path(sys.executable).parent)) or "refusal-lab"  # the venv's
         subprocess.run([cli, "abliterate", "--model", config["model"],
                         "--run", str(args.run), "--out", str(out)], check=True)
     start = time.perf_counter()
-    plain = plain_generate(out, [r["prompt"] for r in hooked], config["max_new_tokens"], config["batch_size"],
-                           dtype)
+    plain = plain_generate(out, [r["prompt"] for r in hooked], config["compare"]["max_new_tokens"],
+                           config["compare"]["batch_size"], dtype)
     seconds = time.perf_counter() - start
-    write_jsonl(args.run / "generations" / "abliterated-plain-harmful.jsonl",
+    write_jsonl(generations / "abliterated-plain-harmful.jsonl",
                 ({"prompt": row["prompt"], "response": response} for row, response in zip(hooked, plain)))
     rate_hooked = Rate(sum(is_refusal(r["response"]) for r in hooked), len(hooked))
     rate_plain = Rate(sum(map(is_refusal, plain)), len(plain))
     same = sum(r["response"] == p for r, p in zip(hooked, plain))
-    table = Table(title=f"abliterated model vs hooked ablation, {config['model']}, {len(hooked)} held-out harmful")
-    for column in ("measure", "value"):
-        table.add_column(column)
-    table.add_row("refusal rate, hooked ablation", str(rate_hooked))
-    table.add_row("refusal rate, abliterated model (plain transformers)", str(rate_plain))
-    table.add_row("identical completions", f"{same} / {len(hooked)}")
-    table.add_row("plain generation time (s)", f"{seconds:.0f}")
-    Console().print(table)
+    figures = README.get(args.run.name, {})
+    report = Report(f"abliterated model vs hooked ablation, {args.run} ({config['model']}), {len(hooked)} held-out "
+                    "harmful")
+    report.add("refusal rate, hooked ablation", str(rate_hooked), readme=figures.get("hooked"))
+    report.add("refusal rate, abliterated model (plain transformers)", str(rate_plain), readme=figures.get("plain"))
+    report.add("identical completions", f"{same} / {len(hooked)}", readme=figures.get("same"))
+    report.add("plain generation time (s)", f"{seconds:.0f}")
+    report.print()
 
 
 if __name__ == "__main__":
