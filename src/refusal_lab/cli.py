@@ -115,11 +115,11 @@ class Measure(str, Enum):
 
 
 def _print_table(frame, title: str) -> None:
-    table = Table(title=title)
+    table = Table(title=escape(title))
     for column in frame.columns:
         table.add_column(str(column), no_wrap=True)
     for row in frame.itertuples(index=False):
-        table.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
+        table.add_row(*(f"{v:.3f}" if isinstance(v, float) else escape(str(v)) for v in row))
     console.print(table)
 
 
@@ -190,11 +190,12 @@ def _report_selection(extraction) -> None:
         if c is not None:
             where = f"k {c.k}" if c.layer is None else f"layer {c.layer}, position {c.position}"
             scale = "" if c.induce_scale != c.induce_scale or c.induce_scale == 1 else f" at scale {c.induce_scale:g}"
-            console.print(f"{method} [{scope}]: selected {where} (bypass {c.bypass:.2f}, induce {c.induce:.2f}"
-                          f"{scale}, KL {c.kl:.3f})")
+            console.print(escape(f"{method} [{scope}]: selected {where} (bypass {c.bypass:.2f}, induce {c.induce:.2f}"
+                          f"{scale}, KL {c.kl:.3f})"))
             continue
-        console.print(f"[red]{method} [{scope}]: no candidate passed the filters (induce > threshold at every "
-                      "scale, KL < bar, layer < 0.8L); closest candidates:")
+        label = escape(f"{method} [{scope}]")
+        console.print(f"[red]{label}: no candidate passed the filters (induce > threshold at every scale, KL < bar, "
+                      "layer < 0.8L); closest candidates:")
         _print_table(selection.table().head(8), f"{method} [{scope}]: closest candidates")
 
 
@@ -216,7 +217,7 @@ def _print_comparison(result, title: str) -> None:
                                               zip(main["control_refusal_harmful"], main["control_refusal_harmless"])]
     _print_table(view, title)
     for note in result.skipped:
-        console.print(f"[yellow]skipped {note}")
+        console.print(f"[yellow]skipped {escape(note)}")
     console.print(f"tables: {result.out_dir}")
 
 

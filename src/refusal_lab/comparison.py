@@ -66,7 +66,7 @@ class CompareConfig(ConfigModel):
     rank_k: PositiveInt = 1  # k of the rank-k row in the main table (the sweep covers every k)
     rank_k_orders: list[Literal["iteration", "dim_share"]] = ["iteration", "dim_share"]  # what "first k" means
     sweep_scopes: list[Literal["layer", "top50", "all"]] = ["layer"]
-    sweep_max_k: NonNegativeInt | None = None  # default: the INLP rank; 0 turns the sweep off
+    sweep_max_k: NonNegativeInt | None = None  # default: the INLP rank; 0 (or no rank-k kind) turns it off
     sweep_controls: bool = True
     center_variants: bool = True  # also nullspace / flip / rank-k through the training mean
     control_seeds: NonNegativeInt = 1
@@ -188,7 +188,7 @@ def plan_conditions(run_dir: Path, config: CompareConfig, n_layers: int, hidden_
                             center=center)
                 else:
                     add("comparison", kind, scope, artifact, selected_at, center=center)
-    if config.sweep_max_k != 0:
+    if config.sweep_max_k != 0 and "rank-k" in config.kinds:
         for scope in config.sweep_scopes:
             inlp, selected_at = chosen_for_scope(run_dir, "inlp", scope, hidden_size)
             if inlp is None:
