@@ -44,7 +44,7 @@ bench: $(STAMP) models
 	$(PY) benchmarks/bench_inlp_dim.py --model $(LARGE) $(Q)
 	$(PY) benchmarks/bench_lowrank.py --model $(SMALL) --dtype float32 --threads 1 --repeats 4 $(Q)
 	$(PY) benchmarks/bench_pipeline.py activations --model $(LARGE) $(Q)
-	$(PY) benchmarks/bench_pipeline.py selection --model $(SMALL) --exhaustive --induce-threshold -5 $(Q)
+	$(PY) benchmarks/bench_pipeline.py selection --model $(SMALL) --exhaustive $(Q)
 	$(PY) benchmarks/bench_pipeline.py selection --model $(LARGE) --config configs/demo.toml --without-kl-screen $(Q)
 ifdef RUN
 	$(PY) benchmarks/bench_pipeline.py run --run $(RUN)

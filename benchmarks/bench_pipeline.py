@@ -1,8 +1,7 @@
 """Speed of the core pipeline's stages, beside the README's figures.
 
     python benchmarks/bench_pipeline.py activations --model qwen2.5-coder-0.5b-instruct
-    python benchmarks/bench_pipeline.py selection   --model qwen2.5-coder-0.5b-instruct --exhaustive \
-                                                    --induce-threshold -5
+    python benchmarks/bench_pipeline.py selection   --model qwen2.5-coder-0.5b-instruct --exhaustive
     python benchmarks/bench_pipeline.py selection   --model qwen2.5-coder-1.5b-instruct --config configs/demo.toml \\
                                                     --without-kl-screen
     python benchmarks/bench_pipeline.py run         --run runs/demo
@@ -13,9 +12,8 @@
 * selection: wall time of the fast selection over every layer < 0.8·L × every post-instruction position; with
   ``--without-kl-screen`` the fast selection again with its KL screen off, and with ``--exhaustive`` the exhaustive
   pass, showing whether each picks the same candidate as the fast one. ``--config`` takes the selection settings
-  from a run config's ``[selection]`` table (the README's 1.5B figures used ``configs/demo.toml``). The 0.5B's DiM
-  ActAdd never reaches induce > 0 at k = 1, so on that model nothing is picked unless ``--induce-threshold`` is
-  lowered (the README used −5).
+  from a run config's ``[selection]`` table (the README's 1.5B figures used ``configs/demo.toml``). On the 0.5B, DiM ActAdd
+  reaches induce > 0 only at scale 4; the default ``induce_scales`` try 1, 2, 4, so both models pick.
 * run: the stage timings a finished run (``make demo`` → runs/demo, ``configs/full.toml`` → runs/full) recorded in
   its manifest.
 """
@@ -81,14 +79,14 @@ def bench_activations(args: argparse.Namespace) -> None:
 
 
 def select(lm, candidates: dict, val_harmful: list[str], val_harmless: list[str], variant: str,
-           induce_threshold: float, config: Path | None):
+           config: Path | None):
     """The one call into :mod:`refusal_lab.selection` (adapt it here if that API changes)."""
     from refusal_lab.methods.extraction import select_candidates
     from refusal_lab.methods.registry import MethodsConfig
     from refusal_lab.selection import SelectionConfig
 
     settings = tomllib.loads(config.read_text()).get("selection", {}) if config else {}
-    settings.update(mode="exhaustive" if variant == "exhaustive" else "fast", induce_threshold=induce_threshold)
+    settings.update(mode="exhaustive" if variant == "exhaustive" else "fast")
     if variant == "fast, no KL screen":
         settings["kl_screen_prompts"] = 0
     return select_candidates(lm, "dim", candidates, "all", val_harmful, val_harmless, SelectionConfig(**settings),
@@ -107,7 +105,7 @@ def bench_selection(args: argparse.Namespace) -> None:
     candidates = METHODS["dim"].fit(fit_context(lm, splits, RunConfig()), MethodsConfig())
     eligible = sum(layer < 0.8 * lm.n_layers for layer in range(lm.n_layers)) * lm.n_post_instruction
     figures = readme_figures(README_SELECTION, args.model)
-    report = Report(f"direction selection, {lm.name} ({lm.dtype}), induce threshold {args.induce_threshold}, "
+    report = Report(f"direction selection, {lm.name} ({lm.dtype}), "
                     f"{len(val[0])} + {len(val[1])} val prompts, settings from "
                     f"{args.config or 'SelectionConfig defaults'}")
     report.add("candidates (layer < 0.8L × positions)", str(eligible))
@@ -115,7 +113,7 @@ def bench_selection(args: argparse.Namespace) -> None:
                 or (v == "fast, no KL screen" and args.without_kl_screen)]
     picks = {}
     for variant in variants:
-        result, seconds = timed(select, lm, candidates, *val, variant, args.induce_threshold, args.config)
+        result, seconds = timed(select, lm, candidates, *val, variant, args.config)
         chosen = result.chosen
         picks[variant] = None if chosen is None else (chosen.layer, chosen.position)
         report.add(f"{variant}: wall time (s)", f"{seconds:.0f}", readme=figures.get(variant))
@@ -154,7 +152,6 @@ def main() -> None:
     s.add_argument("--exhaustive", action="store_true", help="also time the exhaustive selection")
     s.add_argument("--without-kl-screen", action="store_true",
                    help="also time the fast selection with its KL screen off")
-    s.add_argument("--induce-threshold", type=float, default=0.0)
     s.add_argument("--config", type=Path, help="run config whose [selection] table sets the selection")
     r = sub.add_parser("run")
     r.add_argument("--run", type=Path, default=Path("runs/demo"))
