@@ -188,6 +188,28 @@ def test_compare_uses_the_artifact_selected_at_each_scope_and_resumes(extracted_
     assert result.exit_code != 0 and "different settings" in text
 
 
+def test_compare_landing_writes_every_layer_beside_the_first_token_rates(extracted_run, model_dir):
+    result, text = invoke("compare", "--model", model_dir, "--run", extracted_run, "--n-eval", 3, "--measure",
+                          "landing", "--scope", "layer", "--kind", "ablate", "--kind", "flip", "--control-seeds", 0)
+    assert result.exit_code == 0, text
+    out = extracted_run / "comparison" / "landing"
+    table = pd.read_csv(out / "comparison.csv").set_index("name")
+    assert list(table.index) == ["baseline", "ablate[layer]", "flip[layer,alpha=2,flip_variant=input]",
+                                 "flip[layer,alpha=2,flip_variant=writes]",
+                                 "flip[layer,alpha=2,flip_variant=input,centered]",
+                                 "flip[layer,alpha=2,flip_variant=writes,centered]"]
+    assert table["refusal_harmful"].between(0, 1).all() and "landing_harmful" not in table  # lists: landing.csv
+    long = pd.read_csv(out / "landing.csv")
+    n_layers = int(long["layer"].max()) + 1
+    assert len(long) == len(table) * 2 * n_layers
+    last = long[long["layer"] == n_layers - 1].set_index(["name", "side"])["coordinate"]
+    for name, row in table.iterrows():
+        assert last[(name, "harmful")] == pytest.approx(row["landing_harmful_last"])
+        assert last[(name, "harmless")] == pytest.approx(row["landing_harmless_last"])
+    assert long[long["layer"] == 0]["coordinate"].isna().all()  # one template token for every prompt: no axis
+    assert long[long["layer"] > 0]["coordinate"].notna().all()
+
+
 def test_a_selection_that_chose_nothing_is_compared_at_its_closest_candidate(extracted_run, tmp_path):
     import shutil
 

@@ -112,6 +112,7 @@ class EvalSet(str, Enum):
 class Measure(str, Enum):
     first_token = "first-token"
     generation = "generation"
+    landing = "landing"
 
 
 def _print_table(frame, title: str) -> None:
@@ -212,6 +213,9 @@ def _print_comparison(result, title: str) -> None:
     view = pd.DataFrame({"condition": main["name"], "harmful refusal [95% CI]": rate("harmful"),
                          "harmless refusal [95% CI]": rate("harmless"), "KL held-out": main["kl_harmless"],
                          "KL val": main["kl_val"]})
+    if "landing_harmful_last" in main:
+        view["last layer t harmful / harmless"] = [f"{a:.2f} / {b:.2f}" for a, b in
+                                                   zip(main["landing_harmful_last"], main["landing_harmless_last"])]
     if "control_refusal_harmful" in main:
         view["control harmful / harmless"] = [f"{a:.2f} / {b:.2f}" if a == a else "—" for a, b in
                                               zip(main["control_refusal_harmful"], main["control_refusal_harmless"])]
@@ -288,8 +292,9 @@ def compare(
     run_dir: Annotated[Path, typer.Option("--run", help="run directory (from refusal-lab extract)")],
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="default: the run's")] = None,
     config: ConfigOption = None,
-    measure: Annotated[Optional[Measure], typer.Option(help="first-token (refusal score > 0; cheap) or generation "
-                                                       "(greedy tokens + substring judge)")] = None,
+    measure: Annotated[Optional[Measure], typer.Option(help="first-token (refusal score > 0; cheap), generation "
+                                                       "(greedy tokens + substring judge) or landing (first-token "
+                                                       "+ where activations land vs the clusters)")] = None,
     n_eval: Annotated[Optional[int], typer.Option(min=1, help="held-out prompts per side (default: all)")] = None,
     kind: Annotated[Optional[list[str]], typer.Option(help="repeatable; intervention kinds to include")] = None,
     scope: Annotated[Optional[list[Scope]], typer.Option(help="repeatable; default layer, top50 and all")] = None,

@@ -6,7 +6,9 @@ where its selection chose nothing, its best-bypass candidate (``selection = clos
 of the same norm (ActAdd, ablation) or a random orthonormal basis of the same rank (projections) at the same sites
 and scope, ``control_seeds`` seeds. Measures: ``first-token`` — the fraction of prompts whose refusal score (log-odds
 of the family's refusal tokens at the first generated position) is > 0; ``generation`` — greedy ``max_new_tokens``
-tokens judged by the substring judge (completions cached under ``comparison/<measure>/generations/``).
+tokens judged by the substring judge (completions cached under ``comparison/<measure>/generations/``); ``landing`` —
+the first-token rates plus where each row's activations land against the clean train clusters, at every layer
+(:mod:`refusal_lab.analysis.landing`; the final layer's figures in ``comparison.csv``, every layer in ``landing.csv``).
 
 Every row carries refusal rates on held-out harmful and harmless prompts with 95 % Wilson intervals, the first-token
 KL on the held-out harmless prompts (``kl_harmless``) beside the validation KL selection saw (``kl_val``), and Δ vs
@@ -28,6 +30,7 @@ from pydantic import NonNegativeInt, PositiveInt
 from rich.console import Console
 from rich.progress import Progress
 
+from refusal_lab.analysis.landing import landing
 from refusal_lab.config import ConfigModel
 from refusal_lab.directions.base import Direction, Provenance
 from refusal_lab.directions.inlp_order import reorder_inlp
@@ -53,7 +56,7 @@ log = Console(stderr=True).log
 class CompareConfig(ConfigModel):
     """What the comparison evaluates (``[compare]`` in a run config; saved as ``comparison/<measure>/config.json``)."""
 
-    measure: Literal["first-token", "generation"] = "first-token"
+    measure: Literal["first-token", "generation", "landing"] = "first-token"
     eval_set: Literal["test", "generic"] = "test"  # the run's test split, or held-out AdvBench vs generic requests
     n_eval: PositiveInt | None = None  # held-out prompts per side (None: the whole test split)
     kinds: list[Literal["ablate", "actadd", "nullspace", "flip", "rank-k", "leace", "subspace",
@@ -201,14 +204,21 @@ def plan_conditions(run_dir: Path, config: CompareConfig, n_layers: int, hidden_
 
 
 def _evaluate(lm, condition: Condition, harmful: list[str], harmless: list[str], base_harmless_lp: torch.Tensor,
-              config: CompareConfig, out_dir: Path) -> dict:
+              config: CompareConfig, out_dir: Path, fits=None) -> dict:
     ivs = condition.interventions
     row = condition.meta()
     harmless_lp = last_token_logprobs(lm, harmless, ivs, config.batch_size)
     harmless_scores = refusal_scores(harmless_lp, lm.refusal_token_ids)
     row["kl_harmless"] = float(kl_divergence(base_harmless_lp, harmless_lp).mean())
     row["mean_score_harmless"] = float(harmless_scores.mean())
-    if config.measure == "first-token":
+    if config.measure == "landing":
+        position = condition.position if condition.position is not None else -1
+        for side, prompts in (("harmful", harmful), ("harmless", harmless)):
+            where = landing(lm, prompts, ivs, fits.harmful_mean, fits.harmless_mean, position, config.batch_size)
+            row |= {f"landing_{side}": where.coordinate, f"nearer_harmful_{side}": where.nearer_harmful}
+            row |= {f"landing_{side}_last": where.coordinate[-1],
+                    f"nearer_harmful_{side}_last": where.nearer_harmful[-1]}
+    if config.measure in ("first-token", "landing"):
         harmful_scores = refusal_scores(last_token_logprobs(lm, harmful, ivs, config.batch_size),
                                         lm.refusal_token_ids)
         row["mean_score_harmful"] = float(harmful_scores.mean())
@@ -245,6 +255,16 @@ def _finish(rows: list[dict], table: str, baseline: dict) -> pd.DataFrame:
     return frame
 
 
+_PER_LAYER = ("landing_harmful", "landing_harmless", "nearer_harmful_harmful", "nearer_harmful_harmless")
+
+
+def _landing_table(rows: list[dict]) -> pd.DataFrame:
+    """Long form of the landing measure: one line per (condition, prompt side, layer)."""
+    return pd.DataFrame([{"name": r["name"], "side": side, "layer": layer, "coordinate": t, "nearer_harmful": near}
+                         for r in rows for side in ("harmful", "harmless")
+                         for layer, (t, near) in enumerate(zip(r[f"landing_{side}"], r[f"nearer_harmful_{side}"]))])
+
+
 @dataclass
 class Comparison:
     comparison: pd.DataFrame
@@ -268,6 +288,8 @@ def compare(lm, run_dir: str | Path, splits, config: CompareConfig, fits=None) -
     ``fits`` (a :class:`~refusal_lab.methods.registry.FitContext`) gives the affine maps (centred variants, LEACE)
     one fit per layer at multi-layer scopes; without it those rows stay at the layer they were fitted at."""
     run_dir = Path(run_dir)
+    if config.measure == "landing" and fits is None:
+        raise RefusalLabError("the landing measure needs the train activations' class means (pass fits)")
     if not (run_dir / "ranking.json").exists():
         raise RefusalLabError(f"{run_dir} has no selected DiM direction (ranking.json); run `refusal-lab extract "
                               "--out RUN_DIR` first")
@@ -303,7 +325,7 @@ def compare(lm, run_dir: str | Path, splits, config: CompareConfig, fits=None) -
         task = progress.add_task("conditions", total=len(todo))
         for condition in todo:
             progress.update(task, description=condition.name)
-            row = _evaluate(lm, condition, harmful, harmless, base_harmless_lp, config, out_dir)
+            row = _evaluate(lm, condition, harmful, harmless, base_harmless_lp, config, out_dir, fits)
             f.write(json.dumps(row) + "\n")
             f.flush()
             done[row["name"]] = row
@@ -311,7 +333,9 @@ def compare(lm, run_dir: str | Path, splits, config: CompareConfig, fits=None) -
     rows = [done[c.name] | {"table": c.table} for c in conditions]
     tables = {table: _finish(rows[1:], table, rows[0]) for table in ("comparison", "rank_k_sweep")}
     for table, frame in tables.items():
-        write_csv(frame, out_dir / f"{table}.csv")
+        write_csv(frame.drop(columns=[c for c in _PER_LAYER if c in frame]), out_dir / f"{table}.csv")
+    if config.measure == "landing":
+        write_csv(_landing_table(rows), out_dir / "landing.csv")
     write_json(out_dir / "summary.json", {"skipped": skipped, "conditions": len(conditions),
                                            "n_harmful": len(harmful), "n_harmless": len(harmless)})
     return Comparison(tables["comparison"], tables["rank_k_sweep"], skipped, out_dir)

@@ -113,7 +113,8 @@ def run_extract(lm, config: RunConfig, run_dir: str | Path, methods=None) -> Ext
 def run_compare(lm, config: RunConfig, run_dir: str | Path) -> Comparison:
     run_dir, splits = open_run(config, run_dir, lm)
     start = time.perf_counter()
-    needs_fits = config.compare.center_variants or "leace" in config.compare.kinds
+    needs_fits = (config.compare.center_variants or "leace" in config.compare.kinds
+                  or config.compare.measure == "landing")
     result = compare(lm, run_dir, splits, config.compare, fit_context(lm, splits, config) if needs_fits else None)
     _record(run_dir, lm, splits, f"compare-{config.compare.measure}", time.perf_counter() - start)
     return result

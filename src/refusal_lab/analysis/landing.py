@@ -1,0 +1,71 @@
+"""Where activations land relative to the harmful and harmless clusters.
+
+For the class means ``μ₁`` (harmful) and ``μ₀`` (harmless) of the *clean* train activations at one layer and
+post-instruction position, a row vector ``h ∈ R^d`` has the cluster coordinate
+
+    t(h) = (h − μ₀)·(μ₁ − μ₀) / ‖μ₁ − μ₀‖²
+
+(its projection onto the line through both means: 0 at the harmless mean, 1 at the harmful mean), and it is
+*nearer the harmful cluster* when ``‖h − μ₁‖ < ‖h − μ₀‖``. A map that moves harmful prompts "into the harmless
+cluster" takes their mean t from ≈ 1 to ≈ 0 and their nearer-harmful fraction from ≈ 1 to ≈ 0.
+
+:func:`landing` collects ``resid_pre`` of every layer at one position with interventions applied (their hooks are
+registered first, so a map at layer ℓ's input is already in what layer ℓ's capture sees) and summarises each layer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from refusal_lab.activations import collect_activations
+from refusal_lab.errors import RefusalLabError
+from refusal_lab.interventions.hooks import Intervention, apply_interventions
+
+
+def cluster_coordinate(h: torch.Tensor, harmful_mean: torch.Tensor, harmless_mean: torch.Tensor) -> torch.Tensor:
+    """``t(h)`` for rows ``h [n, d]`` and means ``[d]`` → ``[n]`` (float64; see module docstring)."""
+    gap = (harmful_mean - harmless_mean).double()
+    norm2 = gap.dot(gap)
+    if not norm2 > 0:
+        raise RefusalLabError("the harmful and harmless means coincide at this layer and position: no cluster axis")
+    return (h.double() - harmless_mean.double()) @ gap / norm2
+
+
+def nearer_harmful(h: torch.Tensor, harmful_mean: torch.Tensor, harmless_mean: torch.Tensor) -> torch.Tensor:
+    """``‖h − μ₁‖ < ‖h − μ₀‖`` per row of ``h [n, d]`` → bool ``[n]``."""
+    h = h.double()
+    return (h - harmful_mean.double()).norm(dim=-1) < (h - harmless_mean.double()).norm(dim=-1)
+
+
+@dataclass
+class Landing:
+    """Per layer (resid_pre of layer ``l``): the mean cluster coordinate and the fraction nearer the harmful mean."""
+
+    coordinate: list[float]
+    nearer_harmful: list[float]
+
+
+def landing(lm, prompts: Sequence[str], interventions: Sequence[Intervention], harmful_mean: torch.Tensor,
+            harmless_mean: torch.Tensor, position: int, batch_size: int = 32) -> Landing:
+    """Where ``prompts``' activations at ``position`` (negative, post-instruction) land under ``interventions``,
+    against the clean class means ``harmful_mean`` / ``harmless_mean`` ``[L, P, d]``, at every layer (NaN at a
+    layer where the two means coincide)."""
+    with apply_interventions(lm, interventions):
+        acts = collect_activations(lm, list(prompts), batch_size, use_cache=False, description="landing").acts
+    coordinate, nearer = [], []
+    for layer in range(acts.shape[1]):
+        h, mu1, mu0 = acts[:, layer, position], harmful_mean[layer, position], harmless_mean[layer, position]
+        if not (mu1 - mu0).norm() > 1e-6 * mu0.norm():  # e.g. a template token at layer 0: no cluster axis
+            coordinate.append(math.nan)
+            nearer.append(math.nan)
+            continue
+        coordinate.append(float(cluster_coordinate(h, mu1, mu0).mean()))
+        nearer.append(float(nearer_harmful(h, mu1, mu0).double().mean()))
+    return Landing(coordinate, nearer)
+
+
+__all__ = ["Landing", "cluster_coordinate", "landing", "nearer_harmful"]
