@@ -161,20 +161,20 @@ def test_local_gguf_file_loads_and_matches_the_bundled_model(lm, tmp_path, monke
 
 
 def test_default_selection_yields_a_direction_on_the_bundled_model_and_says_what_it_relaxed(lm):
-    """The 0.5B's matched-pair DiM vectors are short: ActAdd at 1·v induces nothing, so the default induce scales
-    (1, 2, 4) pass a candidate at a larger scale, recorded in its row. Layers 12–15 (around the README's pick,
-    layer 14), the default filters, 32 + 32 val prompts."""
+    """On the 0.5B, DiM ActAdd at 1·v induces nothing, so the default induce scales (1, 2, 4) pass a candidate at a
+    larger scale, recorded in its row. The default data source, split sizes and selection; layers 11–14 (around
+    layer 12, the full default run's pick on this model)."""
     from refusal_lab.data import dataset_splits
+    from refusal_lab.experiment import RunConfig
     from refusal_lab.methods.extraction import fit_context, select_candidates
     from refusal_lab.methods.registry import METHODS, MethodsConfig
-    from refusal_lab.experiment import RunConfig
-    from refusal_lab.selection import SelectionConfig
 
-    splits = dataset_splits("matched", n_train=64, n_val=32)
-    ctx = fit_context(lm, splits, RunConfig(n_train=64, n_val=32))
-    candidates = {key: d for key, d in METHODS["dim"].fit(ctx, MethodsConfig()).items() if 12 <= key[0] <= 15}
+    config = RunConfig()
+    splits = dataset_splits(config.data, n_train=config.n_train, n_val=config.n_val, seed=config.seed)
+    ctx = fit_context(lm, splits, config)
+    candidates = {key: d for key, d in METHODS["dim"].fit(ctx, MethodsConfig()).items() if 11 <= key[0] <= 14}
     selection = select_candidates(lm, "dim", candidates, "all", splits.val_harmful.texts, splits.val_harmless.texts,
-                                  SelectionConfig(mode="exhaustive"), MethodsConfig())
+                                  config.selection, MethodsConfig())
     chosen = selection.chosen
     print(selection.table().head(6).to_string())
     assert chosen is not None and chosen.kl < 0.1 and chosen.induce > 0

@@ -42,7 +42,9 @@ class RunConfig(ConfigModel):
     model: str = DEFAULT_MODEL
     dtype: str = "auto"
     seed: int = 0
-    data: Literal["matched", "unmatched", "mixed"] = "matched"  # refusal_lab.data.sources
+    # refusal_lab.data.sources; mixed (half topic-matched pairs, half AdvBench vs generic requests) is the default:
+    # its direction both bypasses and induces on held-out generic requests (README, "Which training data")
+    data: Literal["matched", "unmatched", "mixed"] = "mixed"
     n_train: int = Field(128, ge=2)
     n_val: int = Field(64, ge=2)
     batch_size: PositiveInt = 32
