@@ -33,10 +33,8 @@ from refusal_lab.data import default_splits
 
 README_ACTIVATIONS = {"qwen2.5-coder-1.5b-instruct": {"ratio": "1.79× (17.8 s vs 31.9 s)", "train": "~60 s"}}
 README_SELECTION = {
-    "qwen2.5-coder-0.5b-instruct": {"fast": "118 s", "exhaustive": "271 s", "fast pick": "(14, -4)",
-                                    "exhaustive pick": "(14, -4)", "fast scores": "-2.42 / — / 0.083"},
-    "qwen2.5-coder-1.5b-instruct": {"fast": "250 s (4 min 10 s)", "fast, no KL screen": "316 s (5 min 16 s)",
-                                    "fast pick": "(18, -2)", "fast scores": "-2.81 / 0.90 / 0.098"},
+    "qwen2.5-coder-0.5b-instruct": {"fast pick": "(12, -4)", "fast scores": "-1.64 / 0.73 / 0.053"},
+    "qwen2.5-coder-1.5b-instruct": {"fast pick": "(18, -2)", "fast scores": "-3.13 / 1.05 / 0.097"},
 }
 README_RUNS = {
     "demo": {"total": "595 s", "extract_select_s": "activations 48 s + selection 4 min 10 s", "evaluate_s": "5 min"},
@@ -94,19 +92,21 @@ def select(lm, candidates: dict, val_harmful: list[str], val_harmless: list[str]
 
 
 def bench_selection(args: argparse.Namespace) -> None:
-    lm = load(args)
-    splits = default_splits()
-    n_val = 8 if args.quick else None  # --quick: fewer validation prompts, the same code path
-    val = (splits.val_harmful.texts[:n_val], splits.val_harmless.texts[:n_val])
-    from refusal_lab.experiment import RunConfig
+    from refusal_lab.data import dataset_splits
+    from refusal_lab.experiment import load_config
     from refusal_lab.methods.extraction import fit_context
     from refusal_lab.methods.registry import METHODS, MethodsConfig
 
-    candidates = METHODS["dim"].fit(fit_context(lm, splits, RunConfig()), MethodsConfig())
+    lm = load(args)
+    run_config = load_config(args.config)  # its data source and split sizes (defaults: mixed, 128 + 64)
+    splits = dataset_splits(run_config.data, n_train=run_config.n_train, n_val=run_config.n_val, seed=run_config.seed)
+    n_val = 8 if args.quick else None  # --quick: fewer validation prompts, the same code path
+    val = (splits.val_harmful.texts[:n_val], splits.val_harmless.texts[:n_val])
+    candidates = METHODS["dim"].fit(fit_context(lm, splits, run_config), MethodsConfig())
     eligible = sum(layer < 0.8 * lm.n_layers for layer in range(lm.n_layers)) * lm.n_post_instruction
     figures = readme_figures(README_SELECTION, args.model)
     report = Report(f"direction selection, {lm.name} ({lm.dtype}), "
-                    f"{len(val[0])} + {len(val[1])} val prompts, settings from "
+                    f"{run_config.data} data, {len(val[0])} + {len(val[1])} val prompts, settings from "
                     f"{args.config or 'SelectionConfig defaults'}")
     report.add("candidates (layer < 0.8L × positions)", str(eligible))
     variants = [v for v in VARIANTS if v == "fast" or (v == "exhaustive" and args.exhaustive)
