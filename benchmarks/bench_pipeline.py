@@ -36,10 +36,7 @@ README_SELECTION = {
     "qwen2.5-coder-0.5b-instruct": {"fast pick": "(12, -4)", "fast scores": "-1.64 / 0.73 / 0.053"},
     "qwen2.5-coder-1.5b-instruct": {"fast pick": "(18, -2)", "fast scores": "-3.13 / 1.05 / 0.097"},
 }
-README_RUNS = {
-    "demo": {"total": "595 s", "extract_select_s": "activations 48 s + selection 4 min 10 s", "evaluate_s": "5 min"},
-    "full": {"total": "21 min", "evaluate_s": "15 min"},
-}
+README_RUNS = {"demo": {"extract": "252 s", "compare-generation": "381 s", "total": "633 s"}}
 VARIANTS = ("fast", "fast, no KL screen", "exhaustive")
 
 
