@@ -47,6 +47,7 @@ bench: $(STAMP) models
 	$(PY) benchmarks/bench_pipeline.py selection --model $(SMALL) --exhaustive $(Q)
 	$(PY) benchmarks/bench_pipeline.py selection --model $(LARGE) --config configs/demo.toml --without-kl-screen $(Q)
 	$(PY) benchmarks/matched_vs_unmatched.py --model $(SMALL) $(if $(QUICK),--n 8)
+	$(PY) benchmarks/judge_agreement.py
 ifdef RUN
 	$(PY) benchmarks/bench_pipeline.py run --run $(RUN)
 	$(PY) benchmarks/check_abliterated.py --run $(RUN)

