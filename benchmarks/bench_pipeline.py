@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tomllib
 from pathlib import Path
 
 import torch
@@ -30,6 +29,7 @@ from _common import Report, add_model_args, load, readme_figures, setup, timed
 
 from refusal_lab.activations import collect_activations
 from refusal_lab.data import default_splits
+from refusal_lab.selection import SelectionConfig
 
 README_ACTIVATIONS = {"qwen2.5-coder-1.5b-instruct": {"ratio": "1.79× (17.8 s vs 31.9 s)", "train": "~60 s"}}
 README_SELECTION = {
@@ -75,18 +75,17 @@ def bench_activations(args: argparse.Namespace) -> None:
 
 
 def select(lm, candidates: dict, val_harmful: list[str], val_harmless: list[str], variant: str,
-           config: Path | None):
-    """The one call into :mod:`refusal_lab.selection` (adapt it here if that API changes)."""
+           selection: SelectionConfig):
+    """The one call into :mod:`refusal_lab.selection` (adapt it here if that API changes): ``selection`` with the
+    variant's mode and, for "fast, no KL screen", its KL screen off."""
     from refusal_lab.methods.extraction import select_candidates
     from refusal_lab.methods.registry import MethodsConfig
-    from refusal_lab.selection import SelectionConfig
 
-    settings = tomllib.loads(config.read_text()).get("selection", {}) if config else {}
-    settings.update(mode="exhaustive" if variant == "exhaustive" else "fast")
+    update = {"mode": "exhaustive" if variant == "exhaustive" else "fast"}
     if variant == "fast, no KL screen":
-        settings["kl_screen_prompts"] = 0
-    return select_candidates(lm, "dim", candidates, "all", val_harmful, val_harmless, SelectionConfig(**settings),
-                             MethodsConfig())
+        update["kl_screen_prompts"] = 0
+    return select_candidates(lm, "dim", candidates, "all", val_harmful, val_harmless,
+                             selection.model_copy(update=update), MethodsConfig())
 
 
 def bench_selection(args: argparse.Namespace) -> None:
@@ -111,7 +110,7 @@ def bench_selection(args: argparse.Namespace) -> None:
                 or (v == "fast, no KL screen" and args.without_kl_screen)]
     picks = {}
     for variant in variants:
-        result, seconds = timed(select, lm, candidates, *val, variant, args.config)
+        result, seconds = timed(select, lm, candidates, *val, variant, run_config.selection)
         chosen = result.chosen
         picks[variant] = None if chosen is None else (chosen.layer, chosen.position)
         report.add(f"{variant}: wall time (s)", f"{seconds:.0f}", readme=figures.get(variant))

@@ -26,13 +26,17 @@ from refusal_lab.errors import RefusalLabError
 from refusal_lab.interventions.hooks import Intervention, apply_interventions
 
 
+def has_axis(harmful_mean: torch.Tensor, harmless_mean: torch.Tensor) -> bool:
+    """Whether the two means are apart (``‖μ₁ − μ₀‖ > 10⁻⁶ ‖μ₀‖``; not so for a template token at layer 0)."""
+    return bool((harmful_mean - harmless_mean).double().norm() > 1e-6 * harmless_mean.double().norm())
+
+
 def cluster_coordinate(h: torch.Tensor, harmful_mean: torch.Tensor, harmless_mean: torch.Tensor) -> torch.Tensor:
     """``t(h)`` for rows ``h [n, d]`` and means ``[d]`` → ``[n]`` (float64; see module docstring)."""
-    gap = (harmful_mean - harmless_mean).double()
-    norm2 = gap.dot(gap)
-    if not norm2 > 0:
+    if not has_axis(harmful_mean, harmless_mean):
         raise RefusalLabError("the harmful and harmless means coincide at this layer and position: no cluster axis")
-    return (h.double() - harmless_mean.double()) @ gap / norm2
+    gap = (harmful_mean - harmless_mean).double()
+    return (h.double() - harmless_mean.double()) @ gap / gap.dot(gap)
 
 
 def nearer_harmful(h: torch.Tensor, harmful_mean: torch.Tensor, harmless_mean: torch.Tensor) -> torch.Tensor:
@@ -59,7 +63,7 @@ def landing(lm, prompts: Sequence[str], interventions: Sequence[Intervention], h
     coordinate, nearer = [], []
     for layer in range(acts.shape[1]):
         h, mu1, mu0 = acts[:, layer, position], harmful_mean[layer, position], harmless_mean[layer, position]
-        if not (mu1 - mu0).norm() > 1e-6 * mu0.norm():  # e.g. a template token at layer 0: no cluster axis
+        if not has_axis(mu1, mu0):
             coordinate.append(math.nan)
             nearer.append(math.nan)
             continue
@@ -68,4 +72,4 @@ def landing(lm, prompts: Sequence[str], interventions: Sequence[Intervention], h
     return Landing(coordinate, nearer)
 
 
-__all__ = ["Landing", "cluster_coordinate", "landing", "nearer_harmful"]
+__all__ = ["Landing", "cluster_coordinate", "has_axis", "landing", "nearer_harmful"]
