@@ -1,32 +1,98 @@
-"""Greedy generation under interventions, batched with left padding."""
+"""Greedy generation under interventions: length-sorted batches that reuse the chat template's shared prefix.
+
+Every chat-formatted prompt starts with the same tokens (the system turn and the user header). They run once, under
+the active hooks; each batch then passes ``[prefix | left padding | rest]`` to ``generate`` with the prefix's
+key/value cache repeated per row, so only the rest is prefilled. ``generate`` derives positions from the attention
+mask's running count of real tokens, so a row's positions equal those of its unpadded, uncached prompt and the
+greedy tokens match a plain one-prompt-at-a-time loop up to float rounding (tested). Prompts are sorted by length so
+a batch carries little padding.
+"""
 
 from __future__ import annotations
 
+import copy
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from rich.progress import Progress
 
+from refusal_lab.forward import common_prefix_length
 from refusal_lab.interventions.hooks import Intervention, apply_interventions
+
+OnBatch = Callable[[list[int], list[list[int]]], None]
 
 
 @torch.no_grad()
-def generate(lm, prompts: Sequence[str], interventions: Sequence[Intervention] = (), max_new_tokens: int = 24,
-             batch_size: int = 16, description: str = "generating") -> list[str]:
-    """Greedy completions of chat-formatted ``prompts`` with ``interventions`` hooked in for every token."""
-    completions: list[str] = []
+def generate_ids(lm, prompts: Sequence[str], interventions: Sequence[Intervention] = (), max_new_tokens: int = 24,
+                 batch_size: int = 16, on_batch: OnBatch | None = None,
+                 description: str = "generating") -> list[list[int]]:
+    """Greedy new-token ids for each chat-formatted prompt (in prompt order; each list stops after the first
+    end-of-sequence token, which it keeps). ``on_batch(rows, ids)`` is called after every batch (e.g. to store it)."""
+    ids = lm.tokenizer(lm.format(list(prompts)), add_special_tokens=False)["input_ids"]
+    pad, stops = lm.tokenizer.pad_token_id, _stop_ids(lm)
+    results: list[list[int]] = [[] for _ in prompts]
+    if not prompts:
+        return results
+    n_prefix = common_prefix_length(ids, keep=1)
     with apply_interventions(lm, interventions), Progress(transient=True) as progress:
         task = progress.add_task(description, total=len(prompts))
-        for start in range(0, len(prompts), batch_size):
-            batch = lm.tokenize(list(prompts[start : start + batch_size]))
-            output = lm.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                       pad_token_id=lm.tokenizer.pad_token_id)
-            new_tokens = output[:, batch["input_ids"].shape[1] :]
-            completions += lm.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-            progress.advance(task, len(batch["input_ids"]))
-    return completions
+        prefix_cache = None
+        if n_prefix:
+            prefix = torch.tensor([ids[0][:n_prefix]], device=lm.device)
+            prefix_cache = lm.model(input_ids=prefix, use_cache=True, logits_to_keep=1).past_key_values
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            width = max(len(ids[i]) - n_prefix for i in rows)
+            input_ids = torch.full((len(rows), n_prefix + width), pad, dtype=torch.long)
+            mask = torch.zeros_like(input_ids)
+            for r, i in enumerate(rows):
+                rest = ids[i][n_prefix:]
+                input_ids[r, :n_prefix] = torch.tensor(ids[i][:n_prefix])
+                input_ids[r, n_prefix + width - len(rest):] = torch.tensor(rest)
+                mask[r, :n_prefix] = 1
+                mask[r, n_prefix + width - len(rest):] = 1
+            kwargs = {}
+            if prefix_cache is not None:
+                past = copy.deepcopy(prefix_cache)
+                past.batch_repeat_interleave(len(rows))
+                kwargs["past_key_values"] = past
+            output = lm.model.generate(input_ids=input_ids.to(lm.device), attention_mask=mask.to(lm.device),
+                                       max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, **kwargs)
+            batch_ids = [_until_stop(row.tolist(), stops) for row in output[:, input_ids.shape[1]:]]
+            for r, i in enumerate(rows):
+                results[i] = batch_ids[r]
+            if on_batch is not None:
+                on_batch(rows, batch_ids)
+            progress.advance(task, len(rows))
+    return results
+
+
+def _stop_ids(lm) -> set[int]:
+    eos = lm.model.generation_config.eos_token_id
+    eos = eos if isinstance(eos, list) else [eos]
+    return {i for i in [*eos, lm.tokenizer.eos_token_id] if i is not None}
+
+
+def _until_stop(ids: list[int], stops: set[int]) -> list[int]:
+    for n, token in enumerate(ids):
+        if token in stops:
+            return ids[: n + 1]
+    return ids
+
+
+def decode(lm, ids: Sequence[int], max_new_tokens: int | None = None) -> str:
+    """The text of the first ``max_new_tokens`` generated ids (all of them if None), special tokens dropped."""
+    return lm.tokenizer.decode(list(ids)[:max_new_tokens], skip_special_tokens=True)
+
+
+def generate(lm, prompts: Sequence[str], interventions: Sequence[Intervention] = (), max_new_tokens: int = 24,
+             batch_size: int = 16, description: str = "generating") -> list[str]:
+    """Greedy completions (text) of chat-formatted ``prompts`` with ``interventions`` hooked in for every token."""
+    return [decode(lm, ids) for ids in generate_ids(lm, prompts, interventions, max_new_tokens, batch_size,
+                                                     description=description)]
 
 
 def cached_generations(lm, path: Path, prompts: Sequence[str], interventions: Sequence[Intervention] = (),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -27,3 +28,10 @@ class Rate:
     def __str__(self) -> str:
         low, high = self.wilson()
         return f"{self.value:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def repeated_ngram_fraction(tokens: Sequence[int], n: int = 3) -> float:
+    """``1 − |distinct n-grams| / |n-grams|`` of a token sequence (0 for fewer than ``n`` tokens): 0 when no
+    n-gram repeats, → 1 when a generation loops on one phrase."""
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0

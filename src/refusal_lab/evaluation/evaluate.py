@@ -1,0 +1,154 @@
+"""``refusal-lab evaluate``: score a model and a run's interventions with the whole suite into a results directory.
+
+    RESULTS_DIR/results.duckdb   per-item values, generations, result rows (:mod:`refusal_lab.evaluation.store`)
+    RESULTS_DIR/results.parquet  the result rows
+    RESULTS_DIR/summary.json     settings, prompt counts, and per (intervention, metric, judge, dataset, length): value,
+                                 interval, baseline, Δ and whether the random controls match it
+
+Conditions: the baseline, and with a run directory the interventions the comparison would build
+(:func:`refusal_lab.comparison.plan_conditions`), filtered by ``interventions`` (shell patterns on their names,
+e.g. ``ablate[all]``, ``actadd*``), each with ``control_seeds`` random controls. Prompts: the run's test split or the
+fixed generic held-out sets, checked against every prompt extraction, selection or a search saw.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from pathlib import Path
+from typing import Literal
+
+from pydantic import NonNegativeInt, PositiveInt
+
+from refusal_lab.config import ConfigModel
+from refusal_lab.errors import RefusalLabError
+from refusal_lab.evaluation.heldout import require_unseen, seen_prompts
+from refusal_lab.evaluation.store import ResultsStore
+from refusal_lab.evaluation.suite import Suite, Target
+from refusal_lab.io import write_json
+
+METRICS = ("refusal", "harmless_refusal", "judge", "coherence", "perplexity", "mmlu", "arc", "kl", "repetition")
+_ACTADD = ("actadd", "classifier-actadd")
+
+
+class EvaluateConfig(ConfigModel):
+    """What ``refusal-lab evaluate`` scores (defaults: every metric, both judges, 24 and 128 tokens)."""
+
+    metrics: list[Literal[METRICS]] = list(METRICS)  # type: ignore[valid-type]
+    judges: list[str] = ["substring", "llm"]  # judge specs (refusal_lab.evaluation.judges.make_judge)
+    judge_url: str | None = None  # OpenAI-compatible endpoint for the llm judge
+    judge_model: str | None = None  # local model or endpoint model name for the llm judge
+    guard: str | None = None  # Llama-Guard-style classifier (HF id or directory) for the judge metric
+    lengths: list[PositiveInt] = [24, 128]
+    eval_set: Literal["test", "generic"] = "generic"
+    n_eval: PositiveInt | None = 100
+    interventions: list[str] = ["ablate[all]", "actadd[layer,*]"]
+    kinds: list[str] = ["ablate", "actadd"]
+    scopes: list[Literal["layer", "top50", "all"]] = ["all"]
+    control_seeds: NonNegativeInt = 3
+    mmlu_n: PositiveInt = 500
+    arc_n: PositiveInt = 300
+    full_benchmarks: bool = False
+    text_docs: PositiveInt = 64  # documents per general-text set (lambada, boolq, prose)
+    batch_size: PositiveInt = 16
+    seed: int = 0
+
+
+def targets_from_run(lm, run_dir: Path, config: EvaluateConfig, run_config, splits) -> list[Target]:
+    """The baseline, then the run's interventions (and their controls) whose names match ``config.interventions``."""
+    from refusal_lab.comparison import CompareConfig, plan_conditions
+    from refusal_lab.io import read_json
+    from refusal_lab.methods.extraction import fit_context
+
+    plan = CompareConfig(kinds=config.kinds, scopes=config.scopes, actadd_scopes=["layer"], sweep_max_k=0,
+                         center_variants=False, control_seeds=config.control_seeds)
+    ranked = [layer for layer, _ in read_json(run_dir / "ranking.json")["ranked"]]
+    fits = fit_context(lm, splits, run_config) if "leace" in config.kinds else None
+    conditions, skipped = plan_conditions(run_dir, plan, lm.n_layers, lm.hidden_size, ranked, fits)
+    if skipped:
+        raise RefusalLabError(f"cannot build every requested kind: {'; '.join(skipped)}")
+    chosen = {c.name for c in conditions[1:] if not c.control and _matches(c.name, config.interventions)}
+    if not chosen:
+        names = ", ".join(c.name for c in conditions[1:] if not c.control)
+        raise RefusalLabError(f"no intervention matches {config.interventions}; the run offers: {names}")
+    targets = [Target("baseline")]
+    for c in conditions[1:]:
+        if c.name in chosen or (c.control and c.control_for in chosen):
+            goal = "induce" if c.kind in _ACTADD and (c.scale or 0) > 0 else "bypass"
+            targets.append(Target(c.name, c.interventions, c.method, c.kind, c.scope, goal, c.control,
+                                  c.control_for, c.seed))
+    return targets
+
+
+def _matches(name: str, patterns: list[str]) -> bool:
+    return any(name == p or fnmatch.fnmatchcase(name, p.replace("[", "[[]")) for p in patterns)
+
+
+def eval_prompts(config: EvaluateConfig, splits, run_dir: Path | None) -> tuple[list[str], list[str]]:
+    from refusal_lab.comparison import eval_prompts as held_out
+
+    harmful, harmless = held_out(splits, config.eval_set)
+    harmful, harmless = harmful[: config.n_eval], harmless[: config.n_eval]
+    seen = seen_prompts(splits, run_dir)
+    require_unseen(harmful, seen, "harmful evaluation prompts")
+    require_unseen(harmless, seen, "harmless evaluation prompts")
+    return harmful, harmless
+
+
+def _judges(config: EvaluateConfig) -> dict:
+    from refusal_lab.evaluation.judges import make_judge
+
+    judges = {}
+    for spec in config.judges:
+        name = spec.split(":")[0]
+        judges[name] = make_judge(spec, url=config.judge_url, model=config.judge_model) if name == "llm" else (
+            make_judge(spec))
+    return judges
+
+
+def _capability_data(config: EvaluateConfig) -> tuple[dict, dict]:
+    texts, questions = {}, {}
+    if "perplexity" in config.metrics:
+        from refusal_lab.evaluation.texts import general_texts
+
+        texts = general_texts(n=config.text_docs, seed=config.seed)
+    if "mmlu" in config.metrics or "arc" in config.metrics:
+        from refusal_lab.evaluation.multiple_choice import load_arc, load_mmlu
+
+        if "mmlu" in config.metrics:
+            questions["mmlu"] = load_mmlu(n=config.mmlu_n, seed=config.seed, full=config.full_benchmarks)
+        if "arc" in config.metrics:
+            questions["arc"] = load_arc(n=config.arc_n, seed=config.seed, full=config.full_benchmarks)
+    return texts, questions
+
+
+def evaluate(lm, config: EvaluateConfig, out: str | Path, run_dir: str | Path | None = None,
+             run_config=None, splits=None) -> list[dict]:
+    """Score the baseline (and the run's matching interventions) on every configured metric into ``out``."""
+    run_dir = Path(run_dir) if run_dir is not None else None
+    if splits is None:
+        raise RefusalLabError("evaluate needs the splits whose train/val prompts count as seen")
+    harmful, harmless = eval_prompts(config, splits, run_dir)
+    targets = targets_from_run(lm, run_dir, config, run_config, splits) if run_dir else [Target("baseline")]
+    guard = None
+    if config.guard and "judge" in config.metrics:
+        from refusal_lab.evaluation.judges import make_judge
+
+        guard = make_judge(f"guard:{config.guard}")
+    texts, questions = _capability_data(config)
+    store = ResultsStore(out)
+    try:
+        suite = Suite(lm, store, harmful, harmless, metrics=config.metrics, judges=_judges(config),
+                      lengths=config.lengths, texts=texts, questions=questions, guard=guard,
+                      batch_size=config.batch_size)
+        rows = suite.run(targets)
+        store.export()
+    finally:
+        store.close()
+    write_json(Path(out) / "summary.json", {
+        "model": lm.name, "run": str(run_dir) if run_dir else None, "config": config.model_dump(),
+        "n_harmful": len(harmful), "n_harmless": len(harmless),
+        "rows": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()
+                  if k not in ("model_fingerprint", "intervention_hash", "data_hash")}
+                 for row in rows if not row["control"]]})
+    return rows
