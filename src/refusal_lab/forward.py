@@ -1,10 +1,10 @@
-"""Batched forward passes that compute the prompts' shared chat-template prefix once.
+"""Batched forward passes that compute the prompts' shared prefix once (the chat template, a few-shot prompt).
 
 Every chat-formatted prompt starts with the same tokens (e.g. Qwen's system turn and ``<|im_start|>user\\n``,
 about half of a short prompt). :func:`prefix_batches` runs that prefix once, under whatever hooks are active, and
 feeds each batch only the remaining tokens with the prefix's key/value cache repeated per row. The layout of a
 batch is ``[prefix | left padding | rest]``; positions count real tokens only, so results equal an uncached,
-unpadded forward up to float rounding (tested).
+unpadded forward up to float rounding (tested). :func:`token_batches` does the same for raw token lists.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
 @torch.no_grad()
 def prefix_batches(lm, prompts: Sequence[str], batch_size: int, keep: int = 1, body_only: bool = False,
                    repeat: int = 1) -> Iterator[Batch]:
-    """Yield length-sorted batches of ``prompts`` whose forward inputs reuse the shared prefix's cache.
+    """Yield length-sorted batches of chat-formatted ``prompts`` whose forward inputs reuse the shared prefix's cache.
 
     ``keep`` is how many final tokens of every row must lie outside the prefix (e.g. the post-instruction
     positions). ``body_only`` runs the prefix through the decoder body (no unembedding). ``repeat > 1`` computes
@@ -59,7 +59,17 @@ def prefix_batches(lm, prompts: Sequence[str], batch_size: int, keep: int = 1, b
     candidates lay rows out candidate-major and pass ``batch_size`` = number of prompts.
     """
     ids = lm.tokenizer(lm.format(list(prompts)), add_special_tokens=False)["input_ids"]
-    n_prefix = common_prefix_length(ids, keep=keep)
+    yield from token_batches(lm, ids, batch_size, keep, body_only, repeat)
+
+
+@torch.no_grad()
+def token_batches(lm, ids: Sequence[Sequence[int]], batch_size: int, keep: int | Sequence[int] = 1,
+                  body_only: bool = False, repeat: int = 1) -> Iterator[Batch]:
+    """:func:`prefix_batches` for already-tokenized rows; ``keep`` may be one count per row.
+
+    The prefix is the longest common token prefix of ``ids`` leaving ``keep[i]`` tokens of row ``i`` outside it."""
+    keeps = [keep] * len(ids) if isinstance(keep, int) else list(keep)
+    n_prefix = max(0, min(common_prefix_length(ids, 0), *(len(r) - k for r, k in zip(ids, keeps))))
     device = lm.device
     cache = None
     if n_prefix:
