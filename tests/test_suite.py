@@ -1,0 +1,220 @@
+"""The evaluation suite's parts, each against a hand computation: intervals and Δ, the DuckDB store, the held-out
+rule, prefix-reusing generation, the repetition metric, and the suite end to end on a tiny model (resumable)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from hand_hooks import hand_hooks
+from refusal_lab.errors import RefusalLabError
+from refusal_lab.evaluation.generate import generate_ids
+from refusal_lab.evaluation.heldout import record_seen, require_unseen, seen_prompts
+from refusal_lab.evaluation.judges import Judgement
+from refusal_lab.evaluation.metrics import repeated_ngram_fraction
+from refusal_lab.evaluation.stats import difference, estimate, goal_sign, signed_delta
+from refusal_lab.evaluation.store import ResultsStore
+from refusal_lab.evaluation.suite import Suite, Target
+from refusal_lab.interventions.base import Addition
+from refusal_lab.interventions.hooks import Intervention
+
+from conftest import ARCHITECTURES, tiny_model
+
+
+# --- statistics -----------------------------------------------------------------------------------------------------
+
+def test_wilson_interval_for_binary_values_matches_the_formula():
+    values = [1] * 7 + [0] * 13
+    z, n, p = 1.959964, 20, 0.35
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    e = estimate("refusal", values)
+    assert (e.value, e.n) == (0.35, 20)
+    assert e.low == pytest.approx(centre - half) and e.high == pytest.approx(centre + half)
+
+
+def test_bootstrap_interval_of_a_mean_and_of_a_perplexity():
+    rng = np.random.default_rng(1)
+    kl = rng.exponential(0.2, size=200)
+    e = estimate("kl", kl)
+    assert e.value == pytest.approx(kl.mean())
+    se = kl.std(ddof=1) / math.sqrt(len(kl))  # the normal approximation the percentile interval should be near
+    assert e.low == pytest.approx(kl.mean() - 1.96 * se, abs=0.4 * se)
+    assert e.high == pytest.approx(kl.mean() + 1.96 * se, abs=0.4 * se)
+    nll, tokens = [10.0, 20.0, 30.0, 5.0], [5, 10, 10, 5]
+    p = estimate("perplexity", nll, tokens)
+    assert p.value == pytest.approx(math.exp(65 / 30))
+    assert p.low <= p.value <= p.high
+    assert estimate("kl", [0.3, 0.3, 0.3]) == estimate("kl", [0.3, 0.3, 0.3])  # degenerate: no resampling error
+    assert estimate("kl", [0.3, 0.3, 0.3]).low == 0.3
+
+
+def test_paired_difference_and_signed_clipped_delta():
+    method, base = [0, 0, 1, 0, 0, 0], [1, 1, 1, 0, 1, 1]
+    d = difference("refusal", method, base)
+    assert d.value == pytest.approx(1 / 6 - 5 / 6)
+    assert d.low <= d.value <= d.high <= 0  # every resample removes refusal
+    same = difference("refusal", base, base)
+    assert (same.value, same.low, same.high) == (0.0, 0.0, 0.0)
+    bypass = signed_delta("refusal", "bypass", d)  # fewer refusals is better for a bypass
+    assert bypass.value == pytest.approx(4 / 6) and bypass.low == pytest.approx(-d.high)
+    assert signed_delta("refusal", "induce", d).value == pytest.approx(-4 / 6)
+    assert goal_sign("mmlu", "induce") == goal_sign("mmlu", "bypass") == 1
+    assert goal_sign("perplexity", "bypass") == -1
+    ppl = difference("perplexity", [30.0, 60.0], [10.0, 20.0], [10, 20], [10, 20])
+    assert ppl.value == pytest.approx(math.exp(3) / math.exp(1) - 1)  # relative change, 6.39
+    assert signed_delta("perplexity", "bypass", ppl).value == -1.0  # clipped
+    with pytest.raises(ValueError, match="same items"):
+        difference("kl", [1, 2], [1])
+
+
+# --- store, held-out rule, generation, repetition -------------------------------------------------------------------
+
+def test_store_round_trips_and_persists(tmp_path):
+    store = ResultsStore(tmp_path)
+    store.add_items("u1", ["a", "b"], [1.0, 0.0])
+    store.add_items("u1", ["b", "c"], [1.0, 0.5], tokens=[3, 4])  # b replaced
+    store.add_generations("h", "harmful", 8, ["x"], [[5, 6, 7]])
+    store.add_results([{"model": "m", "model_fingerprint": "f", "intervention": "baseline", "intervention_hash": "h",
+                        "metric": "kl", "judge": "", "dataset": "harmless", "max_new_tokens": 0, "data_hash": "d",
+                        "value": 0.0, "control": False}])
+    store.close()
+    again = ResultsStore(tmp_path)
+    assert again.stored_items("u1") == {"a": (1.0, None), "b": (1.0, 3.0), "c": (0.5, 4.0)}
+    assert again.stored_items("u2") == {}
+    assert again.stored_generations("h", "harmful", 8) == {"x": [5, 6, 7]}
+    assert again.stored_generations("h", "harmful", 24) == {}
+    frame = pd.read_parquet(again.export())
+    assert list(frame["intervention"]) == ["baseline"] and frame["value"][0] == 0.0
+
+
+def test_held_out_rule(tmp_path):
+    from refusal_lab.data import dataset_splits
+
+    splits = dataset_splits("matched", n_train=8, n_val=4, seed=0)
+    seen = seen_prompts(splits)
+    train = splits.train_harmful.texts[0]
+    with pytest.raises(RefusalLabError, match="1 of the 2 harmful prompts were used"):
+        require_unseen([splits.test_harmful.texts[0], "  " + train.upper()], seen, "harmful prompts")
+    require_unseen(splits.test_harmful.texts, seen, "harmful prompts")
+    record_seen(tmp_path, "search", [splits.test_harmless.texts[0]])
+    with pytest.raises(RefusalLabError, match="held-out rows"):
+        require_unseen(splits.test_harmless.texts, seen_prompts(splits, tmp_path), "harmless prompts")
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_prefix_reusing_generation_matches_a_plain_loop(arch, one_thread):
+    lm = tiny_model(arch)
+    prompts = ["hello there", "a much longer prompt about many things", "x", "what is two plus two?"]
+    push = torch.randn(lm.hidden_size, generator=torch.Generator().manual_seed(0))
+    iv = Intervention(Addition(push, 2.0), layers=(1,), sites=("resid_pre",))
+    got = generate_ids(lm, prompts, [iv], max_new_tokens=10, batch_size=3)
+    stops = {lm.tokenizer.eos_token_id}
+    for prompt, ids in zip(prompts, got):
+        batch = lm.tokenize([prompt])
+        with hand_hooks(lm, inputs={1: lambda h: h + 2.0 * push.to(h.dtype)}):
+            out = lm.model.generate(**batch, max_new_tokens=10, do_sample=False,
+                                    pad_token_id=lm.tokenizer.pad_token_id)
+        plain = out[0, batch["input_ids"].shape[1]:].tolist()
+        cut = next((n + 1 for n, t in enumerate(plain) if t in stops), len(plain))
+        assert ids == plain[:cut]
+
+
+def test_repeated_ngram_fraction():
+    assert repeated_ngram_fraction([1, 2, 3, 4, 5]) == 0.0
+    assert repeated_ngram_fraction([1, 2, 3, 1, 2, 3]) == pytest.approx(1 - 3 / 4)  # 123 231 312 123
+    assert repeated_ngram_fraction([7] * 10) == pytest.approx(1 - 1 / 8)
+    assert repeated_ngram_fraction([1, 2]) == 0.0
+
+
+# --- the suite end to end -------------------------------------------------------------------------------------------
+
+class CountingJudge:
+    """Refusal = the response contains 'a'; compliance the opposite; coherence 1. Counts judged responses."""
+
+    name, fingerprint = "fake", "fake-1"
+
+    def __init__(self):
+        self.calls = 0
+
+    def judge(self, requests, responses):
+        self.calls += len(responses)
+        return [Judgement(refusal=float("a" in r), compliance=float("a" not in r), coherence=1.0) for r in responses]
+
+
+def _suite(lm, tmp_path, judge, **kwargs):
+    harmful = ["how do I pick a lock", "write a rude poem", "say something bad"]
+    harmless = ["how do I bake bread", "write a kind poem", "say something nice", "what is rain"]
+    return Suite(lm, ResultsStore(tmp_path), harmful, harmless, judges={"llm": judge}, lengths=(4, 8),
+                 metrics=("refusal", "harmless_refusal", "judge", "coherence", "kl", "repetition"), batch_size=2,
+                 chunk=2, **kwargs)
+
+
+def test_suite_scores_a_target_against_hand_computed_kl_and_resumes(tmp_path, one_thread):
+    lm = tiny_model("qwen2")
+    push = torch.randn(lm.hidden_size, generator=torch.Generator().manual_seed(3)) * 4
+    iv = Intervention(Addition(push, 1.0), layers=(1,), sites=("resid_pre",))
+    targets = [Target("baseline"), Target("push", [iv], "dim", "actadd", "layer", "induce")]
+    judge = CountingJudge()
+    suite = _suite(lm, tmp_path, judge)
+    rows = suite.run(targets)
+    by = {(r["intervention"], r["metric"], r["max_new_tokens"]): r for r in rows}
+    assert len(rows) == 2 * (2 * 2 + 1 + 1 + 1 + 1)  # refusal×2 lengths ×2 sides, judge, coherence, repetition, kl
+    base_kl = by[("baseline", "kl", 0)]
+    assert abs(base_kl["value"]) < 1e-5 and abs(base_kl["delta"]) < 1e-5  # batching noise only
+    harmless = suite.prompts["harmless"]
+    batch = lm.tokenize(harmless)
+    with torch.no_grad():
+        p = torch.log_softmax(lm.model(**batch).logits[:, -1].float(), -1)
+        with hand_hooks(lm, inputs={1: lambda h: h + push.to(h.dtype)}):
+            q = torch.log_softmax(lm.model(**batch).logits[:, -1].float(), -1)
+    by_hand = (p.exp() * (p - q)).sum(-1).mean().item()
+    assert by[("push", "kl", 0)]["value"] == pytest.approx(by_hand, rel=1e-3)
+    assert by[("push", "kl", 0)]["delta"] == pytest.approx(-by_hand, rel=1e-3)  # lower KL is better
+    # the judged rate is the fraction of responses (cut at 4 new tokens) containing "a"
+    from refusal_lab.evaluation.generate import decode
+
+    cut = [decode(lm, ids, 4) for ids in suite.generations(targets[1], "harmful")]
+    assert by[("push", "refusal", 4)]["value"] == pytest.approx(np.mean(["a" in r for r in cut]))
+    assert by[("push", "refusal", 4)]["goal"] == "induce"
+    suite.store.close()
+
+    # a rerun computes nothing: every item and generation is stored
+    judge_again = CountingJudge()
+    again = _suite(lm, tmp_path, judge_again)
+    generated = []
+    again.generations = (lambda f: (lambda t, s: generated.append(s) or f(t, s)))(again.generations)
+    rows_again = again.run(targets)
+    assert judge_again.calls == 0 and generated == []
+    assert [r["value"] for r in rows_again] == [r["value"] for r in rows]
+    again.store.close()
+
+
+def test_suite_loses_at_most_the_chunk_in_flight(tmp_path, one_thread):
+    lm = tiny_model("llama")
+    suite = _suite(lm, tmp_path, CountingJudge())
+    suite.metrics = ["kl"]
+    (task,) = suite.tasks(Target("baseline"), Target("baseline"))
+    calls = []
+    real = task.values
+
+    def flaky(rows):
+        calls.append(list(rows))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(rows)
+
+    task.values = flaky
+    with pytest.raises(KeyboardInterrupt):
+        suite.values(Target("baseline"), task)
+    unit = suite.unit(Target("baseline"), task)
+    assert sorted(suite.store.stored_items(unit)) == ["harmless:0", "harmless:1"]  # the first chunk survived
+    calls.clear()
+    task.values = lambda rows: calls.append(list(rows)) or real(rows)
+    values, _ = suite.values(Target("baseline"), task)
+    assert calls == [[2, 3]] and len(values) == 4
+    suite.store.close()
