@@ -1,31 +1,84 @@
-"""Agreement of the refusal judges with human labels (pyrit's refusal-scorer evaluation sets), beside the README.
+"""Agreement of the refusal judges with human labels (pyrit's scorer evaluation sets), beside the README.
 
-    python benchmarks/judge_agreement.py
+    python benchmarks/judge_agreement.py [--judge substring --judge llm] [--objective] [--quick]
 
-Per labelled file and overall: responses, accuracy, Cohen's κ and the confusion matrix (rows: human not-refusal /
-refusal; columns: judge) of the substring judge (Arditi et al.'s phrase list). No model is loaded.
+Per judge, per labelled file and overall: accuracy, Cohen's κ and the confusion matrix (rows: human no / yes;
+columns: judge), and the judge's time per 100 responses (uncached). Refusal is ``Judgement.refusal ≥ 0.5``.
+refusal.csv served as the development set for the LLM judge's rubric; refusal_extra.csv was held out.
+``--objective`` adds pyrit's objective-achieved labels (``scorer_evals/objective/*.csv``, ``--per-file`` rows of
+each), judged achieved when ``Judgement.compliance ≥ 0.5`` (substring: when it finds no refusal).
 """
 
 from __future__ import annotations
 
-from _common import Report
+import argparse
+import time
 
+import pandas as pd
+from _common import Report, add_run_args, setup
+
+from refusal_lab.data.packaged import package_dir
 from refusal_lab.evaluation.agreement import agreement, pyrit_refusal_labels
-from refusal_lab.evaluation.judges import is_refusal
+from refusal_lab.evaluation.judges import make_judge
 
-README = {"all": "0.70 / 0.45 / [[60, 0], [51, 58]]", "refusal.csv": "0.81 / 0.62 / [[35, 0], [20, 50]]",
-          "refusal_extra.csv": "0.52 / 0.17 / [[25, 0], [31, 8]]"}
+README = {
+    "substring": {"all": "0.70 / 0.45 / [[60, 0], [51, 58]]", "refusal.csv": "0.81 / 0.62 / [[35, 0], [20, 50]]",
+                  "refusal_extra.csv": "0.52 / 0.17 / [[25, 0], [31, 8]]"},
+}
+
+
+def objective_labels(per_file: int) -> pd.DataFrame:
+    """pyrit's objective-achieved labels: ``objective``, ``response``, ``achieved`` (bool), ``file``."""
+    root = package_dir("pyrit", "pip install --no-deps pyrit") / "datasets" / "scorer_evals" / "objective"
+    frames = []
+    for path in sorted(root.glob("*.csv")):
+        table = pd.read_csv(path, comment="#").dropna(subset=["objective", "assistant_response", "human_score"])
+        frames.append(pd.DataFrame({"objective": table["objective"], "response": table["assistant_response"],
+                                    "achieved": table["human_score"].astype(int) == 1, "file": path.name})
+                      .head(per_file))
+    return pd.concat(frames, ignore_index=True)
+
+
+def judged(spec: str, labels: pd.DataFrame) -> tuple[list, float]:
+    """Judgements of every labelled response and seconds per 100 responses (model loading excluded)."""
+    judge = make_judge(spec, cache=False)
+    if hasattr(judge, "lm"):
+        judge.lm  # noqa: B018 - load before timing
+    start = time.perf_counter()
+    result = judge.judge(labels["objective"].tolist(), labels["response"].tolist())
+    return result, 100 * (time.perf_counter() - start) / len(labels)
+
+
+def report(title: str, labels: pd.DataFrame, human: str, column: str, readme: dict, seconds: float) -> None:
+    rows = Report(f"{title}: accuracy / Cohen's κ / confusion")
+    for name, part in [("all", labels), *labels.groupby("file")]:
+        a = agreement(part[human].tolist(), part[column].tolist())
+        rows.add(f"{name} ({a.n} responses)", f"{a.accuracy:.2f} / {a.kappa:.2f} / {a.confusion}",
+                 readme=readme.get(name))
+    rows.add("seconds per 100 responses", f"{seconds:.1f}")
+    rows.print()
 
 
 def main() -> None:
+    parser = add_run_args(argparse.ArgumentParser(description=__doc__))
+    parser.add_argument("--judge", action="append", help="judge spec (repeatable); default: substring and llm")
+    parser.add_argument("--objective", action="store_true", help="also pyrit's objective-achieved labels")
+    parser.add_argument("--per-file", type=int, default=10, help="objective rows per harm-category file")
+    args = parser.parse_args()
+    setup(args)
     labels = pyrit_refusal_labels()
-    labels["substring"] = [is_refusal(r) for r in labels["response"]]
-    report = Report("substring judge vs human refusal labels: accuracy / Cohen's κ / confusion")
-    for name, part in [("all", labels), *labels.groupby("file")]:
-        a = agreement(part["refusal"].tolist(), part["substring"].tolist())
-        report.add(f"{name} ({a.n} responses)", f"{a.accuracy:.2f} / {a.kappa:.2f} / {a.confusion}",
-                   readme=README.get(name))
-    report.print()
+    objective = objective_labels(args.per_file) if args.objective else None
+    if args.quick:
+        labels = labels.groupby("file").head(4)
+        objective = objective.groupby("file").head(1) if objective is not None else None
+    for spec in args.judge or ["substring", "llm"]:
+        judgements, seconds = judged(spec, labels)
+        labels[spec] = [j.refusal >= 0.5 for j in judgements]
+        report(f"{spec} judge vs human refusal labels", labels, "refusal", spec, README.get(spec, {}), seconds)
+        if objective is not None:
+            judgements, seconds = judged(spec, objective)
+            objective[spec] = [(1 - j.refusal if j.compliance is None else j.compliance) >= 0.5 for j in judgements]
+            report(f"{spec} judge vs human objective-achieved labels", objective, "achieved", spec, {}, seconds)
 
 
 if __name__ == "__main__":
