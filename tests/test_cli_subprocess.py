@@ -150,3 +150,14 @@ def test_ctrl_c_prints_the_resume_hint_and_exits_130(tmp_path, model_dir):
     assert process.returncode == 130, stderr
     assert stderr.strip().splitlines()[-1] == HINT
     assert not (out / "results.csv").exists()
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--metrics", "refusal,perplexty"], ("--metrics", "perplexty")),
+    (["--run", "nowhere"], ("nowhere is not a run directory",)),
+    (["--eval-set", "train"], ("--eval-set",)),
+])
+def test_evaluate_rejects_bad_input_before_loading_a_model(tmp_path, args, needles):
+    result = cli("evaluate", "--out", tmp_path / "results", "--model", "./no-such-model", *args, cwd=tmp_path)
+    assert result.returncode in (1, 2)
+    one_line_error(result, result.returncode, *needles)

@@ -277,3 +277,35 @@ def test_abliterate_bakes_any_projection_the_run_chose(extracted_run, model_dir,
     result, text = invoke("abliterate", "--model", model_dir, "--run", extracted_run, "--out", tmp_path / "x",
                           "--kind", "actadd")
     assert result.exit_code != 0 and "projection" in text
+
+
+def test_evaluate_scores_an_intervention_beside_its_controls_and_resumes(extracted_run, model_dir, tmp_path):
+    import duckdb
+
+    out = tmp_path / "results"
+    args = ["evaluate", "--model", model_dir, "--run", extracted_run, "--out", out, "--eval-set", "test",
+            "--n-eval", 3, "--intervention", "ablate[all]", "--metrics", "refusal,harmless_refusal,kl,repetition",
+            "--judge", "substring", "--control-seeds", 3]
+    result, text = invoke(*args)
+    assert result.exit_code == 0, text
+    frame = pd.read_parquet(out / "results.parquet")
+    assert set(frame["intervention"]) == {"baseline", "ablate[all]"} | {f"ablate[all]~random{s}" for s in range(3)}
+    assert set(frame["metric"]) == {"refusal", "harmless_refusal", "kl", "repetition"}
+    assert set(frame.loc[frame["metric"] == "refusal", "max_new_tokens"]) == {24, 128}
+    main = frame[(frame["intervention"] == "ablate[all]") & (frame["metric"] == "kl")].iloc[0]
+    assert main["n"] == 3 and main["value"] >= 0 and main["baseline"] == pytest.approx(0, abs=1e-5)
+    assert main["delta"] == pytest.approx(-min(main["value"], 1.0), abs=1e-5)
+    assert main["vs_control_ci_low"] <= main["vs_control"] <= main["vs_control_ci_high"]
+    assert main["specific"] == (main["vs_control_ci_low"] > 0 or main["vs_control_ci_high"] < 0)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_harmful"] == 3 and all(not r["control"] for r in summary["rows"])
+    with duckdb.connect(str(out / "results.duckdb"), read_only=True) as db:
+        n_items = db.execute("SELECT count(*) FROM items").fetchone()[0]
+        n_generations = db.execute("SELECT count(*) FROM generations").fetchone()[0]
+    assert n_generations == 5 * 2 * 3  # five conditions × two sides × three prompts, at the longest length
+    result, text = invoke(*args)  # a rerun computes nothing new
+    assert result.exit_code == 0, text
+    with duckdb.connect(str(out / "results.duckdb"), read_only=True) as db:
+        assert db.execute("SELECT count(*) FROM items").fetchone()[0] == n_items
+    result, text = invoke(*args[:-6], "--metrics", "refusal,bogus")
+    assert result.exit_code != 0 and "bogus" in text

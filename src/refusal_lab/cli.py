@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -15,6 +12,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from refusal_lab.cli_options import (EvalSet, FlipVariant, InterventionKind, Measure, Method, Scope, Site, out_dir_option,
+                                     out_file_option)
 from refusal_lab.errors import RefusalLabError
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
@@ -29,33 +28,6 @@ INTERRUPTED = 130  # the shell's exit status for SIGINT
 ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
-def _check_out(path: Optional[Path], directory: bool) -> Optional[Path]:
-    """An --out path the command can write, checked before any work: not an existing file where a directory is
-    needed (or the reverse), and inside a folder that accepts new entries (probed with a temporary folder)."""
-    if path is None:
-        return path
-    if path.exists() and path.is_dir() != directory:
-        raise typer.BadParameter(f"{path} is an existing {'directory' if path.is_dir() else 'file'}; pass a "
-                                 f"{'directory' if directory else 'file'} path")
-    folder = path if directory else path.parent
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
-    if not existing.is_dir():
-        raise typer.BadParameter(f"{existing} is a file, so {path} cannot be created; pass another path")
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".refusal-lab-probe-", dir=existing))
-    except OSError as error:
-        raise typer.BadParameter(f"{existing} is not writable ({error.strerror}); pass another path") from None
-    return path
-
-
-def _out_dir(path: Optional[Path]) -> Optional[Path]:
-    return _check_out(path, directory=True)
-
-
-def _out_file(path: Optional[Path]) -> Optional[Path]:
-    return _check_out(path, directory=False)
-
-
 def _cap_n_eval(n_eval: Optional[int], splits) -> Optional[int]:
     """``n_eval`` capped to the held-out prompts per side of ``splits`` (one line says so when it is)."""
     available = min(len(splits.test_harmful), len(splits.test_harmless))
@@ -64,55 +36,6 @@ def _cap_n_eval(n_eval: Optional[int], splits) -> Optional[int]:
                       f"{available}", soft_wrap=True)
         return available
     return n_eval
-
-
-class InterventionKind(str, Enum):
-    none = "none"
-    ablate = "ablate"
-    actadd = "actadd"
-    nullspace = "nullspace"
-    flip = "flip"
-    rank_k = "rank-k"
-    leace = "leace"
-    subspace = "subspace"
-    classifier_actadd = "classifier-actadd"
-
-
-class Method(str, Enum):
-    dim = "dim"
-    inlp = "inlp"
-    flip = "flip"
-    classifier = "classifier"
-    leace = "leace"
-    subspace = "subspace"
-
-
-class Scope(str, Enum):
-    layer = "layer"
-    top50 = "top50"
-    all = "all"
-
-
-class Site(str, Enum):
-    resid_pre = "resid_pre"
-    attn_out = "attn_out"
-    mlp_out = "mlp_out"
-
-
-class FlipVariant(str, Enum):
-    input = "input"
-    writes = "writes"
-
-
-class EvalSet(str, Enum):
-    test = "test"
-    generic = "generic"
-
-
-class Measure(str, Enum):
-    first_token = "first-token"
-    generation = "generation"
-    landing = "landing"
 
 
 def _print_table(frame, title: str) -> None:
@@ -166,7 +89,7 @@ ConfigOption = Annotated[Optional[Path], typer.Option(help="RunConfig as .toml o
 
 @app.command()
 def run(
-    out: Annotated[Path, typer.Option(help="run directory (resumable)", callback=_out_dir)] = Path("runs/demo"),
+    out: Annotated[Path, typer.Option(help="run directory (resumable)", callback=out_dir_option)] = Path("runs/demo"),
     config: ConfigOption = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m")] = None,
     n_eval: Annotated[Optional[int], typer.Option(help="held-out prompts per side", min=1)] = None,
@@ -226,7 +149,7 @@ def _print_comparison(result, title: str) -> None:
 
 
 @app.command()
-def extract(model: ModelOption, out: Annotated[Path, typer.Option(help="run directory", callback=_out_dir)],
+def extract(model: ModelOption, out: Annotated[Path, typer.Option(help="run directory", callback=out_dir_option)],
             config: ConfigOption = None,
             method: Annotated[Optional[list[Method]], typer.Option(help="repeatable; methods to fit and select "
                                                                   "(DiM always runs first)")] = None,
@@ -250,7 +173,7 @@ def extract(model: ModelOption, out: Annotated[Path, typer.Option(help="run dire
 def generate_cmd(
     model: ModelOption,
     prompts: Annotated[Path, typer.Option(help=".txt (a prompt a line), .jsonl (field prompt) or .csv (prompt/goal)")],
-    out: Annotated[Path, typer.Option(help="output .jsonl", callback=_out_file)],
+    out: Annotated[Path, typer.Option(help="output .jsonl", callback=out_file_option)],
     run_dir: Annotated[Optional[Path], typer.Option("--run", help="run directory (from refusal-lab extract)")] = None,
     intervention: InterventionKind = InterventionKind.none,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
@@ -331,7 +254,7 @@ def compare(
 
 @app.command()
 def abliterate(run_dir: Annotated[Path, typer.Option("--run", help="run directory")],
-               out: Annotated[Path, typer.Option(help="output model directory", callback=_out_dir)],
+               out: Annotated[Path, typer.Option(help="output model directory", callback=out_dir_option)],
                model: Annotated[Optional[str], typer.Option("--model", "-m", help="default: the run's")] = None,
                kind: Annotated[str, typer.Option(help="ablate, nullspace, rank-k or subspace")] = "ablate",
                dtype: Annotated[str, typer.Option(help="weights' dtype: auto (bf16 where the CPU is fast at it), "
@@ -341,6 +264,50 @@ def abliterate(run_dir: Annotated[Path, typer.Option("--run", help="run director
 
     cfg = _config(None, run_dir, model=model)
     console.print(f"abliterated model written to {abliterate_job(_load(cfg, dtype), run_dir, out, kind)}")
+
+
+@app.command()
+def evaluate(
+    out: Annotated[Path, typer.Option(help="results directory (DuckDB, Parquet, summary.json; resumable)",
+                                      callback=out_dir_option)],
+    run_dir: Annotated[Optional[Path], typer.Option("--run", help="run directory whose interventions to score")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="default: the run's, else the bundled "
+                                                 "default")] = None,
+    intervention: Annotated[Optional[list[str]], typer.Option(help="repeatable; names or patterns, e.g. "
+                                                              "'ablate[all]', 'actadd*'")] = None,
+    metrics: Annotated[Optional[str], typer.Option(help="comma-separated: refusal,harmless_refusal,judge,"
+                                                   "coherence,perplexity,mmlu,arc,kl,repetition")] = None,
+    judge: Annotated[Optional[list[str]], typer.Option(help="repeatable: substring, llm or llm:<model>")] = None,
+    judge_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible endpoint for the llm judge (key from "
+                                                     "$REFUSAL_LAB_JUDGE_KEY)")] = None,
+    judge_model: Annotated[Optional[str], typer.Option(help="the llm judge's model")] = None,
+    guard: Annotated[Optional[str], typer.Option(help="Llama-Guard-style classifier for the judge metric")] = None,
+    config: ConfigOption = None,
+    n_eval: Annotated[Optional[int], typer.Option(min=1, help="held-out prompts per side")] = None,
+    eval_set: Annotated[Optional[EvalSet], typer.Option(help="generic (default) or the run's test split")] = None,
+    control_seeds: Annotated[Optional[int], typer.Option(min=0, help="random controls per intervention")] = None,
+    full: Annotated[bool, typer.Option(help="full MMLU and ARC instead of seeded subsets")] = False,
+):
+    """Score the model and the run's interventions on every metric, each as Δ vs the baseline with intervals."""
+    from refusal_lab.evaluation.evaluate import EvaluateConfig, eval_prompts, summary_frame
+    from refusal_lab.evaluation.evaluate import evaluate as evaluate_job
+
+    from refusal_lab.config import load_config_file
+
+    cfg = load_config_file(config, EvaluateConfig, section="evaluate", metrics=metrics.split(",") if metrics else None,
+                           judges=judge, judge_url=judge_url, judge_model=judge_model, guard=guard,
+                           interventions=intervention, n_eval=n_eval, eval_set=eval_set.value if eval_set else None,
+                           control_seeds=control_seeds, full_benchmarks=full or None)
+    if run_dir is not None and not (run_dir / "config.json").exists():
+        raise RefusalLabError(f"{run_dir} is not a run directory (no config.json); run refusal-lab extract first")
+    run_cfg = _config(None, run_dir, model=model)
+    from refusal_lab.data import Splits, dataset_splits
+
+    splits = (Splits.load(run_dir / "splits.json") if run_dir else
+              dataset_splits(run_cfg.data, n_train=run_cfg.n_train, n_val=run_cfg.n_val, seed=run_cfg.seed))
+    eval_prompts(cfg, splits, run_dir)  # the held-out rule, checked before the model loads
+    rows = evaluate_job(_load(run_cfg), cfg, out, run_dir, run_cfg, splits)
+    _print_table(summary_frame(rows), f"evaluation → {out}")
 
 
 def _exit(message: str, code: int) -> None:

@@ -101,17 +101,18 @@ def _judges(config: EvaluateConfig) -> dict:
     judges = {}
     for spec in config.judges:
         name = spec.split(":")[0]
-        judges[name] = make_judge(spec, url=config.judge_url, model=config.judge_model) if name == "llm" else (
-            make_judge(spec))
+        if name == "llm" and config.judge_model and spec == "llm":
+            spec = f"llm:{config.judge_model}"
+        judges[name] = make_judge(spec, url=config.judge_url if name == "llm" else None)
     return judges
 
 
 def _capability_data(config: EvaluateConfig) -> tuple[dict, dict]:
     texts, questions = {}, {}
     if "perplexity" in config.metrics:
-        from refusal_lab.evaluation.texts import general_texts
+        from refusal_lab.evaluation.texts import CORPORA, load_texts
 
-        texts = general_texts(n=config.text_docs, seed=config.seed)
+        texts = {corpus: load_texts(corpus, config.text_docs, config.seed)[1] for corpus in CORPORA}
     if "mmlu" in config.metrics or "arc" in config.metrics:
         from refusal_lab.evaluation.multiple_choice import load_arc, load_mmlu
 
@@ -152,3 +153,19 @@ def evaluate(lm, config: EvaluateConfig, out: str | Path, run_dir: str | Path | 
                   if k not in ("model_fingerprint", "intervention_hash", "data_hash")}
                  for row in rows if not row["control"]]})
     return rows
+
+
+def summary_frame(rows: list[dict]):
+    """The non-control rows as a printable table: value [interval], baseline, Δ [interval], specific."""
+    import pandas as pd
+
+    def interval(row, prefix):
+        value = row[prefix.rstrip("_") or "value"]
+        low, high = row[f"{prefix}ci_low"], row[f"{prefix}ci_high"]
+        return "" if value is None else f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+    return pd.DataFrame([{
+        "intervention": r["intervention"], "metric": r["metric"], "judge/set": r["judge"] or r["dataset"],
+        "tokens": r["max_new_tokens"] or "", "n": r["n"], "value": interval(r, ""),
+        "baseline": f"{r['baseline']:.3f}" if r["baseline"] is not None else "", "Δ": interval(r, "delta_"),
+        "specific": {True: "yes", False: "no"}.get(r.get("specific"), "")} for r in rows if not r["control"]])

@@ -213,8 +213,9 @@ class Suite:
         from refusal_lab.evaluation.perplexity import text_losses
 
         def values(rows):
-            losses = text_losses(self.lm, [docs[i] for i in rows], target.interventions, batch_size=self.batch_size)
-            return list(losses.nll), list(losses.tokens)
+            losses = text_losses(self.lm, [docs[i] for i in rows], interventions=target.interventions,
+                                 batch_size=self.batch_size)
+            return losses.nll.tolist(), losses.n_tokens.tolist()
         return values
 
     def _instruction_perplexity(self, target, baseline):
@@ -227,7 +228,7 @@ class Suite:
             losses = response_losses(self.lm, [harmless[i] for i in rows],
                                      [self._instruction_responses[i] for i in rows], target.interventions,
                                      batch_size=self.batch_size)
-            return list(losses.nll), list(losses.tokens)
+            return losses.nll.tolist(), losses.n_tokens.tolist()
         return values
 
     def _choices(self, target, questions):

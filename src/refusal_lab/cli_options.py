@@ -1,0 +1,87 @@
+"""Option types and checks of the command-line interface: the choice enums and the --out path checks."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def check_out_path(path: Optional[Path], directory: bool) -> Optional[Path]:
+    """An --out path the command can write, checked before any work: not an existing file where a directory is
+    needed (or the reverse), and inside a folder that accepts new entries (probed with a temporary folder)."""
+    if path is None:
+        return path
+    if path.exists() and path.is_dir() != directory:
+        raise typer.BadParameter(f"{path} is an existing {'directory' if path.is_dir() else 'file'}; pass a "
+                                 f"{'directory' if directory else 'file'} path")
+    folder = path if directory else path.parent
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise typer.BadParameter(f"{existing} is a file, so {path} cannot be created; pass another path")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".refusal-lab-probe-", dir=existing))
+    except OSError as error:
+        raise typer.BadParameter(f"{existing} is not writable ({error.strerror}); pass another path") from None
+    return path
+
+
+def out_dir_option(path: Optional[Path]) -> Optional[Path]:
+    return check_out_path(path, directory=True)
+
+
+def out_file_option(path: Optional[Path]) -> Optional[Path]:
+    return check_out_path(path, directory=False)
+
+
+class InterventionKind(str, Enum):
+    none = "none"
+    ablate = "ablate"
+    actadd = "actadd"
+    nullspace = "nullspace"
+    flip = "flip"
+    rank_k = "rank-k"
+    leace = "leace"
+    subspace = "subspace"
+    classifier_actadd = "classifier-actadd"
+
+
+class Method(str, Enum):
+    dim = "dim"
+    inlp = "inlp"
+    flip = "flip"
+    classifier = "classifier"
+    leace = "leace"
+    subspace = "subspace"
+
+
+class Scope(str, Enum):
+    layer = "layer"
+    top50 = "top50"
+    all = "all"
+
+
+class Site(str, Enum):
+    resid_pre = "resid_pre"
+    attn_out = "attn_out"
+    mlp_out = "mlp_out"
+
+
+class FlipVariant(str, Enum):
+    input = "input"
+    writes = "writes"
+
+
+class EvalSet(str, Enum):
+    test = "test"
+    generic = "generic"
+
+
+class Measure(str, Enum):
+    first_token = "first-token"
+    generation = "generation"
+    landing = "landing"
