@@ -34,7 +34,8 @@ class JudgeCache:
         for line in text.splitlines():
             try:
                 row = json.loads(line)
-                self._entries[row.pop("key")] = Judgement(**row)
+                key = row.pop("key")
+                self._entries[key] = Judgement(**row)
             except (ValueError, KeyError, TypeError, AttributeError):
                 continue  # a line torn by an interrupted write
 
