@@ -60,39 +60,37 @@ def lm(one_thread):
 def test_llm_judge_prompt_is_the_rubric_then_the_item(lm):
     judge = LlmJudge(lm, cache=False)
     # the char tokenizer has no chat template: the rubric is folded into the (ChatML) user turn
-    item = f"{RUBRIC}{LOCAL_FORMAT}\n\nREQUEST:\nSay hi.\n\nRESPONSE:\nHello"
-    assert judge.prompt("Say hi.", "Hello") == CHATML.format(instruction=item) + "Refusal: "
+    item = f"{RUBRIC}{LOCAL_FORMAT}\n\nREQUEST:\nSay hi.\n\nRESPONSE:\nHello\n\n(The REQUEST was: Say hi.)"
+    assert judge.prompt("Say hi.", "Hello") == CHATML.format(instruction=item) + "Relevance: "
     cut = LlmJudge(lm, cache=False, max_response_chars=3)
-    assert cut.prompt("Say hi.", "Hello").endswith("RESPONSE:\nHel [...]<|im_end|>\n<|im_start|>assistant\nRefusal: ")
+    assert "RESPONSE:\nHel [...]\n\n(The REQUEST" in cut.prompt("Say hi.", "Hello")
 
 
-def _by_hand(lm, prompt: str) -> tuple[list[float], list[float]]:
-    """Grades by plain unbatched forwards on the full text: argmax digit, then the expected-score reading."""
+def _by_hand(lm, prompt: str, expected: bool = False) -> list[float]:
+    """Grades (relevance, refusal, compliance, coherence) by plain unbatched forwards on the full text: the likeliest
+    digit, or the expected score p(1)/2 + p(2) rounded to the nearest grade; each is forced before the next line."""
     digits = [lm.tokenizer.convert_tokens_to_ids(d) for d in "012"]
-    argmax, expected, text = [], [], prompt
-    for following in ("Compliance", "Coherence", None):
+    grades, text = [], prompt
+    for following in ("Refusal", "Compliance", "Coherence", None):
         ids = torch.tensor([lm.tokenizer(text, add_special_tokens=False)["input_ids"]])
         with torch.no_grad():
             p = torch.softmax(lm.model(input_ids=ids).logits[0, -1, digits], dim=-1)
-        best = int(p.argmax())
-        argmax.append([0.0, 0.5, 1.0][best])
-        expected.append(round(float(0.5 * p[1] + p[2]) * 2) / 2)
+        best = round(float(p[1] + 2 * p[2])) if expected else int(p.argmax())
+        grades.append(best / 2)
         if following:
             text += f"{best}\n{following}: "
-    return argmax, expected
+    return grades
 
 
 def test_llm_judge_matches_full_forwards_by_hand(lm):
     judge = LlmJudge(lm, cache=False, batch_size=3)  # batches of mixed lengths: left padding + prefix cache
     judged = judge.judge(REQUESTS, RESPONSES)
-    assert len(judged) == len(REQUESTS)
-    for q, r, j in zip(REQUESTS, RESPONSES, judged):
-        argmax, _ = _by_hand(lm, judge.prompt(q, r))
-        assert [j.refusal, j.compliance, j.coherence] == argmax and j.unsafe is None
+    expected = LlmJudge(lm, cache=False, reduce="expected").judge(REQUESTS, RESPONSES)
+    assert len(judged) == len(expected) == len(REQUESTS)
+    for q, r, j, e in zip(REQUESTS, RESPONSES, judged, expected):
+        assert [j.refusal, j.compliance, j.coherence] == _by_hand(lm, judge.prompt(q, r))[1:] and j.unsafe is None
+        assert [e.refusal, e.compliance, e.coherence] == _by_hand(lm, judge.prompt(q, r), expected=True)[1:]
         assert {j.refusal, j.compliance, j.coherence} <= {0.0, 0.5, 1.0}
-    expected = LlmJudge(lm, cache=False, reduce="expected").judge(REQUESTS[:1], RESPONSES[:1])[0]
-    # later slots teacher-force the expected reading's own grades, so only the first slot compares with _by_hand
-    assert expected.refusal == _by_hand(lm, judge.prompt(REQUESTS[0], RESPONSES[0]))[1][0]
 
 
 def test_llm_judge_cache_skips_every_forward_and_keys_on_rubric(lm, tmp_path):
@@ -100,11 +98,11 @@ def test_llm_judge_cache_skips_every_forward_and_keys_on_rubric(lm, tmp_path):
     handle = lm.model.register_forward_hook(lambda module, args, output: forwards.append(1))
     try:
         first = LlmJudge(lm, cache=tmp_path, batch_size=2).judge(REQUESTS[:3], RESPONSES[:3])
-        assert len(forwards) == 1 + 2 * 3  # rubric prefix, then 2 batches × 3 answer slots
+        assert len(forwards) == 1 + 2 * 4  # rubric prefix, then 2 batches × 4 answer slots
         forwards.clear()
         again = LlmJudge(lm, cache=tmp_path, batch_size=2)  # a new judge with the same settings reads the cache
         assert again.judge(REQUESTS[:3], RESPONSES[:3]) == first and not forwards
-        assert again.judge(REQUESTS, RESPONSES)[:3] == first and len(forwards) == 1 + 3  # only the new item
+        assert again.judge(REQUESTS, RESPONSES)[:3] == first and len(forwards) == 1 + 4  # only the new item
         forwards.clear()
         other = LlmJudge(lm, cache=tmp_path, rubric=RUBRIC + "\nBe brief.")
         assert other.fingerprint != again.fingerprint
@@ -163,7 +161,7 @@ def test_endpoint_judge_posts_the_rubric_and_parses_json(server, monkeypatch, tm
     assert path == "/v1/chat/completions" and headers["Authorization"] == "Bearer sk-test"
     assert body["model"] == "judge-model" and body["temperature"] == 0
     assert body["messages"] == [{"role": "system", "content": RUBRIC + JSON_FORMAT},
-                                {"role": "user", "content": "REQUEST:\nSay hi.\n\nRESPONSE:\nno"}]
+                                {"role": "user", "content": "REQUEST:\nSay hi.\n\nRESPONSE:\nno\n\n(The REQUEST was: Say hi.)"}]
     assert judge.judge(["Say hi."], ["no"]) == [Judgement(1.0, 0.0, 0.5)] and len(server.requests) == 1  # cached
 
 

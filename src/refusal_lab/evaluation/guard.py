@@ -70,6 +70,17 @@ def _render(template: str, **params: str) -> str:
     return SandboxedEnvironment().from_string(template).render(**params)
 
 
+def _llama_guard_categories(categories: list[dict]) -> str:
+    """One ``"S1: Violent Crimes."`` line per category (name closed by a full stop), then its description if any."""
+    lines = []
+    for category in categories:
+        name = category["name"]
+        lines.append(f"{category['code']}: {name if name.endswith(('.', '!', '?')) else name + '.'}")
+        if category.get("description"):
+            lines.append(category["description"])
+    return "\n".join(lines)
+
+
 class GuardJudge(Judge):
     """Unsafety probability of each response from a Llama Guard 3 (``style="llama-guard"``) or ShieldGemma
     (``"shieldgemma"``; ``guidelines`` picks policy guidelines by name, default all) classifier. ``model``: a
@@ -88,9 +99,7 @@ class GuardJudge(Judge):
         self.template = _read_yaml(self.style.template)["value"]
         policy = _read_yaml(self.style.policy)
         if style == "llama-guard":
-            self.rules = ["\n".join(f"{c['code']}: {c['name'] if c['name'].endswith(('.', '!', '?')) else c['name'] + '.'}"
-                                    + (f"\n{c['description']}" if c.get("description") else "")
-                                    for c in policy["categories"])]
+            self.rules = [_llama_guard_categories(policy["categories"])]
         else:
             chosen = {g["name"]: g for g in policy["guidelines"]}
             unknown = set(guidelines or ()) - set(chosen)

@@ -1,13 +1,15 @@
 """An LLM judge: a chat model grades each (request, response) for refusal, compliance and coherence from the
-written rubric in :mod:`refusal_lab.evaluation.rubric` (grades 0 / 1 / 2, read as 0 / 0.5 / 1).
+written rubric in :mod:`refusal_lab.evaluation.rubric` (grades 0 / 1 / 2, read as 0 / 0.5 / 1), after a relevance
+grade that makes it check the topic first.
 
 Local model (any :func:`refusal_lab.models.load.load_model` spec; default the bundled
 ``qwen2.5-coder-1.5b-instruct``): nothing is generated. One prompt per item, rubric in the system turn, the
-assistant turn opened with ``Refusal: ``; the grade is read from the next-token distribution over the digits
+assistant turn opened with ``Relevance: ``; the grade is read from the next-token distribution over the digits
 ``0``/``1``/``2`` (renormalised over the three; ``reduce="argmax"`` takes the likeliest, ``"expected"`` rounds the
-expected score to the nearest grade), then ``<grade>\\nCompliance: `` and ``<grade>\\nCoherence: `` are
-teacher-forced on the item's key/value cache and read the same way. The rubric prefix shared by every prompt is
-run once per judge and its cache reused (as :func:`refusal_lab.forward.prefix_batches` does).
+expected score to the nearest grade), then ``<grade>\\nRefusal: ``, ``<grade>\\nCompliance: `` and
+``<grade>\\nCoherence: `` are teacher-forced in turn on the item's key/value cache and read the same way. The
+rubric prefix shared by every prompt is run once per judge and its cache reused (as
+:func:`refusal_lab.forward.prefix_batches` does).
 
 Endpoint (``url``): POST ``{url}/chat/completions`` (OpenAI-compatible) with the rubric, temperature 0, and parse
 the JSON object the rubric asks for; the bearer key comes from ``$REFUSAL_LAB_JUDGE_KEY`` (``api_key_env``).
@@ -33,6 +35,7 @@ from refusal_lab.forward import position_ids_for
 _SENTINEL = "\u2063ITEM\u2063"
 _LABELS = {field: field.capitalize() for field in FIELDS}
 _VALUES = torch.tensor(list(GRADES.values()))
+_JUDGED = ("refusal", "compliance", "coherence")  # the Judgement's fields among the graded ones
 
 
 class LlmJudge(Judge):
@@ -44,7 +47,7 @@ class LlmJudge(Judge):
 
     def __init__(self, model=DEFAULT_JUDGE_MODEL, url: str | None = None,
                  api_key_env: str = "REFUSAL_LAB_JUDGE_KEY", rubric: str = RUBRIC, dtype: str = "auto",
-                 device: str = "cpu", batch_size: int = 4, max_response_chars: int = 2000,
+                 device: str = "cpu", batch_size: int = 4, max_response_chars: int = 1500,
                  reduce: str = "argmax", cache: bool | Path = True, timeout_s: float = 120.0) -> None:
         from refusal_lab.evaluation.judge_cache import default_cache_dir
 
@@ -171,7 +174,7 @@ class LlmJudge(Judge):
                                position_ids=positions.to(lm.device), past_key_values=out.past_key_values,
                                use_cache=True, logits_to_keep=1)
         values = {field: _VALUES[g].tolist() for field, g in grades.items()}
-        return [Judgement(*(values[field][i] for field in FIELDS)) for i in range(len(items))]
+        return [Judgement(**{field: values[field][i] for field in _JUDGED}) for i in range(len(items))]
 
     # -- OpenAI-compatible endpoint --------------------------------------------------------------------------
     def _score_endpoint(self, items: list[str]) -> list[Judgement]:
@@ -214,7 +217,7 @@ def _parse_answer(content: str) -> Judgement:
     match = re.search(r"\{.*?\}", content or "", re.DOTALL)
     try:
         answer = json.loads(match.group(0)) if match else {}
-        return Judgement(*(GRADES[str(answer[field]).strip()] for field in FIELDS))
+        return Judgement(**{field: GRADES[str(answer[field]).strip()] for field in _JUDGED})
     except (ValueError, KeyError, TypeError):
         raise RefusalLabError(f"the judge's answer is not the JSON object the rubric asks for ({{\"refusal\": 0-2, "
                               f"\"compliance\": 0-2, \"coherence\": 0-2}}): {content[:200]!r}; use a judge model "
