@@ -41,6 +41,8 @@ def test_make_judge_specs():
     assert isinstance(make_judge("substring"), SubstringJudge)
     local = make_judge("llm", cache=False)
     assert (local.model, local.url) == ("qwen2.5-coder-1.5b-instruct", None)
+    assert make_judge("llm", dtype="float32").fingerprint == make_judge("llm", dtype="fp32").fingerprint
+    assert make_judge("llm", dtype="float32").fingerprint != make_judge("llm", dtype="bfloat16").fingerprint
     assert make_judge("llm:/some/dir").model == "/some/dir"
     remote = make_judge("llm:gpt-x", url="http://h/v1")
     assert (remote.model, remote.url, remote.name) == ("gpt-x", "http://h/v1", "llm:gpt-x")
@@ -97,13 +99,16 @@ def test_llm_judge_cache_skips_every_forward_and_keys_on_rubric(lm, tmp_path):
     forwards = []
     handle = lm.model.register_forward_hook(lambda module, args, output: forwards.append(1))
     try:
-        first = LlmJudge(lm, cache=tmp_path, batch_size=2).judge(REQUESTS[:3], RESPONSES[:3])
+        judge = LlmJudge(lm, cache=tmp_path, batch_size=2)
+        first_fingerprint = judge.fingerprint
+        first = judge.judge(REQUESTS[:3], RESPONSES[:3])
         assert len(forwards) == 1 + 2 * 4  # rubric prefix, then 2 batches × 4 answer slots
         forwards.clear()
         again = LlmJudge(lm, cache=tmp_path, batch_size=2)  # a new judge with the same settings reads the cache
         assert again.judge(REQUESTS[:3], RESPONSES[:3]) == first and not forwards
         assert again.judge(REQUESTS, RESPONSES)[:3] == first and len(forwards) == 1 + 4  # only the new item
         forwards.clear()
+        assert again.fingerprint == first_fingerprint  # stable whether or not the model has been used
         other = LlmJudge(lm, cache=tmp_path, rubric=RUBRIC + "\nBe brief.")
         assert other.fingerprint != again.fingerprint
         other.judge(REQUESTS[:1], RESPONSES[:1])
@@ -160,8 +165,8 @@ def test_endpoint_judge_posts_the_rubric_and_parses_json(server, monkeypatch, tm
     path, headers, body = server.requests[0]
     assert path == "/v1/chat/completions" and headers["Authorization"] == "Bearer sk-test"
     assert body["model"] == "judge-model" and body["temperature"] == 0
-    assert body["messages"] == [{"role": "system", "content": RUBRIC + JSON_FORMAT},
-                                {"role": "user", "content": "REQUEST:\nSay hi.\n\nRESPONSE:\nno\n\n(The REQUEST was: Say hi.)"}]
+    item = "REQUEST:\nSay hi.\n\nRESPONSE:\nno\n\n(The REQUEST was: Say hi.)"
+    assert body["messages"] == [{"role": "system", "content": RUBRIC + JSON_FORMAT}, {"role": "user", "content": item}]
     assert judge.judge(["Say hi."], ["no"]) == [Judgement(1.0, 0.0, 0.5)] and len(server.requests) == 1  # cached
 
 

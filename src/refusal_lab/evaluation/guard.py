@@ -27,7 +27,7 @@ import torch
 import yaml
 
 from refusal_lab.errors import RefusalLabError
-from refusal_lab.evaluation.judges import Judge, Judgement, fingerprint_of
+from refusal_lab.evaluation.judges import Judge, Judgement, dtype_key, fingerprint_of
 from refusal_lab.forward import prefix_batches
 from refusal_lab.models.adapters import LLAMA3
 
@@ -95,6 +95,7 @@ class GuardJudge(Judge):
         self.style, self.dtype, self.device, self.batch_size = STYLES[style], dtype, device, batch_size
         self._lm = None if isinstance(model, str) else model
         self.model = model if isinstance(model, str) else model.source or model.name
+        self._dtype_key = dtype_key(model, dtype, device)
         self.name = f"{style}:{self.model.rstrip('/').rsplit('/', 1)[-1]}"
         self.template = _read_yaml(self.style.template)["value"]
         policy = _read_yaml(self.style.policy)
@@ -112,9 +113,8 @@ class GuardJudge(Judge):
 
     @property
     def fingerprint(self) -> str:
-        dtype = str(self._lm.dtype) if self._lm is not None else self.dtype
-        return fingerprint_of(judge="guard", model=self.model, dtype=dtype, style=self.style, template=self.template,
-                              rules=self.rules)
+        return fingerprint_of(judge="guard", model=self.model, dtype=self._dtype_key, style=self.style,
+                              template=self.template, rules=self.rules)
 
     @property
     def lm(self):

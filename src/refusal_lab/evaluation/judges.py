@@ -56,6 +56,16 @@ def fingerprint_of(**settings) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def dtype_key(model, dtype: str, device: str) -> str:
+    """The dtype a judge model runs in, as a fingerprint entry, known before loading (``"auto"`` resolved)."""
+    from refusal_lab.models.load import DTYPES, default_dtype
+
+    if not isinstance(model, str):
+        return str(model.dtype)
+    dtype = default_dtype(device) if dtype == "auto" else dtype
+    return str(DTYPES.get(dtype, dtype))
+
+
 class Judge(ABC):
     """Scores (request, response) pairs. Subclasses set ``name``, implement :attr:`fingerprint` and
     :meth:`_score`; ``cache_dir`` (not ``None``) stores every judgement under it, keyed by fingerprint and item,
@@ -122,11 +132,12 @@ GUARD_PREFIXES = ("guard", "llama-guard", "shieldgemma")
 
 
 def make_judge(spec: str, url: str | None = None, api_key_env: str = "REFUSAL_LAB_JUDGE_KEY",
-               dtype: str = "auto", device: str = "cpu", cache: bool = True) -> Judge:
+               dtype: str = "auto", device: str = "cpu", cache: bool | Path = True) -> Judge:
     """A judge from a spec: ``substring``; ``llm`` (the bundled :data:`DEFAULT_JUDGE_MODEL`) or ``llm:<model>``
     (bundled name, HF id, directory, .gguf; with ``url``: the model name at that OpenAI-compatible endpoint);
     ``guard:<model>``, ``llama-guard:<model>`` or ``shieldgemma:<model>`` (the format follows the prefix, or for
-    ``guard`` the model name: ShieldGemma if it contains "shieldgemma", else Llama Guard 3)."""
+    ``guard`` the model name: ShieldGemma if it contains "shieldgemma", else Llama Guard 3). ``cache``: the default
+    judgement cache (``True``), a directory, or none (``False``)."""
     kind, _, model = spec.partition(":")
     if kind == "substring" and not model:
         return SubstringJudge()
@@ -145,5 +156,5 @@ def make_judge(spec: str, url: str | None = None, api_key_env: str = "REFUSAL_LA
                           "llama-guard:<model> or shieldgemma:<model>")
 
 
-__all__ = ["DEFAULT_JUDGE_MODEL", "REFUSAL_PHRASES", "Judge", "Judgement", "SubstringJudge", "fingerprint_of",
-           "is_refusal", "make_judge"]
+__all__ = ["DEFAULT_JUDGE_MODEL", "REFUSAL_PHRASES", "Judge", "Judgement", "SubstringJudge", "dtype_key",
+           "fingerprint_of", "is_refusal", "make_judge"]

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from refusal_lab.errors import RefusalLabError
-from refusal_lab.evaluation.judges import DEFAULT_JUDGE_MODEL, Judge, Judgement, fingerprint_of
+from refusal_lab.evaluation.judges import DEFAULT_JUDGE_MODEL, Judge, Judgement, dtype_key, fingerprint_of
 from refusal_lab.evaluation.rubric import FIELDS, GRADES, ITEM, JSON_FORMAT, LOCAL_FORMAT, RUBRIC
 from refusal_lab.forward import position_ids_for
 
@@ -61,13 +61,14 @@ class LlmJudge(Judge):
         self.max_response_chars, self.reduce = max_response_chars, reduce
         self._lm = None if isinstance(model, str) else model
         self.model = model if isinstance(model, str) else model.source or model.name
+        self._dtype_key = dtype_key(model, dtype, device)
         self.name = f"llm:{self.model.rstrip('/').rsplit('/', 1)[-1]}"
         self.cache_dir = None if cache is False else default_cache_dir() if cache is True else Path(cache)
 
     @property
     def fingerprint(self) -> str:
-        dtype = str(self._lm.dtype) if self._lm is not None else self.dtype
-        return fingerprint_of(judge="llm", model=self.model, url=self.url, dtype=None if self.url else dtype,
+        return fingerprint_of(judge="llm", model=self.model, url=self.url,
+                              dtype=None if self.url else self._dtype_key,
                               rubric=self.rubric, answer=JSON_FORMAT if self.url else LOCAL_FORMAT, item=ITEM,
                               max_response_chars=self.max_response_chars, reduce=self.reduce)
 
