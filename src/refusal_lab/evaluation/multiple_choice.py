@@ -145,6 +145,8 @@ def choice_logprobs(lm, questions: Sequence[Question], interventions: Sequence[I
                     batch_size: int = 8) -> torch.Tensor:
     """``log p(continuation_c | prompt)`` ``[n_questions, max_choices]`` float32 in question order (``-inf`` where a
     question has fewer choices). One forward per question; one cached prefix per subject."""
+    if not questions:
+        return torch.empty(0, 0)
     encoded = [_encode(lm, q) for q in questions]
     result = torch.full((len(questions), max(len(q.continuations) for q in questions)), -torch.inf)
     by_subject: dict[str, list[int]] = defaultdict(list)
