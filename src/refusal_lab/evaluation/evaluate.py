@@ -95,16 +95,11 @@ def eval_prompts(config: EvaluateConfig, splits, run_dir: Path | None) -> tuple[
     return harmful, harmless
 
 
-def _judges(config: EvaluateConfig) -> dict:
+def _judges(config: EvaluateConfig) -> list:
     from refusal_lab.evaluation.judges import make_judge
 
-    judges = {}
-    for spec in config.judges:
-        name = spec.split(":")[0]
-        if name == "llm" and config.judge_model and spec == "llm":
-            spec = f"llm:{config.judge_model}"
-        judges[name] = make_judge(spec, url=config.judge_url if name == "llm" else None)
-    return judges
+    specs = [f"llm:{config.judge_model}" if spec == "llm" and config.judge_model else spec for spec in config.judges]
+    return [make_judge(spec, url=config.judge_url if spec.startswith("llm") else None) for spec in specs]
 
 
 def _capability_data(config: EvaluateConfig) -> tuple[dict, dict]:

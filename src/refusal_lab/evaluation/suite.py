@@ -99,13 +99,15 @@ class Suite:
     """Scores targets on a loaded model into a :class:`ResultsStore` (see the module docstring)."""
 
     def __init__(self, lm, store: ResultsStore, harmful: list[str], harmless: list[str], *, metrics: Sequence[str],
-                 judges: dict, lengths: Sequence[int] = (24, 128), texts: dict[str, list[str]] | None = None,
+                 judges: Sequence, lengths: Sequence[int] = (24, 128), texts: dict[str, list[str]] | None = None,
                  questions: dict[str, list] | None = None, guard=None, batch_size: int = 16, chunk: int = 64):
         from refusal_lab.rundir import weights_hash
 
         self.lm, self.store, self.metrics = lm, store, list(metrics)
         self.prompts = {"harmful": harmful, "harmless": harmless}
-        self.judges, self.guard, self.lengths = judges, guard, sorted(lengths)
+        self.judges = {judge.name: judge for judge in judges}  # results name judges by .name (llm:<model>)
+        self.llm = next((j for j in judges if j.name.startswith("llm")), None)  # grades compliance, coherence
+        self.guard, self.lengths = guard, sorted(lengths)
         self.texts, self.questions = texts or {}, questions or {}
         self.batch_size, self.chunk = batch_size, chunk
         self.fingerprint = weights_hash(lm.model)
@@ -150,12 +152,12 @@ class Suite:
             if self.guard is not None:
                 tasks.append(Task("judge", self.guard.name, "harmful", ids["harmful"],
                                   self._judged(target, "harmful", longest, self.guard, "unsafe"), longest))
-            elif "llm" in self.judges:
-                tasks.append(Task("judge", "llm-compliance", "harmful", ids["harmful"],
-                                  self._judged(target, "harmful", longest, self.judges["llm"], "compliance"), longest))
-        if "coherence" in self.metrics and "llm" in self.judges:
-            tasks.append(Task("coherence", "llm", "both", both, self._both(
-                lambda side, length: self._judged(target, side, length, self.judges["llm"], "coherence")), longest))
+            elif self.llm is not None:
+                tasks.append(Task("judge", f"{self.llm.name} compliance", "harmful", ids["harmful"],
+                                  self._judged(target, "harmful", longest, self.llm, "compliance"), longest))
+        if "coherence" in self.metrics and self.llm is not None:
+            tasks.append(Task("coherence", self.llm.name, "both", both, self._both(
+                lambda side, length: self._judged(target, side, length, self.llm, "coherence")), longest))
         if "repetition" in self.metrics:
             tasks.append(Task("repetition", "3-gram", "both", both, self._both(
                 lambda side, length: self._repetition(target, side)), longest))
@@ -243,7 +245,8 @@ class Suite:
     # --- running -------------------------------------------------------------------------------------------------
 
     def unit(self, target: Target, task: Task) -> str:
-        judge = self.judges.get(task.judge) or (self.guard if self.guard and task.judge == self.guard.name else None)
+        judges = [*self.judges.values(), *([self.guard] if self.guard else [])]
+        judge = next((j for j in judges if task.judge.split(" ")[0] == j.name), None)
         return unit_key(model=self.fingerprint, intervention=target.hash, metric=task.metric,
                         judge=getattr(judge, "fingerprint", task.judge), dataset=task.dataset,
                         max_new_tokens=task.max_new_tokens, data=data_hash(self._task_data(task)))
