@@ -1,8 +1,8 @@
 """Intervals and signed Δ for per-item metric values.
 
 A metric is a statistic of per-item values: the mean (a rate when the values are 0/1, an accuracy, a mean KL), or
-for perplexity ``exp(Σ nll / Σ tokens)`` over documents. Intervals are 95 %: Wilson for a proportion of 0/1 values,
-percentile bootstrap over items otherwise, and a *paired* percentile bootstrap (the same resampled items on both
+for perplexity ``exp(Σ nll / Σ tokens)`` over documents. Intervals are 95 %: Wilson for a rate (a metric in
+:data:`RATES`, 0/1 items), a percentile bootstrap over items otherwise, and a *paired* percentile bootstrap (the same resampled items on both
 sides) for a difference between two conditions scored on the same items (scipy.stats.bootstrap, seeded).
 
 Δ follows the seed study: ``Δ = sign · clip(method − baseline, −1, 1)`` with ``sign`` chosen so that higher is
@@ -29,6 +29,7 @@ N_RESAMPLES = 2000
 HIGHER_IS_BETTER = {"refusal": False, "harmless_refusal": False, "judge": True, "perplexity": False,
                     "mmlu": True, "arc": True, "kl": False, "repetition": False, "coherence": True}
 REFUSAL_TYPE = ("refusal", "harmless_refusal", "judge")
+RATES = ("refusal", "harmless_refusal", "judge", "coherence", "mmlu", "arc")  # proportions of 0/1 items: Wilson
 
 
 def _values(values: Sequence[float]) -> np.ndarray:
@@ -61,7 +62,7 @@ class Estimate:
 
 def estimate(metric: str, values: Sequence[float], tokens: Sequence[float] | None = None,
              seed: int = 0) -> Estimate:
-    """The metric's value with a 95 % interval: Wilson for 0/1 values, else a percentile bootstrap over items
+    """The metric's value with a 95 % interval: Wilson for a rate, else a percentile bootstrap over items
     (``tokens`` are the per-document token counts of a perplexity, ``values`` its per-document NLL sums)."""
     v = _values(values)
     if len(v) == 0:
@@ -70,7 +71,7 @@ def estimate(metric: str, values: Sequence[float], tokens: Sequence[float] | Non
         t = _values(tokens)
         data, point = (v, t), perplexity(v, t)
     else:
-        if _is_binary(v):
+        if metric in RATES and _is_binary(v):
             rate = Rate(int(v.sum()), len(v))
             low, high = rate.wilson()
             return Estimate(rate.value, low, high, len(v))

@@ -181,6 +181,8 @@ class Suite:
             responses = self.responses(target, side, length)
             requests = self.prompts[side]
             judged = judge.judge([requests[i] for i in rows], [responses[i] for i in rows])
+            if field_name == "refusal":
+                return [float(j.refused) for j in judged], None
             return [float(getattr(j, field_name) >= 0.5) for j in judged], None
         return values
 
