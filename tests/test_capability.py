@@ -12,7 +12,7 @@ from conftest import ARCHITECTURES, tiny_model
 
 from refusal_lab.evaluation.multiple_choice import (Question, choice_logprobs, correct, load_arc, load_mmlu,
                                                     mmlu_subjects, stratified_subset)
-from refusal_lab.evaluation.perplexity import response_losses, text_losses, windows
+from refusal_lab.evaluation.perplexity import response_kl, response_losses, text_losses, windows
 from refusal_lab.evaluation.texts import CORPORA, load_texts
 from refusal_lab.interventions.base import Addition
 from refusal_lab.interventions.hooks import Intervention
@@ -100,6 +100,30 @@ def test_response_losses_score_only_the_response(one_thread, model_type):
             answer = lm.tokenizer(responses[i], add_special_tokens=False)["input_ids"]
             expected = plain_target_nll(lm, prompt + answer, len(answer))
             assert losses.nll[i].item() == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("model_type", ["qwen2", "gemma2"])
+def test_response_kl_is_the_mean_token_kl_by_hand(one_thread, model_type):
+    from hand_hooks import hand_hooks
+
+    lm = tiny_model(model_type)
+    instructions = ["Name a colour.", "Write a haiku about autumn leaves.", "Say nothing."]
+    responses = ["Blue.", "Leaves fall, red and gold", ""]
+    push = torch.randn(lm.hidden_size, generator=torch.Generator().manual_seed(1))
+    iv = Intervention(Addition(push, 3.0), layers=(1,), sites=("resid_pre",))
+    kl = response_kl(lm, instructions, responses, [iv], batch_size=2)
+    assert math.isnan(kl[2]) and (kl[:2] > 0).all()
+    assert response_kl(lm, instructions[:2], responses[:2], [], batch_size=2).abs().max() < 1e-5
+    with torch.no_grad():
+        for i in range(2):
+            prompt = lm.tokenizer(lm.format([instructions[i]]), add_special_tokens=False)["input_ids"][0]
+            answer = lm.tokenizer(responses[i], add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([prompt + answer])
+            p = torch.log_softmax(lm.model(input_ids=ids).logits[0, -len(answer) - 1 : -1].float(), -1)
+            with hand_hooks(lm, inputs={1: lambda h: h + 3.0 * push.to(h.dtype)}):
+                q = torch.log_softmax(lm.model(input_ids=ids).logits[0, -len(answer) - 1 : -1].float(), -1)
+            expected = (p.exp() * (p - q)).sum(-1).mean().item()
+            assert kl[i].item() == pytest.approx(expected, rel=1e-3)
 
 
 def _questions() -> list[Question]:

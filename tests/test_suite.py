@@ -229,3 +229,15 @@ def test_suite_loses_at_most_the_chunk_in_flight(tmp_path, one_thread):
     values, _ = suite.values(Target("baseline"), task)
     assert calls == [[2, 3]] and len(values) == 4
     suite.store.close()
+
+
+def test_suite_full_response_kl_is_zero_for_the_baseline_and_positive_under_a_push(tmp_path, one_thread):
+    lm = tiny_model("qwen2")
+    push = torch.randn(lm.hidden_size, generator=torch.Generator().manual_seed(3)) * 4
+    iv = Intervention(Addition(push, 1.0), layers=(1,), sites=("resid_pre",))
+    suite = _suite(lm, tmp_path, CountingJudge())
+    suite.metrics = ["kl_response"]
+    rows = {r["intervention"]: r for r in suite.run([Target("baseline"), Target("push", [iv])])}
+    assert abs(rows["baseline"]["value"]) < 1e-5 and rows["push"]["value"] > 0.01
+    assert rows["push"]["max_new_tokens"] == 8 and rows["push"]["delta"] < 0  # lower is better
+    suite.store.close()

@@ -276,7 +276,7 @@ def evaluate(
     intervention: Annotated[Optional[list[str]], typer.Option(help="repeatable; names or patterns, e.g. "
                                                               "'ablate[all]', 'actadd*'")] = None,
     metrics: Annotated[Optional[str], typer.Option(help="comma-separated: refusal,harmless_refusal,judge,"
-                                                   "coherence,perplexity,mmlu,arc,kl,repetition")] = None,
+                                                   "coherence,perplexity,mmlu,arc,kl,repetition; optional kl_response")] = None,
     judge: Annotated[Optional[list[str]], typer.Option(help="repeatable: substring, llm or llm:<model>")] = None,
     judge_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible endpoint for the llm judge (key from "
                                                      "$REFUSAL_LAB_JUDGE_KEY)")] = None,

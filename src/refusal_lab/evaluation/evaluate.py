@@ -28,13 +28,14 @@ from refusal_lab.evaluation.suite import Suite, Target
 from refusal_lab.io import write_json
 
 METRICS = ("refusal", "harmless_refusal", "judge", "coherence", "perplexity", "mmlu", "arc", "kl", "repetition")
+OPTIONAL_METRICS = ("kl_response",)  # full-response KL: a second forward per condition, on request
 _ACTADD = ("actadd", "classifier-actadd")
 
 
 class EvaluateConfig(ConfigModel):
     """What ``refusal-lab evaluate`` scores (defaults: every metric, both judges, 24 and 128 tokens)."""
 
-    metrics: list[Literal[METRICS]] = list(METRICS)  # type: ignore[valid-type]
+    metrics: list[Literal[METRICS + OPTIONAL_METRICS]] = list(METRICS)  # type: ignore[valid-type]
     judges: list[str] = ["substring", "llm"]  # judge specs (refusal_lab.evaluation.judges.make_judge)
     judge_url: str | None = None  # OpenAI-compatible endpoint for the llm judge
     judge_model: str | None = None  # local model or endpoint model name for the llm judge

@@ -24,6 +24,7 @@ import torch
 from refusal_lab.errors import RefusalLabError
 from refusal_lab.forward import token_batches
 from refusal_lab.interventions.hooks import Intervention, apply_interventions
+from refusal_lab.scoring import kl_divergence
 
 
 @dataclass
@@ -52,27 +53,67 @@ def unembed(lm, hidden: torch.Tensor) -> torch.Tensor:
     return torch.tanh(logits / cap) * cap if cap else logits
 
 
+def _scored_states(lm, batch, n_targets: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Run the decoder body on one batch; return the final hidden states that predict each row's last
+    ``n_targets`` tokens ``[Σk, d]``, those tokens ``[Σk]`` and the per-row counts (rows in ``batch.rows`` order)."""
+    hidden = lm.model.model(**batch.inputs, use_cache=batch.inputs.get("past_key_values") is not None)
+    hidden = hidden.last_hidden_state  # [B, L, d], left padded: every row ends at position L - 1
+    width = hidden.shape[1]
+    picks = [(b, width - 1 - n_targets[i], n_targets[i]) for b, i in enumerate(batch.rows)]
+    states = torch.cat([hidden[b, start : start + k] for b, start, k in picks])  # predicting positions
+    targets = torch.cat([batch.inputs["input_ids"][b, start + 1 : start + 1 + k] for b, start, k in picks])
+    return states, targets, [k for *_, k in picks]
+
+
+def _check_targets(rows: Sequence[Sequence[int]], n_targets: Sequence[int]) -> None:
+    if any(not 0 < k < len(r) for r, k in zip(rows, n_targets)):
+        raise RefusalLabError("every row needs 1 ≤ n_targets < its length (the first token has no context)")
+
+
 @torch.no_grad()
 def target_logprobs(lm, rows: Sequence[Sequence[int]], n_targets: Sequence[int], batch_size: int = 8,
                     chunk: int = 1024) -> list[torch.Tensor]:
     """``log p(x_t | x_<t)`` for the last ``n_targets[i]`` tokens of each ``rows[i]``: a list of ``[n_targets[i]]``
     float32 tensors in row order. Hooks already applied act on the forward; ``chunk`` bounds the unembedded rows."""
-    if any(not 0 < k < len(r) for r, k in zip(rows, n_targets)):
-        raise RefusalLabError("every row needs 1 ≤ n_targets < its length (the first token has no context)")
+    _check_targets(rows, n_targets)
     out: list[torch.Tensor] = [torch.empty(0)] * len(rows)
     for batch in token_batches(lm, rows, batch_size, keep=[k + 1 for k in n_targets], body_only=True):
-        hidden = lm.model.model(**batch.inputs, use_cache=batch.inputs.get("past_key_values") is not None)
-        hidden = hidden.last_hidden_state  # [B, L, d], left padded: every row ends at position L - 1
-        width = hidden.shape[1]
-        picks = [(b, width - 1 - n_targets[i], n_targets[i]) for b, i in enumerate(batch.rows)]
-        states = torch.cat([hidden[b, start : start + k] for b, start, k in picks])  # predicting positions
-        targets = torch.cat([batch.inputs["input_ids"][b, start + 1 : start + 1 + k] for b, start, k in picks])
+        states, targets, counts = _scored_states(lm, batch, n_targets)
         scores = torch.cat([
             torch.log_softmax(unembed(lm, states[s : s + chunk]).float(), -1)
             .gather(-1, targets[s : s + chunk, None].to(states.device))[:, 0]
             for s in range(0, len(states), chunk)]).cpu()
-        for (_, _, k), i, part in zip(picks, batch.rows, scores.split([k for *_, k in picks])):
+        for i, part in zip(batch.rows, scores.split(counts)):
             out[i] = part
+    return out
+
+
+@torch.no_grad()
+def response_kl(lm, instructions: Sequence[str], responses: Sequence[str],
+                interventions: Sequence[Intervention] = (), batch_size: int = 8, chunk: int = 128) -> torch.Tensor:
+    """Full-response KL: per response, the mean over its tokens ``t`` of ``KL(p_base(·|x_<t) ‖ p_method(·|x_<t))``
+    (nats), teacher-forced on the given ``responses`` after the chat-formatted ``instructions`` ``[n]`` float64
+    (NaN for an empty response). Each batch runs twice, without and with ``interventions``."""
+    prompts = lm.tokenizer(lm.format(list(instructions)), add_special_tokens=False)["input_ids"]
+    answers = lm.tokenizer(list(responses), add_special_tokens=False)["input_ids"]
+    keep = [i for i, a in enumerate(answers) if a]
+    rows, n_targets = [prompts[i] + answers[i] for i in keep], [len(answers[i]) for i in keep]
+    _check_targets(rows, n_targets)
+    out = torch.full((len(responses),), float("nan"), dtype=torch.float64)
+    keeps = [k + 1 for k in n_targets]
+    # two batch streams in the same order; each computes its shared prefix on first use, under its own hooks
+    base_batches = token_batches(lm, rows, batch_size, keep=keeps, body_only=True)
+    method_batches = token_batches(lm, rows, batch_size, keep=keeps, body_only=True)
+    for base_batch in base_batches:
+        base_states, _, counts = _scored_states(lm, base_batch, n_targets)
+        with apply_interventions(lm, interventions):
+            method_states, _, _ = _scored_states(lm, next(method_batches), n_targets)
+        kl = torch.cat([
+            kl_divergence(torch.log_softmax(unembed(lm, base_states[s : s + chunk]).float(), -1),
+                          torch.log_softmax(unembed(lm, method_states[s : s + chunk]).float(), -1))
+            for s in range(0, len(base_states), chunk)]).cpu()
+        for r, part in zip(base_batch.rows, kl.split(counts)):
+            out[keep[r]] = part.double().mean()
     return out
 
 

@@ -27,7 +27,7 @@ N_RESAMPLES = 2000
 #: Whether a higher value of each metric is better, for an intervention meant to *remove* refusal (``bypass``).
 #: For one meant to *induce* refusal the refusal-type metrics flip (see :data:`REFUSAL_TYPE`).
 HIGHER_IS_BETTER = {"refusal": False, "harmless_refusal": False, "judge": True, "perplexity": False,
-                    "mmlu": True, "arc": True, "kl": False, "repetition": False, "coherence": True}
+                    "mmlu": True, "arc": True, "kl": False, "kl_response": False, "repetition": False, "coherence": True}
 REFUSAL_TYPE = ("refusal", "harmless_refusal", "judge")
 RATES = ("refusal", "harmless_refusal", "judge", "coherence", "mmlu", "arc")  # proportions of 0/1 items: Wilson
 

@@ -8,6 +8,7 @@ time; a rerun skips what is stored. Metrics (items → value; the statistic):
   ``coherence``   both sides → llm-judged coherence ≥ 0.5 (with the llm judge).
   ``repetition``  both sides → repeated-3-gram fraction of the longest generation; the mean.
   ``kl``          harmless requests → first-token ``KL(p_base ‖ p_method)``; the mean.
+  ``kl_response`` (optional) harmless requests → per-token KL along the baseline's own greedy response; the mean.
   ``perplexity``  documents of each text set → (NLL sum, tokens); ``exp(Σ nll / Σ tokens)``. The ``instructions``
         set is the baseline model's own greedy responses to the held-out harmless requests.
   ``mmlu`` / ``arc``  questions → correct (5-shot answer-letter log-likelihood); accuracy.
@@ -163,6 +164,9 @@ class Suite:
                 lambda side, length: self._repetition(target, side)), longest))
         if "kl" in self.metrics:
             tasks.append(Task("kl", "first-token", "harmless", ids["harmless"], self._kl(target)))
+        if "kl_response" in self.metrics:
+            tasks.append(Task("kl_response", "teacher-forced", "harmless", ids["harmless"],
+                              self._response_kl(target, baseline), self.lengths[-1]))
         if "perplexity" in self.metrics:
             for name, docs in self.texts.items():
                 tasks.append(Task("perplexity", "", name, [f"{name}:{i}" for i in range(len(docs))],
@@ -226,13 +230,27 @@ class Suite:
         from refusal_lab.evaluation.perplexity import response_losses
 
         def values(rows):
-            if self._instruction_responses is None:
-                self._instruction_responses = self.responses(baseline, "harmless", self.lengths[-1])
-            harmless = self.prompts["harmless"]
-            losses = response_losses(self.lm, [harmless[i] for i in rows],
-                                     [self._instruction_responses[i] for i in rows], target.interventions,
+            harmless, responses = self.prompts["harmless"], self._baseline_responses(baseline)
+            losses = response_losses(self.lm, [harmless[i] for i in rows], [responses[i] for i in rows],
+                                     target.interventions,
                                      batch_size=self.batch_size)
             return losses.nll.tolist(), losses.n_tokens.tolist()
+        return values
+
+    def _baseline_responses(self, baseline) -> list[str]:
+        """The baseline's greedy responses to the harmless prompts (longest length): the instruction text."""
+        if self._instruction_responses is None:
+            self._instruction_responses = self.responses(baseline, "harmless", self.lengths[-1])
+        return self._instruction_responses
+
+    def _response_kl(self, target, baseline):
+        from refusal_lab.evaluation.perplexity import response_kl
+
+        def values(rows):
+            harmless, responses = self.prompts["harmless"], self._baseline_responses(baseline)
+            kl = response_kl(self.lm, [harmless[i] for i in rows], [responses[i] for i in rows],
+                             target.interventions, batch_size=self.batch_size)
+            return kl.nan_to_num(0.0).tolist(), None  # an empty baseline response has no tokens: 0
         return values
 
     def _choices(self, target, questions):
