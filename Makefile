@@ -47,7 +47,9 @@ bench: $(STAMP) models
 	$(PY) benchmarks/bench_pipeline.py selection --model $(SMALL) --exhaustive $(Q)
 	$(PY) benchmarks/bench_pipeline.py selection --model $(LARGE) --config configs/demo.toml --without-kl-screen $(Q)
 	$(PY) benchmarks/matched_vs_unmatched.py --model $(SMALL) $(if $(QUICK),--n 8)
-	$(PY) benchmarks/judge_agreement.py
+	$(PY) benchmarks/judge_agreement.py $(Q)
+	$(PY) benchmarks/bench_generation.py --model $(SMALL) $(Q)
+	$(PY) benchmarks/bench_capability.py $(Q)
 ifdef RUN
 	$(PY) benchmarks/bench_pipeline.py run --run $(RUN)
 	$(PY) benchmarks/check_abliterated.py --run $(RUN)
