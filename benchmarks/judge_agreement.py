@@ -43,10 +43,11 @@ def objective_labels(per_file: int) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def judged(spec: str, labels: pd.DataFrame, cache: Path | None) -> tuple[list, float]:
+def judged(spec: str, labels: pd.DataFrame, cache: Path | None, ablate_run: Path | None = None) -> tuple[list, float]:
     """Judgements of every labelled response and seconds per 100 responses judged (model loading and cached
     judgements excluded; NaN when all were cached)."""
-    judge = make_judge(spec, cache=cache or False)
+    judge = make_judge(spec, cache=cache or False, ablate_run=ablate_run) if spec.startswith("llm") else make_judge(
+        spec, cache=cache or False)
     requests, responses = labels["objective"].tolist(), labels["response"].tolist()
     n_new = len(labels)
     if judge.cache_dir is not None:
@@ -81,6 +82,8 @@ def main() -> None:
     parser.add_argument("--objective", action="store_true", help="also pyrit's objective-achieved labels")
     parser.add_argument("--per-file", type=int, default=10, help="objective rows per harm-category file")
     parser.add_argument("--cache", type=Path, help="judgement cache directory to reuse (default: judge afresh)")
+    parser.add_argument("--judge-ablate", type=Path, help="run directory of the llm judge's model: grade with its "
+                                                          "refusal direction ablated")
     args = parser.parse_args()
     setup(args)
     labels = pyrit_refusal_labels()
@@ -89,13 +92,13 @@ def main() -> None:
         labels = labels.groupby("file").head(4)
         objective = objective.groupby("file").head(1) if objective is not None else None
     for spec in args.judge or ["substring", "llm"]:
-        judgements, seconds = judged(spec, labels, args.cache)
+        judgements, seconds = judged(spec, labels, args.cache, args.judge_ablate)
         rules = list(RULES) if judgements[0].compliance is not None else list(RULES)[:1]
         for rule in rules:
             labels[rule] = [RULES[rule](j) for j in judgements]
         report(f"{spec} judge vs human refusal labels", labels, "refusal", rules, README.get(spec, {}), seconds)
         if objective is not None:
-            judgements, seconds = judged(spec, objective, args.cache)
+            judgements, seconds = judged(spec, objective, args.cache, args.judge_ablate)
             rule = "compliance ≥ 0.5" if judgements[0].compliance is not None else "refusal < 0.5"
             objective[rule] = [(1 - j.refusal if j.compliance is None else j.compliance) >= 0.5 for j in judgements]
             report(f"{spec} judge vs human objective-achieved labels", objective, "achieved", [rule], {}, seconds)

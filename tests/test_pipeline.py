@@ -309,3 +309,22 @@ def test_evaluate_scores_an_intervention_beside_its_controls_and_resumes(extract
         assert db.execute("SELECT count(*) FROM items").fetchone()[0] == n_items
     result, text = invoke(*args[:-6], "--metrics", "refusal,bogus")
     assert result.exit_code != 0 and "bogus" in text
+
+
+def test_llm_judge_can_grade_with_its_own_refusal_direction_ablated(extracted_run, model_dir):
+    from refusal_lab.evaluation.llm_judge import LlmJudge
+    from refusal_lab.models.load import load_model
+
+    lm = load_model(str(model_dir), dtype="float32")
+    plain = LlmJudge(model=lm, cache=False)
+    ablated = LlmJudge(model=lm, cache=False, ablate_run=extracted_run)
+    assert plain.fingerprint != ablated.fingerprint and plain.interventions == []
+    (iv,) = ablated.interventions
+    chosen = load_chosen(extracted_run, "dim", "all", D)
+    assert iv.layers == tuple(range(lm.n_layers))
+    assert torch.allclose(iv.transform.basis[0].float(), chosen.unit.float(), atol=1e-6)
+    probe = torch.tensor([[5, 6, 7, 8]])
+    before = lm.model(input_ids=probe).logits
+    grades = ablated.judge(["say hi"], ["hi"])
+    assert grades[0].refusal in (0.0, 0.5, 1.0)
+    assert torch.equal(lm.model(input_ids=probe).logits, before)  # the ablation hooks were removed afterwards

@@ -281,6 +281,8 @@ def evaluate(
     judge_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible endpoint for the llm judge (key from "
                                                      "$REFUSAL_LAB_JUDGE_KEY)")] = None,
     judge_model: Annotated[Optional[str], typer.Option(help="the llm judge's model")] = None,
+    judge_ablate: Annotated[Optional[str], typer.Option(help="run directory of the judge's model: grade with its "
+                                                        "refusal direction ablated")] = None,
     guard: Annotated[Optional[str], typer.Option(help="Llama-Guard-style classifier for the judge metric")] = None,
     config: ConfigOption = None,
     n_eval: Annotated[Optional[int], typer.Option(min=1, help="held-out prompts per side")] = None,
@@ -295,7 +297,8 @@ def evaluate(
     from refusal_lab.config import load_config_file
 
     cfg = load_config_file(config, EvaluateConfig, section="evaluate", metrics=metrics.split(",") if metrics else None,
-                           judges=judge, judge_url=judge_url, judge_model=judge_model, guard=guard,
+                           judges=judge, judge_url=judge_url, judge_model=judge_model, judge_ablate=judge_ablate,
+                           guard=guard,
                            interventions=intervention, n_eval=n_eval, eval_set=eval_set.value if eval_set else None,
                            control_seeds=control_seeds, full_benchmarks=full or None)
     if run_dir is not None and not (run_dir / "config.json").exists():

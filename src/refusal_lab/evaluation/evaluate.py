@@ -39,6 +39,7 @@ class EvaluateConfig(ConfigModel):
     judges: list[str] = ["substring", "llm"]  # judge specs (refusal_lab.evaluation.judges.make_judge)
     judge_url: str | None = None  # OpenAI-compatible endpoint for the llm judge
     judge_model: str | None = None  # local model or endpoint model name for the llm judge
+    judge_ablate: str | None = None  # run directory of the judge model: grade with its refusal direction ablated
     guard: str | None = None  # Llama-Guard-style classifier (HF id or directory) for the judge metric
     lengths: list[PositiveInt] = [24, 128]
     eval_set: Literal["test", "generic"] = "generic"
@@ -100,7 +101,8 @@ def _judges(config: EvaluateConfig) -> list:
     from refusal_lab.evaluation.judges import make_judge
 
     specs = [f"llm:{config.judge_model}" if spec == "llm" and config.judge_model else spec for spec in config.judges]
-    return [make_judge(spec, url=config.judge_url if spec.startswith("llm") else None) for spec in specs]
+    return [make_judge(spec, url=config.judge_url, ablate_run=config.judge_ablate) if spec.startswith("llm")
+            else make_judge(spec) for spec in specs]
 
 
 def _capability_data(config: EvaluateConfig) -> tuple[dict, dict]:

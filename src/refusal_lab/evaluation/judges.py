@@ -143,12 +143,14 @@ GUARD_PREFIXES = ("guard", "llama-guard", "shieldgemma")
 
 
 def make_judge(spec: str, url: str | None = None, api_key_env: str = "REFUSAL_LAB_JUDGE_KEY",
-               dtype: str = "auto", device: str = "cpu", cache: bool | Path = True) -> Judge:
+               dtype: str = "auto", device: str = "cpu", cache: bool | Path = True,
+               ablate_run: str | Path | None = None) -> Judge:
     """A judge from a spec: ``substring``; ``llm`` (the bundled :data:`DEFAULT_JUDGE_MODEL`) or ``llm:<model>``
     (bundled name, HF id, directory, .gguf; with ``url``: the model name at that OpenAI-compatible endpoint);
     ``guard:<model>``, ``llama-guard:<model>`` or ``shieldgemma:<model>`` (the format follows the prefix, or for
     ``guard`` the model name: ShieldGemma if it contains "shieldgemma", else Llama Guard 3). ``cache``: the default
-    judgement cache (``True``), a directory, or none (``False``)."""
+    judgement cache (``True``), a directory, or none (``False``). ``ablate_run``: a run directory of the llm judge's
+    own model whose DiM direction (scope all) is ablated while it grades."""
     kind, _, model = spec.partition(":")
     if kind == "substring" and not model:
         return SubstringJudge()
@@ -157,7 +159,8 @@ def make_judge(spec: str, url: str | None = None, api_key_env: str = "REFUSAL_LA
 
         if url:
             return LlmJudge(model=model or None, url=url, api_key_env=api_key_env, cache=cache)
-        return LlmJudge(model=model or DEFAULT_JUDGE_MODEL, dtype=dtype, device=device, cache=cache)
+        return LlmJudge(model=model or DEFAULT_JUDGE_MODEL, dtype=dtype, device=device, cache=cache,
+                        ablate_run=ablate_run)
     if kind in GUARD_PREFIXES and model:
         from refusal_lab.evaluation.guard import GuardJudge
 

@@ -18,6 +18,7 @@ the JSON object the rubric asks for; the bearer key comes from ``$REFUSAL_LAB_JU
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import re
@@ -31,6 +32,7 @@ from refusal_lab.errors import RefusalLabError
 from refusal_lab.evaluation.judges import DEFAULT_JUDGE_MODEL, Judge, Judgement, dtype_key, fingerprint_of
 from refusal_lab.evaluation.rubric import FIELDS, GRADES, ITEM, JSON_FORMAT, LOCAL_FORMAT, RUBRIC
 from refusal_lab.forward import position_ids_for
+from refusal_lab.interventions.hooks import apply_interventions
 
 _SENTINEL = "\u2063ITEM\u2063"
 _LABELS = {field: field.capitalize() for field in FIELDS}
@@ -48,7 +50,8 @@ class LlmJudge(Judge):
     def __init__(self, model=DEFAULT_JUDGE_MODEL, url: str | None = None,
                  api_key_env: str = "REFUSAL_LAB_JUDGE_KEY", rubric: str = RUBRIC, dtype: str = "auto",
                  device: str = "cpu", batch_size: int = 4, max_response_chars: int = 1500,
-                 reduce: str = "argmax", cache: bool | Path = True, timeout_s: float = 120.0) -> None:
+                 reduce: str = "argmax", cache: bool | Path = True, timeout_s: float = 120.0,
+                 ablate_run: str | Path | None = None) -> None:
         from refusal_lab.evaluation.judge_cache import default_cache_dir
 
         if url and not isinstance(model, str):
@@ -64,13 +67,46 @@ class LlmJudge(Judge):
         self._dtype_key = dtype_key(model, dtype, device)
         self.name = f"llm:{self.model.rstrip('/').rsplit('/', 1)[-1]}"
         self.cache_dir = None if cache is False else default_cache_dir() if cache is True else Path(cache)
+        if ablate_run is not None and url:
+            raise RefusalLabError("--judge-ablate needs a local judge model, not an endpoint")
+        self.ablate_run = Path(ablate_run) if ablate_run is not None else None
+        self._interventions: list | None = None
 
     @property
     def fingerprint(self) -> str:
         return fingerprint_of(judge="llm", model=self.model, url=self.url,
                               dtype=None if self.url else self._dtype_key,
                               rubric=self.rubric, answer=JSON_FORMAT if self.url else LOCAL_FORMAT, item=ITEM,
-                              max_response_chars=self.max_response_chars, reduce=self.reduce)
+                              max_response_chars=self.max_response_chars, reduce=self.reduce,
+                              ablated=self._ablation_id())
+
+    def _ablation_id(self) -> str | None:
+        """What identifies the judge's own refusal ablation: the run's chosen DiM direction file, by content."""
+        if self.ablate_run is None:
+            return None
+        from refusal_lab.methods.artifacts import selected_scopes
+
+        if "all" not in selected_scopes(self.ablate_run, "dim"):
+            raise RefusalLabError(f"{self.ablate_run} has no DiM direction selected at scope all; extract one for the "
+                                  f"judge model with `refusal-lab extract --model {self.model} --out RUN_DIR`")
+        files = sorted((self.ablate_run / "methods" / "dim").rglob("*.safetensors"))
+        return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
+
+    @property
+    def interventions(self) -> list:
+        """Hooks that ablate the judge model's own refusal direction at every layer (``ablate_run``), else none:
+        a safety-tuned judge otherwise grades harmful compliance as refusal (README, "Judges")."""
+        if self._interventions is None:
+            self._interventions = []
+            if self.ablate_run is not None:
+                from refusal_lab.methods.artifacts import MethodArtifacts, chosen_for_scope
+                from refusal_lab.methods.factory import build_intervention
+
+                direction, _ = chosen_for_scope(self.ablate_run, "dim", "all", self.lm.hidden_size)
+                self._interventions = build_intervention("ablate", MethodArtifacts(dim=direction),
+                                                         layer=direction.provenance.layer, scope="all",
+                                                         n_layers=self.lm.n_layers)
+        return self._interventions
 
     def _item(self, request: str, response: str) -> str:
         if len(response) > self.max_response_chars:
@@ -133,7 +169,7 @@ class LlmJudge(Judge):
             self._continuations[field] = torch.tensor(rows)
         prefix = self._encode(self._format(ITEM.format(request=_SENTINEL, response="")).split(_SENTINEL)[0])
         self._prefix_ids = prefix[:-1]  # the last token may merge with the request's first characters
-        with torch.no_grad():
+        with torch.no_grad(), apply_interventions(self.lm, self.interventions):
             ids = torch.tensor([self._prefix_ids], device=self.lm.device)
             self._prefix_cache = self.lm.model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
 
@@ -144,9 +180,13 @@ class LlmJudge(Judge):
             return probs.argmax(-1)
         return ((probs @ _VALUES)[:, None] - _VALUES).abs().argmin(-1)
 
-    @torch.no_grad()
     def _score_local(self, items: list[str]) -> list[Judgement]:
         self._setup()
+        with apply_interventions(self.lm, self.interventions):
+            return self._grade(items)
+
+    @torch.no_grad()
+    def _grade(self, items: list[str]) -> list[Judgement]:
         lm, n_prefix = self.lm, len(self._prefix_ids)
         rows = []
         for item in items:
