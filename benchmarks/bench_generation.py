@@ -21,7 +21,9 @@ from _common import Report, add_model_args, load, readme_figures, setup, timed
 from refusal_lab.data import heldout_advbench, heldout_generic
 from refusal_lab.evaluation.generate import _stop_ids, _until_stop, generate_ids
 
-README = {}  # filled from the measured table once recorded in the README
+README = {"qwen2.5-coder-0.5b-instruct": {"plain transformers, one at a time": "0.36 (6.85×)",
+                                         "plain transformers, batches of 16": "1.79 (1.38×)",
+                                         "refusal-lab, batches of 16": "2.47"}}
 
 
 @torch.no_grad()

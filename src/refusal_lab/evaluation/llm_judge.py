@@ -70,6 +70,8 @@ class LlmJudge(Judge):
         if ablate_run is not None and url:
             raise RefusalLabError("--judge-ablate needs a local judge model, not an endpoint")
         self.ablate_run = Path(ablate_run) if ablate_run is not None else None
+        if self.ablate_run is not None:
+            self.name += "-ablated"  # results and caches keep the two judges apart
         self._interventions: list | None = None
 
     @property
