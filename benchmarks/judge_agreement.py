@@ -28,6 +28,8 @@ from refusal_lab.evaluation.judges import make_judge
 README = {
     "substring": {"all": "0.70 / 0.45 / [[60, 0], [51, 58]]", "refusal.csv": "0.81 / 0.62 / [[35, 0], [20, 50]]",
                   "refusal_extra.csv": "0.52 / 0.17 / [[25, 0], [31, 8]]"},
+    "llm": {"all": "0.80 / 0.61 / [[57, 3], [30, 79]]", "refusal.csv": "0.87 / 0.72 / [[32, 3], [11, 59]]",
+            "refusal_extra.csv": "0.70 / 0.45 / [[25, 0], [19, 20]]"},  # the suite's rule; ablated judge: README
 }
 
 
