@@ -101,6 +101,12 @@ def _judges(config: EvaluateConfig) -> list:
     from refusal_lab.evaluation.judges import make_judge
 
     specs = [f"llm:{config.judge_model}" if spec == "llm" and config.judge_model else spec for spec in config.judges]
+    if any(spec.startswith("llm") for spec in specs) and not (config.judge_ablate or config.judge_url):
+        from rich.console import Console
+
+        Console(stderr=True).print("note: without --judge-ablate the safety-tuned llm judge grades harmful "
+                                   "compliance as refusal (README, 'Judges against human labels'); read bypass "
+                                   "rates from the substring judge", soft_wrap=True, highlight=False)
     return [make_judge(spec, url=config.judge_url, ablate_run=config.judge_ablate) if spec.startswith("llm")
             else make_judge(spec) for spec in specs]
 
