@@ -288,6 +288,7 @@ def test_evaluate_scores_an_intervention_beside_its_controls_and_resumes(extract
             "--judge", "substring", "--control-seeds", 3]
     result, text = invoke(*args)
     assert result.exit_code == 0, text
+    assert "unit 1/" in text and "eta" in text  # without a terminal, one progress line per finished unit
     frame = pd.read_parquet(out / "results.parquet")
     assert set(frame["intervention"]) == {"baseline", "ablate[all]"} | {f"ablate[all]~random{s}" for s in range(3)}
     assert set(frame["metric"]) == {"refusal", "harmless_refusal", "kl", "repetition"}

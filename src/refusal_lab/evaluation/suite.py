@@ -303,11 +303,17 @@ class Suite:
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TextColumn("eta"), TimeRemainingColumn())
         per_item: dict[tuple, tuple] = {}
-        with Progress(*columns, console=Console(stderr=True)) as progress:
+        console = Console(stderr=True)
+        with Progress(*columns, console=console) as progress:
             bar = progress.add_task("evaluating", total=sum(len(task.items) for _, task in plans))
-            for target, task in plans:
-                progress.update(bar, description=f"{target.name} · {task.metric} {task.judge} {task.dataset}")
+            for n, (target, task) in enumerate(plans, 1):
+                what = f"{target.name} · {task.metric} {task.judge} {task.dataset}"
+                progress.update(bar, description=what)
                 per_item[(target.name, _row_key(task))] = self.values(target, task, progress, bar)
+                if not console.is_terminal:  # a log file gets no live bar: one line per finished unit instead
+                    done = progress.tasks[0]
+                    eta = f", eta {done.time_remaining:.0f} s" if done.time_remaining is not None else ""
+                    console.log(f"unit {n}/{len(plans)} done ({what}); {done.elapsed:.0f} s{eta}")
         rows = [self._row(target, task, per_item, targets) for target, task in plans]
         self.store.add_results(rows)
         log(f"evaluated {len(targets)} conditions × {len(plans) // max(len(targets), 1)} units in "
