@@ -19,7 +19,7 @@ import torch
 from _common import Report, add_model_args, load, readme_figures, setup, timed
 
 from refusal_lab.data import heldout_advbench, heldout_generic
-from refusal_lab.evaluation.generate import _stop_ids, _until_stop, generate_ids
+from refusal_lab.evaluation.generate import stop_ids, until_stop, generate_ids
 
 README = {"qwen2.5-coder-0.5b-instruct": {"plain transformers, one at a time": "0.36 (6.85×)",
                                          "plain transformers, batches of 16": "1.79 (1.38×)",
@@ -29,12 +29,12 @@ README = {"qwen2.5-coder-0.5b-instruct": {"plain transformers, one at a time": "
 @torch.no_grad()
 def plain(lm, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[list[int]]:
     """``model.generate`` on left-padded batches of ``prompts`` in order (batch_size 1: one at a time)."""
-    stops, out = _stop_ids(lm), []
+    stops, out = stop_ids(lm), []
     for start in range(0, len(prompts), batch_size):
         batch = lm.tokenize(prompts[start : start + batch_size])
         ids = lm.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                                 pad_token_id=lm.tokenizer.pad_token_id)
-        out += [_until_stop(row.tolist(), stops) for row in ids[:, batch["input_ids"].shape[1]:]]
+        out += [until_stop(row.tolist(), stops) for row in ids[:, batch["input_ids"].shape[1]:]]
     return out
 
 

@@ -31,7 +31,7 @@ def generate_ids(lm, prompts: Sequence[str], interventions: Sequence[Interventio
     """Greedy new-token ids for each chat-formatted prompt (in prompt order; each list stops after the first
     end-of-sequence token, which it keeps). ``on_batch(rows, ids)`` is called after every batch (e.g. to store it)."""
     ids = lm.tokenizer(lm.format(list(prompts)), add_special_tokens=False)["input_ids"]
-    pad, stops = lm.tokenizer.pad_token_id, _stop_ids(lm)
+    pad, stops = lm.tokenizer.pad_token_id, stop_ids(lm)
     results: list[list[int]] = [[] for _ in prompts]
     if not prompts:
         return results
@@ -61,7 +61,7 @@ def generate_ids(lm, prompts: Sequence[str], interventions: Sequence[Interventio
                 kwargs["past_key_values"] = past
             output = lm.model.generate(input_ids=input_ids.to(lm.device), attention_mask=mask.to(lm.device),
                                        max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, **kwargs)
-            batch_ids = [_until_stop(row.tolist(), stops) for row in output[:, input_ids.shape[1]:]]
+            batch_ids = [until_stop(row.tolist(), stops) for row in output[:, input_ids.shape[1]:]]
             for r, i in enumerate(rows):
                 results[i] = batch_ids[r]
             if on_batch is not None:
@@ -70,13 +70,15 @@ def generate_ids(lm, prompts: Sequence[str], interventions: Sequence[Interventio
     return results
 
 
-def _stop_ids(lm) -> set[int]:
+def stop_ids(lm) -> set[int]:
+    """The token ids that end a generation: the generation config's end-of-sequence ids and the tokenizer's."""
     eos = lm.model.generation_config.eos_token_id
     eos = eos if isinstance(eos, list) else [eos]
     return {i for i in [*eos, lm.tokenizer.eos_token_id] if i is not None}
 
 
-def _until_stop(ids: list[int], stops: set[int]) -> list[int]:
+def until_stop(ids: list[int], stops: set[int]) -> list[int]:
+    """``ids`` up to and including the first stop token (all of them if none)."""
     for n, token in enumerate(ids):
         if token in stops:
             return ids[: n + 1]
