@@ -13,9 +13,9 @@ subject, ARC-Challenge accuracy on a seeded subset (Wilson 95 % intervals), and 
 
 Measured (2-core AMD EPYC shared with other jobs, bf16): MMLU scorer 0.75 q/s against 0.08 q/s for the plain loop
 (9.3×, same argmax 8/8, max |Δ| 0.046 nats from bf16 rounding) on the 0.5B. 0.5B: MMLU 0.340 [0.300, 0.383] (n=500),
-ARC 0.327 [0.276, 0.382] (n=300), perplexity LAMBADA 66.7, BoolQ 30.6, speeches 41.2 (64 docs each). 1.5B (smaller
-subsets for time): MMLU 0.480 [0.412, 0.549] (n=200), ARC 0.593 [0.513, 0.669] (n=150), perplexity 39.2 / 14.2 /
-19.3 (32 docs each).
+ARC 0.327 [0.276, 0.382] (n=300), perplexity LAMBADA 66.7, BoolQ 30.6, speeches 41.2 (64 docs each). 1.5B (nothing
+else running): MMLU 0.526 [0.482, 0.569] (n=500, 1.06 q/s), ARC 0.630 [0.577, 0.683] (n=300, 3.81 q/s), perplexity
+36.6 / 14.4 / 19.5 (64 docs each).
 """
 
 from __future__ import annotations
