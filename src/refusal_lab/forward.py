@@ -37,7 +37,8 @@ class Batch:
     inputs: dict  # keyword arguments for the model's forward
 
 
-def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids, mask)`` ``[n, max_len]``: the rows right-aligned after ``pad_id`` padding, mask 1 on real tokens."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros(len(rows), width, dtype=torch.long)
@@ -45,6 +46,13 @@ def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
         ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
         mask[i, width - len(r):] = 1
     return ids, mask
+
+
+def repeat_cache(cache, n: int):
+    """A copy of a one-row prefix key/value cache repeated for ``n`` rows (the original stays reusable)."""
+    past = copy.deepcopy(cache)
+    past.batch_repeat_interleave(n)
+    return past
 
 
 @torch.no_grad()
@@ -80,12 +88,11 @@ def token_batches(lm, ids: Sequence[Sequence[int]], batch_size: int, keep: int |
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        rest, mask = _left_pad([ids[i][n_prefix:] for i in rows], lm.tokenizer.pad_token_id)
+        rest, mask = left_pad([ids[i][n_prefix:] for i in rows], lm.tokenizer.pad_token_id)
         rest, mask = rest.repeat(repeat, 1), mask.repeat(repeat, 1)
         inputs = {"input_ids": rest.to(device)}
         if cache is not None:
-            past = copy.deepcopy(cache)
-            past.batch_repeat_interleave(len(rows))
+            past = repeat_cache(cache, len(rows))
             full_mask = torch.cat([torch.ones(len(rest), n_prefix, dtype=torch.long), mask], dim=1)
             inputs |= {"past_key_values": past, "attention_mask": full_mask.to(device),
                        "position_ids": position_ids_for(mask, n_prefix).to(device)}

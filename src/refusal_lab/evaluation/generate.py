@@ -10,7 +10,6 @@ a batch carries little padding.
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import torch
 from rich.progress import Progress
 
-from refusal_lab.forward import common_prefix_length
+from refusal_lab.forward import common_prefix_length, left_pad, repeat_cache
 from refusal_lab.interventions.hooks import Intervention, apply_interventions
 
 OnBatch = Callable[[list[int], list[list[int]]], None]
@@ -38,27 +37,17 @@ def generate_ids(lm, prompts: Sequence[str], interventions: Sequence[Interventio
     n_prefix = common_prefix_length(ids, keep=1)
     with apply_interventions(lm, interventions), Progress(transient=True) as progress:
         task = progress.add_task(description, total=len(prompts))
-        prefix_cache = None
+        prefix, prefix_cache = ids[0][:n_prefix], None
         if n_prefix:
-            prefix = torch.tensor([ids[0][:n_prefix]], device=lm.device)
-            prefix_cache = lm.model(input_ids=prefix, use_cache=True, logits_to_keep=1).past_key_values
+            prefix_cache = lm.model(input_ids=torch.tensor([prefix], device=lm.device), use_cache=True,
+                                    logits_to_keep=1).past_key_values
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            width = max(len(ids[i]) - n_prefix for i in rows)
-            input_ids = torch.full((len(rows), n_prefix + width), pad, dtype=torch.long)
-            mask = torch.zeros_like(input_ids)
-            for r, i in enumerate(rows):
-                rest = ids[i][n_prefix:]
-                input_ids[r, :n_prefix] = torch.tensor(ids[i][:n_prefix])
-                input_ids[r, n_prefix + width - len(rest):] = torch.tensor(rest)
-                mask[r, :n_prefix] = 1
-                mask[r, n_prefix + width - len(rest):] = 1
-            kwargs = {}
-            if prefix_cache is not None:
-                past = copy.deepcopy(prefix_cache)
-                past.batch_repeat_interleave(len(rows))
-                kwargs["past_key_values"] = past
+            rest, rest_mask = left_pad([ids[i][n_prefix:] for i in rows], pad)
+            input_ids = torch.cat([torch.tensor([prefix] * len(rows), dtype=torch.long), rest], dim=1)
+            mask = torch.cat([torch.ones(len(rows), n_prefix, dtype=torch.long), rest_mask], dim=1)
+            kwargs = {"past_key_values": repeat_cache(prefix_cache, len(rows))} if prefix_cache is not None else {}
             output = lm.model.generate(input_ids=input_ids.to(lm.device), attention_mask=mask.to(lm.device),
                                        max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, **kwargs)
             batch_ids = [until_stop(row.tolist(), stops) for row in output[:, input_ids.shape[1]:]]

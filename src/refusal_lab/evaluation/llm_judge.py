@@ -17,7 +17,6 @@ the JSON object the rubric asks for; the bearer key comes from ``$REFUSAL_LAB_JU
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -31,7 +30,7 @@ import torch
 from refusal_lab.errors import RefusalLabError
 from refusal_lab.evaluation.judges import DEFAULT_JUDGE_MODEL, Judge, Judgement, dtype_key, fingerprint_of
 from refusal_lab.evaluation.rubric import FIELDS, GRADES, ITEM, JSON_FORMAT, LOCAL_FORMAT, RUBRIC
-from refusal_lab.forward import position_ids_for
+from refusal_lab.forward import left_pad, position_ids_for, repeat_cache
 from refusal_lab.interventions.hooks import apply_interventions
 
 _SENTINEL = "\u2063ITEM\u2063"
@@ -196,12 +195,8 @@ class LlmJudge(Judge):
             if ids[:n_prefix] != self._prefix_ids:
                 raise RefusalLabError("judge prompts do not share the rubric prefix; this is a bug in LlmJudge")
             rows.append(ids[n_prefix:])
-        width = max(len(r) for r in rows)
-        pad = lm.tokenizer.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-        past = copy.deepcopy(self._prefix_cache)
-        past.batch_repeat_interleave(len(rows))
+        ids, mask = left_pad(rows, lm.tokenizer.pad_token_id)
+        past = repeat_cache(self._prefix_cache, len(rows))
         attention = torch.cat([torch.ones(len(rows), n_prefix, dtype=torch.long), mask], dim=1)
         positions = position_ids_for(mask, n_prefix)
         out = lm.model(input_ids=ids.to(lm.device), attention_mask=attention.to(lm.device),
