@@ -21,14 +21,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 import yaml
 
 from refusal_lab.errors import RefusalLabError
-from refusal_lab.evaluation.judges import Judge, Judgement, dtype_key, fingerprint_of
-from refusal_lab.forward import prefix_batches
+from refusal_lab.evaluation.judges import Judgement, ModelJudge, fingerprint_of
+from refusal_lab.forward import token_batches
 from refusal_lab.models.adapters import LLAMA3
 
 
@@ -81,22 +80,17 @@ def _llama_guard_categories(categories: list[dict]) -> str:
     return "\n".join(lines)
 
 
-class GuardJudge(Judge):
+class GuardJudge(ModelJudge):
     """Unsafety probability of each response from a Llama Guard 3 (``style="llama-guard"``) or ShieldGemma
     (``"shieldgemma"``; ``guidelines`` picks policy guidelines by name, default all) classifier. ``model``: a
     model spec for :func:`~refusal_lab.models.load.load_model` or a loaded model."""
 
     def __init__(self, model, style: str = "llama-guard", guidelines: Sequence[str] | None = None,
                  dtype: str = "auto", device: str = "cpu", batch_size: int = 4, cache: bool | Path = True) -> None:
-        from refusal_lab.evaluation.judge_cache import default_cache_dir
-
         if style not in STYLES:
             raise RefusalLabError(f"unknown guard style {style!r}; choose one of {', '.join(STYLES)}")
-        self.style, self.dtype, self.device, self.batch_size = STYLES[style], dtype, device, batch_size
-        self._lm = None if isinstance(model, str) else model
-        self.model = model if isinstance(model, str) else model.source or model.name
-        self._dtype_key = dtype_key(model, dtype, device)
-        self.name = f"{style}:{self.model.rstrip('/').rsplit('/', 1)[-1]}"
+        super().__init__(model, style, dtype, device, cache)
+        self.style, self.batch_size = STYLES[style], batch_size
         self.template = _read_yaml(self.style.template)["value"]
         policy = _read_yaml(self.style.policy)
         if style == "llama-guard":
@@ -109,21 +103,11 @@ class GuardJudge(Judge):
                                       f"{sorted(chosen)}")
             self.rules = [f'"{name}": The chatbot shall not generate {chosen[name]["description"]}'
                           for name in (guidelines or chosen)]
-        self.cache_dir = None if cache is False else default_cache_dir() if cache is True else Path(cache)
 
     @property
     def fingerprint(self) -> str:
         return fingerprint_of(judge="guard", model=self.model, dtype=self._dtype_key, style=self.style,
                               template=self.template, rules=self.rules)
-
-    @property
-    def lm(self):
-        """The classifier, loaded on first use."""
-        if self._lm is None:
-            from refusal_lab.models.load import load_model
-
-            self._lm = load_model(self.model, dtype=self.dtype, device=self.device)
-        return self._lm
 
     def prompts(self, request: str, response: str) -> list[str]:
         """The exact texts scored for one item (one per rule: the category block, or each guideline)."""
@@ -148,10 +132,11 @@ class GuardJudge(Judge):
     @torch.no_grad()
     def _score(self, requests: list[str], responses: list[str]) -> list[Judgement]:
         texts = [text for q, r in zip(requests, responses) for text in self.prompts(q, r)]
-        shim = SimpleNamespace(model=self.lm.model, tokenizer=self.lm.tokenizer, device=self.lm.device, format=list)
+        ids = self.lm.tokenizer(texts, add_special_tokens=False)["input_ids"]  # the prompts carry their own bos
+        answers = list(self.answer_ids())
         unsafe = torch.empty(len(texts))
-        for batch in prefix_batches(shim, texts, self.batch_size):
+        for batch in token_batches(self.lm, ids, self.batch_size):
             logits = self.lm.model(**batch.inputs, use_cache=True, logits_to_keep=1).logits[:, -1, :]
-            unsafe[batch.rows] = torch.softmax(logits[:, list(self.answer_ids())].float(), dim=-1)[:, 0].cpu()
+            unsafe[batch.rows] = torch.softmax(logits[:, answers].float(), dim=-1)[:, 0].cpu()
         per_item = unsafe.view(len(requests), len(self.rules)).amax(dim=1)
         return [Judgement(None, unsafe=float(p)) for p in per_item]

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from refusal_lab.errors import RefusalLabError
-from refusal_lab.evaluation.judges import DEFAULT_JUDGE_MODEL, Judge, Judgement, dtype_key, fingerprint_of
+from refusal_lab.evaluation.judges import DEFAULT_JUDGE_MODEL, Judgement, ModelJudge, fingerprint_of
 from refusal_lab.evaluation.rubric import FIELDS, GRADES, ITEM, JSON_FORMAT, LOCAL_FORMAT, RUBRIC
 from refusal_lab.forward import left_pad, position_ids_for, repeat_cache
 from refusal_lab.interventions.hooks import apply_interventions
@@ -39,37 +39,33 @@ _VALUES = torch.tensor(list(GRADES.values()))
 _JUDGED = ("refusal", "compliance", "coherence")  # the Judgement's fields among the graded ones
 
 
-class LlmJudge(Judge):
+class LlmJudge(ModelJudge):
     """Rubric-graded refusal / compliance / coherence by a local chat model or an OpenAI-compatible endpoint.
 
     ``model``: a model spec or an already loaded :class:`~refusal_lab.models.load.LoadedModel` (local), or the
     endpoint's model name (with ``url``). Responses longer than ``max_response_chars`` are cut there.
-    ``cache``: ``True`` for the default cache directory, a directory, or ``False``."""
+    ``ablate_run``: a run directory of the judge's own model whose DiM direction (scope all) is ablated while it
+    grades."""
 
     def __init__(self, model=DEFAULT_JUDGE_MODEL, url: str | None = None,
                  api_key_env: str = "REFUSAL_LAB_JUDGE_KEY", rubric: str = RUBRIC, dtype: str = "auto",
                  device: str = "cpu", batch_size: int = 4, max_response_chars: int = 1500,
                  reduce: str = "argmax", cache: bool | Path = True, timeout_s: float = 120.0,
                  ablate_run: str | Path | None = None) -> None:
-        from refusal_lab.evaluation.judge_cache import default_cache_dir
-
         if url and not isinstance(model, str):
             raise RefusalLabError("an endpoint judge needs the endpoint's model name: use --judge llm:<model name> "
                                   "with --judge-url")
         if reduce not in ("argmax", "expected"):
             raise RefusalLabError(f"reduce must be 'argmax' or 'expected', not {reduce!r}")
-        self.url, self.api_key_env, self.rubric, self.timeout_s = url, api_key_env, rubric, timeout_s
-        self.dtype, self.device, self.batch_size = dtype, device, batch_size
-        self.max_response_chars, self.reduce = max_response_chars, reduce
-        self._lm = None if isinstance(model, str) else model
-        self.model = model if isinstance(model, str) else model.source or model.name
-        self._dtype_key = dtype_key(model, dtype, device)
-        self.name = f"llm:{self.model.rstrip('/').rsplit('/', 1)[-1]}"
-        self.cache_dir = None if cache is False else default_cache_dir() if cache is True else Path(cache)
         if ablate_run is not None and url:
             raise RefusalLabError("--judge-ablate needs a local judge model, not an endpoint")
-        self.ablate_run = Path(ablate_run) if ablate_run is not None else None
-        if self.ablate_run is not None:
+        super().__init__(model, "llm", dtype, device, cache)
+        self.url, self.api_key_env, self.rubric, self.timeout_s = url, api_key_env, rubric, timeout_s
+        self.batch_size, self.max_response_chars, self.reduce = batch_size, max_response_chars, reduce
+        self.ablate_run, self._ablation_id = None, None
+        if ablate_run is not None:
+            self.ablate_run = Path(ablate_run)
+            self._ablation_id = self._ablated_direction_hash()
             self.name += "-ablated"  # results and caches keep the two judges apart
         self._interventions: list | None = None
 
@@ -79,12 +75,10 @@ class LlmJudge(Judge):
                               dtype=None if self.url else self._dtype_key,
                               rubric=self.rubric, answer=JSON_FORMAT if self.url else LOCAL_FORMAT, item=ITEM,
                               max_response_chars=self.max_response_chars, reduce=self.reduce,
-                              ablated=self._ablation_id())
+                              ablated=self._ablation_id)
 
-    def _ablation_id(self) -> str | None:
-        """What identifies the judge's own refusal ablation: the run's chosen DiM direction file, by content."""
-        if self.ablate_run is None:
-            return None
+    def _ablated_direction_hash(self) -> str:
+        """What identifies the judge's own refusal ablation: the run's DiM files, by content (read once)."""
         from refusal_lab.methods.artifacts import selected_scopes
 
         if "all" not in selected_scopes(self.ablate_run, "dim"):
@@ -119,15 +113,6 @@ class LlmJudge(Judge):
         return self._score_endpoint(items) if self.url else self._score_local(items)
 
     # -- local model ---------------------------------------------------------------------------------------
-    @property
-    def lm(self):
-        """The judge model, loaded on first use."""
-        if self._lm is None:
-            from refusal_lab.models.load import load_model
-
-            self._lm = load_model(self.model, dtype=self.dtype, device=self.device)
-        return self._lm
-
     def _format(self, user: str) -> str:
         """The chat-formatted prompt: rubric as system turn (folded into the user turn where the model has no
         chat template or its template rejects a system turn), ending where the assistant's reply starts."""
