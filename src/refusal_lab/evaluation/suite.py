@@ -94,6 +94,7 @@ class Task:
     items: list[str]
     values: Callable[[list[int]], tuple[list[float], list[float] | None]]
     max_new_tokens: int = 0
+    scorer: str = ""  # what identifies the scoring in the store's key: a judge's fingerprint (default: ``judge``)
 
 
 class Suite:
@@ -113,12 +114,19 @@ class Suite:
         self.batch_size, self.chunk = batch_size, chunk
         self.fingerprint = weights_hash(lm.model)
         self._base_logprobs: torch.Tensor | None = None
-        self._instruction_responses: list[str] | None = None
+        self._generated: dict[tuple[str, str], list[list[int]]] = {}  # (intervention hash, side) → token ids
+        self._responses: dict[tuple[str, str, int], list[str]] = {}  # … and length → decoded text
 
     # --- generations ---------------------------------------------------------------------------------------------
 
     def generations(self, target: Target, side: str) -> list[list[int]]:
-        """Greedy ids of the longest length for every prompt of ``side`` (stored per batch, resumed)."""
+        """Greedy ids of the longest length for every prompt of ``side`` (stored per batch, resumed; read from the
+        store once per run)."""
+        if (target.hash, side) not in self._generated:
+            self._generated[(target.hash, side)] = self._generate(target, side)
+        return self._generated[(target.hash, side)]
+
+    def _generate(self, target: Target, side: str) -> list[list[int]]:
         prompts, length = self.prompts[side], self.lengths[-1]
         stored = self.store.stored_generations(target.hash, side, length)
         keys = [f"{side}:{i}:{data_hash([p])}" for i, p in enumerate(prompts)]
@@ -132,7 +140,11 @@ class Suite:
         return [stored[key] for key in keys]
 
     def responses(self, target: Target, side: str, length: int) -> list[str]:
-        return [decode(self.lm, ids, length) for ids in self.generations(target, side)]
+        """The generations of ``side`` cut at ``length`` new tokens, as text (decoded once per run)."""
+        key = (target.hash, side, length)
+        if key not in self._responses:
+            self._responses[key] = [decode(self.lm, ids, length) for ids in self.generations(target, side)]
+        return self._responses[key]
 
     # --- tasks ---------------------------------------------------------------------------------------------------
 
@@ -147,18 +159,21 @@ class Suite:
             for judge_name, judge in self.judges.items():
                 for length in self.lengths:
                     tasks.append(Task(metric, judge_name, side, ids[side], self._judged(
-                        target, side, length, judge, "refusal"), length))
+                        target, side, length, judge, "refusal"), length, judge.fingerprint))
         longest, both = self.lengths[-1], ids["harmful"] + ids["harmless"]
         if "judge" in self.metrics:
             if self.guard is not None:
                 tasks.append(Task("judge", self.guard.name, "harmful", ids["harmful"],
-                                  self._judged(target, "harmful", longest, self.guard, "unsafe"), longest))
+                                  self._judged(target, "harmful", longest, self.guard, "unsafe"), longest,
+                                  self.guard.fingerprint))
             elif self.llm is not None:
                 tasks.append(Task("judge", f"{self.llm.name} compliance", "harmful", ids["harmful"],
-                                  self._judged(target, "harmful", longest, self.llm, "compliance"), longest))
+                                  self._judged(target, "harmful", longest, self.llm, "compliance"), longest,
+                                  self.llm.fingerprint))
         if "coherence" in self.metrics and self.llm is not None:
             tasks.append(Task("coherence", self.llm.name, "both", both, self._both(
-                lambda side, length: self._judged(target, side, length, self.llm, "coherence")), longest))
+                lambda side, length: self._judged(target, side, length, self.llm, "coherence")), longest,
+                self.llm.fingerprint))
         if "repetition" in self.metrics:
             tasks.append(Task("repetition", "3-gram", "both", both, self._both(
                 lambda side, length: self._repetition(target, side)), longest))
@@ -171,9 +186,8 @@ class Suite:
             for name, docs in self.texts.items():
                 tasks.append(Task("perplexity", "", name, [f"{name}:{i}" for i in range(len(docs))],
                                   self._perplexity(target, docs)))
-            if "instructions" not in self.texts:
-                tasks.append(Task("perplexity", "", "instructions", ids["harmless"],
-                                  self._instruction_perplexity(target, baseline)))
+            tasks.append(Task("perplexity", "", "instructions", ids["harmless"],
+                              self._instruction_perplexity(target, baseline)))
         for metric in ("mmlu", "arc"):
             if metric in self.metrics and metric in self.questions:
                 qs = self.questions[metric]
@@ -230,24 +244,18 @@ class Suite:
         from refusal_lab.evaluation.perplexity import response_losses
 
         def values(rows):
-            harmless, responses = self.prompts["harmless"], self._baseline_responses(baseline)
+            harmless, responses = self.prompts["harmless"], self.responses(baseline, "harmless", self.lengths[-1])
             losses = response_losses(self.lm, [harmless[i] for i in rows], [responses[i] for i in rows],
                                      target.interventions,
                                      batch_size=self.batch_size)
             return losses.nll.tolist(), losses.n_tokens.tolist()
         return values
 
-    def _baseline_responses(self, baseline) -> list[str]:
-        """The baseline's greedy responses to the harmless prompts (longest length): the instruction text."""
-        if self._instruction_responses is None:
-            self._instruction_responses = self.responses(baseline, "harmless", self.lengths[-1])
-        return self._instruction_responses
-
     def _response_kl(self, target, baseline):
         from refusal_lab.evaluation.perplexity import response_kl
 
         def values(rows):
-            harmless, responses = self.prompts["harmless"], self._baseline_responses(baseline)
+            harmless, responses = self.prompts["harmless"], self.responses(baseline, "harmless", self.lengths[-1])
             kl = response_kl(self.lm, [harmless[i] for i in rows], [responses[i] for i in rows],
                              target.interventions, batch_size=self.batch_size)
             return kl.nan_to_num(0.0).tolist(), None  # an empty baseline response has no tokens: 0
@@ -265,10 +273,8 @@ class Suite:
     # --- running -------------------------------------------------------------------------------------------------
 
     def unit(self, target: Target, task: Task) -> str:
-        judges = [*self.judges.values(), *([self.guard] if self.guard else [])]
-        judge = next((j for j in judges if task.judge.split(" ")[0] == j.name), None)
         return unit_key(model=self.fingerprint, intervention=target.hash, metric=task.metric,
-                        judge=getattr(judge, "fingerprint", task.judge), dataset=task.dataset,
+                        judge=task.scorer or task.judge, dataset=task.dataset,
                         max_new_tokens=task.max_new_tokens, data=data_hash(self._task_data(task)))
 
     def _task_data(self, task: Task) -> list[str]:
