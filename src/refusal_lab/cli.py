@@ -291,10 +291,10 @@ def evaluate(
     full: Annotated[bool, typer.Option(help="full MMLU and ARC instead of seeded subsets")] = False,
 ):
     """Score the model and the run's interventions on every metric, each as Δ vs the baseline with intervals."""
-    from refusal_lab.evaluation.evaluate import EvaluateConfig, eval_prompts, summary_frame
-    from refusal_lab.evaluation.evaluate import evaluate as evaluate_job
-
     from refusal_lab.config import load_config_file
+    from refusal_lab.data import Splits, dataset_splits
+    from refusal_lab.evaluation.evaluate import EvaluateConfig, summary_frame
+    from refusal_lab.evaluation.evaluate import evaluate as evaluate_job
 
     cfg = load_config_file(config, EvaluateConfig, section="evaluate", metrics=metrics.split(",") if metrics else None,
                            judges=judge, judge_url=judge_url, judge_model=judge_model, judge_ablate=judge_ablate,
@@ -304,12 +304,9 @@ def evaluate(
     if run_dir is not None and not (run_dir / "config.json").exists():
         raise RefusalLabError(f"{run_dir} is not a run directory (no config.json); run refusal-lab extract first")
     run_cfg = _config(None, run_dir, model=model)
-    from refusal_lab.data import Splits, dataset_splits
-
     splits = (Splits.load(run_dir / "splits.json") if run_dir else
               dataset_splits(run_cfg.data, n_train=run_cfg.n_train, n_val=run_cfg.n_val, seed=run_cfg.seed))
-    eval_prompts(cfg, splits, run_dir)  # the held-out rule, checked before the model loads
-    rows = evaluate_job(_load(run_cfg), cfg, out, run_dir, run_cfg, splits)
+    rows = evaluate_job(lambda: _load(run_cfg), cfg, out, run_dir, run_cfg, splits)  # loads after the held-out rule
     _print_table(summary_frame(rows), f"evaluation → {out}")
 
 

@@ -129,11 +129,14 @@ def _capability_data(config: EvaluateConfig) -> tuple[dict, dict]:
 
 def evaluate(lm, config: EvaluateConfig, out: str | Path, run_dir: str | Path | None = None,
              run_config=None, splits=None) -> list[dict]:
-    """Score the baseline (and the run's matching interventions) on every configured metric into ``out``."""
+    """Score the baseline (and the run's matching interventions) on every configured metric into ``out``. ``lm``: a
+    loaded model, or a function that loads it — called only after the held-out rule passed, so a violation fails
+    before minutes of loading."""
     run_dir = Path(run_dir) if run_dir is not None else None
     if splits is None:
         raise RefusalLabError("evaluate needs the splits whose train/val prompts count as seen")
     harmful, harmless = eval_prompts(config, splits, run_dir)
+    lm = lm() if callable(lm) else lm
     targets = targets_from_run(lm, run_dir, config, run_config, splits) if run_dir else [Target("baseline")]
     guard = None
     if config.guard and "judge" in config.metrics:
