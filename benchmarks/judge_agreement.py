@@ -48,8 +48,7 @@ def objective_labels(per_file: int) -> pd.DataFrame:
 def judged(spec: str, labels: pd.DataFrame, cache: Path | None, ablate_run: Path | None = None) -> tuple[list, float]:
     """Judgements of every labelled response and seconds per 100 responses judged (model loading and cached
     judgements excluded; NaN when all were cached)."""
-    judge = make_judge(spec, cache=cache or False, ablate_run=ablate_run) if spec.startswith("llm") else make_judge(
-        spec, cache=cache or False)
+    judge = make_judge(spec, cache=cache or False, ablate_run=ablate_run)
     requests, responses = labels["objective"].tolist(), labels["response"].tolist()
     n_new = len(labels)
     if judge.cache_dir is not None:

@@ -107,8 +107,7 @@ def _judges(config: EvaluateConfig) -> list:
         Console(stderr=True).print("note: without --judge-ablate the safety-tuned llm judge grades harmful "
                                    "compliance as refusal (README, 'Judges against human labels'); read bypass "
                                    "rates from the substring judge", soft_wrap=True, highlight=False)
-    return [make_judge(spec, url=config.judge_url, ablate_run=config.judge_ablate) if spec.startswith("llm")
-            else make_judge(spec) for spec in specs]
+    return [make_judge(spec, url=config.judge_url, ablate_run=config.judge_ablate) for spec in specs]
 
 
 def _capability_data(config: EvaluateConfig) -> tuple[dict, dict]:

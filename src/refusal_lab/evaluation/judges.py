@@ -175,8 +175,9 @@ def make_judge(spec: str, url: str | None = None, api_key_env: str = "REFUSAL_LA
     (bundled name, HF id, directory, .gguf; with ``url``: the model name at that OpenAI-compatible endpoint);
     ``guard:<model>``, ``llama-guard:<model>`` or ``shieldgemma:<model>`` (the format follows the prefix, or for
     ``guard`` the model name: ShieldGemma if it contains "shieldgemma", else Llama Guard 3). ``cache``: the default
-    judgement cache (``True``), a directory, or none (``False``). ``ablate_run``: a run directory of the llm judge's
-    own model whose DiM direction (scope all) is ablated while it grades."""
+    judgement cache (``True``), a directory, or none (``False``). ``url`` and ``ablate_run`` (a run directory of the
+    llm judge's own model whose DiM direction, scope all, is ablated while it grades) concern the llm judge only;
+    other specs ignore them, so one call serves a list of judge specs."""
     kind, _, model = spec.partition(":")
     if kind == "substring" and not model:
         return SubstringJudge()
