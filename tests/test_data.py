@@ -340,16 +340,16 @@ def test_arrow_column_reader():
     """senbonzakura's track is an Arrow IPC stream (as ``datasets`` saves); pyarrow reads it."""
     import pyarrow as pa
 
-    from refusal_lab.data.packaged import _arrow_column
+    from refusal_lab.data.packaged import arrow_column
 
     table = pa.table({"text": ["alpha", "béta", "gamma"]})
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
     stream = sink.getvalue().to_pybytes()
-    assert _arrow_column(stream, "text") == ["alpha", "béta", "gamma"]
+    assert arrow_column(stream, "text") == ["alpha", "béta", "gamma"]
     with pytest.raises(RefusalLabError, match="no column 'other'"):
-        _arrow_column(stream, "other")
+        arrow_column(stream, "other")
 
 
 def test_hub_loader_clear_error_without_datasets(monkeypatch):

