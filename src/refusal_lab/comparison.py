@@ -37,6 +37,7 @@ from refusal_lab.directions.inlp_order import reorder_inlp
 from refusal_lab.directions.subspace import stack_subspace
 from refusal_lab.errors import RefusalLabError
 from refusal_lab.evaluation.generate import cached_generations
+from refusal_lab.evaluation.heldout import require_unseen, seen_prompts
 from refusal_lab.evaluation.judges import is_refusal
 from refusal_lab.evaluation.metrics import Rate
 from refusal_lab.interventions.hooks import Intervention
@@ -273,14 +274,23 @@ class Comparison:
     out_dir: Path
 
 
-def eval_prompts(splits, eval_set: str) -> tuple[list[str], list[str]]:
-    """Held-out (harmful, harmless) prompts: the run's test split, or (``generic``) the fixed held-out AdvBench
-    requests and generic everyday requests (:mod:`refusal_lab.data.sources`), never in any train / val split."""
+def eval_prompts(splits, eval_set: str, n: int | None = None,
+                 run_dir: str | Path | None = None) -> tuple[list[str], list[str]]:
+    """Held-out (harmful, harmless) prompts, the first ``n`` per side: the run's test split, or (``generic``) the
+    fixed held-out AdvBench requests and generic everyday requests (:mod:`refusal_lab.data.sources`), never in any
+    train / val split. Checked against every prompt extraction, selection or a search saw
+    (:mod:`refusal_lab.evaluation.heldout`)."""
     if eval_set == "generic":
         from refusal_lab.data import heldout_advbench, heldout_generic
 
-        return heldout_advbench(splits).texts, heldout_generic(splits).texts
-    return splits.test_harmful.texts, splits.test_harmless.texts
+        harmful, harmless = heldout_advbench(splits).texts, heldout_generic(splits).texts
+    else:
+        harmful, harmless = splits.test_harmful.texts, splits.test_harmless.texts
+    harmful, harmless = harmful[:n], harmless[:n]
+    seen = seen_prompts(splits, run_dir)
+    require_unseen(harmful, seen, "harmful evaluation prompts")
+    require_unseen(harmless, seen, "harmless evaluation prompts")
+    return harmful, harmless
 
 
 def compare(lm, run_dir: str | Path, splits, config: CompareConfig, fits=None) -> Comparison:
@@ -293,8 +303,7 @@ def compare(lm, run_dir: str | Path, splits, config: CompareConfig, fits=None) -
     if not (run_dir / "ranking.json").exists():
         raise RefusalLabError(f"{run_dir} has no selected DiM direction (ranking.json); run `refusal-lab extract "
                               "--out RUN_DIR` first")
-    harmful, harmless = eval_prompts(splits, config.eval_set)
-    harmful, harmless = harmful[: config.n_eval], harmless[: config.n_eval]
+    harmful, harmless = eval_prompts(splits, config.eval_set, config.n_eval, run_dir)
     out_dir = run_dir / "comparison" / (config.measure + ("" if config.eval_set == "test" else f"-{config.eval_set}"))
     saved = out_dir / "config.json"
     payload = json.loads(config.model_dump_json()) | {"n_harmful": len(harmful), "n_harmless": len(harmless)}

@@ -20,9 +20,9 @@ from typing import Literal
 
 from pydantic import NonNegativeInt, PositiveInt
 
+from refusal_lab.comparison import eval_prompts
 from refusal_lab.config import ConfigModel
 from refusal_lab.errors import RefusalLabError
-from refusal_lab.evaluation.heldout import require_unseen, seen_prompts
 from refusal_lab.evaluation.store import ResultsStore
 from refusal_lab.evaluation.suite import Suite, Target
 from refusal_lab.io import write_json
@@ -86,17 +86,6 @@ def _matches(name: str, patterns: list[str]) -> bool:
     return any(name == p or fnmatch.fnmatchcase(name, p.replace("[", "[[]")) for p in patterns)
 
 
-def eval_prompts(config: EvaluateConfig, splits, run_dir: Path | None) -> tuple[list[str], list[str]]:
-    from refusal_lab.comparison import eval_prompts as held_out
-
-    harmful, harmless = held_out(splits, config.eval_set)
-    harmful, harmless = harmful[: config.n_eval], harmless[: config.n_eval]
-    seen = seen_prompts(splits, run_dir)
-    require_unseen(harmful, seen, "harmful evaluation prompts")
-    require_unseen(harmless, seen, "harmless evaluation prompts")
-    return harmful, harmless
-
-
 def _judges(config: EvaluateConfig) -> list:
     from refusal_lab.evaluation.judges import make_judge
 
@@ -134,7 +123,7 @@ def evaluate(lm, config: EvaluateConfig, out: str | Path, run_dir: str | Path | 
     run_dir = Path(run_dir) if run_dir is not None else None
     if splits is None:
         raise RefusalLabError("evaluate needs the splits whose train/val prompts count as seen")
-    harmful, harmless = eval_prompts(config, splits, run_dir)
+    harmful, harmless = eval_prompts(splits, config.eval_set, config.n_eval, run_dir)
     lm = lm() if callable(lm) else lm
     targets = targets_from_run(lm, run_dir, config, run_config, splits) if run_dir else [Target("baseline")]
     guard = None

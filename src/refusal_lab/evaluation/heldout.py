@@ -1,4 +1,5 @@
-"""The rule that scores come only from rows no extraction, selection or search has seen, enforced in one place.
+"""The rule that scores come only from rows no extraction, selection or search has seen, enforced in one place:
+:func:`refusal_lab.comparison.eval_prompts`, which both ``compare`` and ``evaluate`` take their prompts from.
 
 What counts as seen: every train and validation prompt of the run's splits (``RUN_DIR/splits.json``), plus every
 prompt a search listed in ``RUN_DIR/seen/*.json`` (a JSON list of prompt texts, written by any step that chooses
