@@ -28,8 +28,9 @@ from refusal_lab.evaluation.judges import make_judge
 README = {
     "substring": {"all": "0.70 / 0.45 / [[60, 0], [51, 58]]", "refusal.csv": "0.81 / 0.62 / [[35, 0], [20, 50]]",
                   "refusal_extra.csv": "0.52 / 0.17 / [[25, 0], [31, 8]]"},
-    "llm": {"all": "0.80 / 0.61 / [[57, 3], [30, 79]]", "refusal.csv": "0.87 / 0.72 / [[32, 3], [11, 59]]",
-            "refusal_extra.csv": "0.70 / 0.45 / [[25, 0], [19, 20]]"},  # the suite's rule; ablated judge: README
+    # the suite's rule; the default llm judge ablates its own refusal direction (--judge-ablate none: README)
+    "llm": {"all": "0.79 / 0.59 / [[58, 2], [33, 76]]", "refusal.csv": "0.83 / 0.65 / [[33, 2], [16, 54]]",
+            "refusal_extra.csv": "0.73 / 0.50 / [[25, 0], [17, 22]]"},
 }
 
 
@@ -45,7 +46,7 @@ def objective_labels(per_file: int) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def judged(spec: str, labels: pd.DataFrame, cache: Path | None, ablate_run: Path | None = None) -> tuple[list, float]:
+def judged(spec: str, labels: pd.DataFrame, cache: Path | None, ablate_run: str = "auto") -> tuple[list, float]:
     """Judgements of every labelled response and seconds per 100 responses judged (model loading and cached
     judgements excluded; NaN when all were cached)."""
     judge = make_judge(spec, cache=cache or False, ablate_run=ablate_run)
@@ -83,8 +84,8 @@ def main() -> None:
     parser.add_argument("--objective", action="store_true", help="also pyrit's objective-achieved labels")
     parser.add_argument("--per-file", type=int, default=10, help="objective rows per harm-category file")
     parser.add_argument("--cache", type=Path, help="judgement cache directory to reuse (default: judge afresh)")
-    parser.add_argument("--judge-ablate", type=Path, help="run directory of the llm judge's model: grade with its "
-                                                          "refusal direction ablated")
+    parser.add_argument("--judge-ablate", default="auto", help="the llm judge grades with its own refusal direction "
+                                                               "ablated: auto (default), a run directory, or none")
     args = parser.parse_args()
     setup(args)
     labels = pyrit_refusal_labels()

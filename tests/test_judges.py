@@ -3,6 +3,7 @@ the endpoint client against a fake OpenAI-compatible server, and the guard promp
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -40,9 +41,11 @@ def test_substring_judge_by_hand():
 def test_make_judge_specs():
     assert isinstance(make_judge("substring"), SubstringJudge)
     local = make_judge("llm", cache=False)
-    assert (local.model, local.url) == ("qwen2.5-coder-1.5b-instruct", None)
-    assert make_judge("llm", dtype="float32").fingerprint == make_judge("llm", dtype="fp32").fingerprint
-    assert make_judge("llm", dtype="float32").fingerprint != make_judge("llm", dtype="bfloat16").fingerprint
+    assert (local.model, local.url, local.name) == ("qwen2.5-coder-1.5b-instruct", None,
+                                                    "llm:qwen2.5-coder-1.5b-instruct-ablated")
+    plain = functools.partial(make_judge, "llm", ablate_run="none")  # the fingerprint of "auto" needs the weights
+    assert plain(dtype="float32").fingerprint == plain(dtype="fp32").fingerprint
+    assert plain(dtype="float32").fingerprint != plain(dtype="bfloat16").fingerprint
     assert make_judge("llm:/some/dir").model == "/some/dir"
     remote = make_judge("llm:gpt-x", url="http://h/v1")
     assert (remote.model, remote.url, remote.name) == ("gpt-x", "http://h/v1", "llm:gpt-x")

@@ -329,3 +329,39 @@ def test_llm_judge_can_grade_with_its_own_refusal_direction_ablated(extracted_ru
     grades = ablated.judge(["say hi"], ["hi"])
     assert grades[0].refusal in (0.0, 0.5, 1.0)
     assert torch.equal(lm.model(input_ids=probe).logits, before)  # the ablation hooks were removed afterwards
+
+
+def test_default_llm_judge_ablates_its_own_direction_extracted_once(model_dir, tmp_path, monkeypatch):
+    import hashlib
+
+    import refusal_lab.evaluation.llm_judge as llm_judge
+    from refusal_lab.evaluation.judges import make_judge
+    from refusal_lab.experiment import RunConfig
+    from refusal_lab.models.load import load_model
+
+    monkeypatch.setenv("REFUSAL_LAB_CACHE", str(tmp_path / "cache"))
+    config = RunConfig.model_validate(json.loads(_config(tmp_path / "c.json").read_text())
+                                      | {"model": str(model_dir), "extract_methods": ["dim"],
+                                         "selection": {**LOOSE, "scopes": ["all"], "finalists": 4}})
+    real_judge_run = llm_judge.judge_run
+    monkeypatch.setattr(llm_judge, "judge_run", lambda lm: real_judge_run(lm, config))
+    lm = load_model(str(model_dir), dtype="float32")
+    auto = llm_judge.LlmJudge(model=lm, cache=False, ablate_run="auto")
+    assert auto.name.endswith("-ablated")
+    auto.fingerprint
+    run = auto.ablate_run
+    assert run.parent == tmp_path / "cache" / "judge-runs" and (run / "methods" / "dim" / "chosen-all.json").exists()
+    files = sorted((run / "methods" / "dim").rglob("*.safetensors"))
+    assert auto._ablation_id == hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
+    (iv,) = auto.interventions
+    assert iv.layers == tuple(range(lm.n_layers))
+    assert torch.allclose(iv.transform.basis[0].float(), load_chosen(run, "dim", "all", D).unit.float(), atol=1e-6)
+    # the same judge as passing that run by hand; a second use reuses it instead of extracting again
+    assert llm_judge.LlmJudge(model=lm, cache=False, ablate_run=run).fingerprint == auto.fingerprint
+    monkeypatch.setattr("refusal_lab.experiment.run_extract", lambda *a, **k: pytest.fail("extracted again"))
+    assert real_judge_run(lm, config) == run
+    # make_judge: ablated by default, plain with "none", an endpoint is graded as it is
+    assert make_judge(f"llm:{model_dir}", cache=False).name.endswith("-ablated")
+    assert not make_judge(f"llm:{model_dir}", cache=False, ablate_run="none").name.endswith("-ablated")
+    endpoint = make_judge("llm:some-model", url="http://127.0.0.1:9", cache=False)
+    assert endpoint.ablate_run is None and endpoint.name == "llm:some-model"

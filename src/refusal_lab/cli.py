@@ -14,6 +14,7 @@ from rich.table import Table
 
 from refusal_lab.cli_options import (EvalSet, FlipVariant, InterventionKind, Measure, Method, Scope, Site, out_dir_option,
                                      out_file_option)
+from refusal_lab.config import load_config_file
 from refusal_lab.errors import RefusalLabError
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
@@ -253,17 +254,53 @@ def compare(
 
 
 @app.command()
-def abliterate(run_dir: Annotated[Path, typer.Option("--run", help="run directory")],
+def abliterate(run_dir: Annotated[Path, typer.Option("--run", help="run directory (extract or optimize)")],
                out: Annotated[Path, typer.Option(help="output model directory", callback=out_dir_option)],
                model: Annotated[Optional[str], typer.Option("--model", "-m", help="default: the run's")] = None,
-               kind: Annotated[str, typer.Option(help="ablate, nullspace, rank-k or subspace")] = "ablate",
+               kind: Annotated[str, typer.Option(help="extract runs: ablate, nullspace, rank-k or subspace")] = "ablate",
+               trial: Annotated[Optional[int], typer.Option(help="optimize runs: this trial (default: the Pareto "
+                                                            "trial with the fewest refusals within --max-kl)")] = None,
+               max_kl: Annotated[float, typer.Option(help="optimize runs: the KL bound for the default trial")] = 0.1,
+               lora: Annotated[bool, typer.Option(help="optimize runs: also write the edit as a PEFT LoRA adapter "
+                                                  "(OUT/lora)")] = False,
                dtype: Annotated[str, typer.Option(help="weights' dtype: auto (bf16 where the CPU is fast at it), "
                                                 "float32, bfloat16 or float16")] = "auto"):
-    """Bake one of the run's projections into the weights and save a plain transformers model directory."""
-    from refusal_lab.methods import abliterate as abliterate_job
+    """Bake a run's edit into the weights and save a plain transformers model directory: an extract run's
+    projection at every layer, or one trial of an optimize run (with reproduce.json)."""
+    if (run_dir / "optuna.journal").exists():
+        from refusal_lab.optimize.export import export_trial
+        from refusal_lab.optimize.search import OptimizeConfig
 
-    cfg = _config(None, run_dir, model=model)
-    console.print(f"abliterated model written to {abliterate_job(_load(cfg, dtype), run_dir, out, kind)}")
+        cfg = load_config_file(run_dir / "config.json", OptimizeConfig, model=model)
+        written = export_trial(_load(cfg, dtype), run_dir, out, trial, max_kl, lora)
+    else:
+        from refusal_lab.methods import abliterate as abliterate_job
+
+        cfg = _config(None, run_dir, model=model)
+        written = abliterate_job(_load(cfg, dtype), run_dir, out, kind)
+    console.print(f"abliterated model written to {written}")
+
+
+@app.command()
+def optimize(
+    out: Annotated[Path, typer.Option(help="run directory (resumable: rerun to continue)", callback=out_dir_option)],
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="bundled name, HF id, directory or .gguf "
+                                                 "(default: the bundled 0.5B)")] = None,
+    trials: Annotated[Optional[int], typer.Option(help="trials to complete (default 160)")] = None,
+    max_kl: Annotated[Optional[float], typer.Option(help="KL bound for the survivors (default 0.1)")] = None,
+    time_budget: Annotated[Optional[float], typer.Option(help="minutes; stop asking trials in time to finish")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="OptimizeConfig as .toml or .json ([optimize] table)")] = None,
+):
+    """Search abliteration parameters for a refusal × KL Pareto front on the validation split (Optuna TPE)."""
+    from refusal_lab.optimize.search import OptimizeConfig, optimize as optimize_job
+
+    if config is None and (out / "config.json").exists():
+        config = out / "config.json"
+    cfg = load_config_file(config, OptimizeConfig, section="optimize" if config and config.suffix == ".toml" else None,
+                           model=model, trials=trials, max_kl=max_kl, time_budget_min=time_budget)
+    pareto = optimize_job(_load(cfg), cfg, out)
+    shown = pareto[["trial", "refusals", "n", "kl", "p_refusal", "params.source", "params.direction_scope"]]
+    _print_table(shown, f"Pareto front (validation refusals × KL) → {out / 'pareto.csv'}")
 
 
 @app.command()
@@ -281,8 +318,9 @@ def evaluate(
     judge_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible endpoint for the llm judge (key from "
                                                      "$REFUSAL_LAB_JUDGE_KEY)")] = None,
     judge_model: Annotated[Optional[str], typer.Option(help="the llm judge's model")] = None,
-    judge_ablate: Annotated[Optional[str], typer.Option(help="run directory of the judge's model: grade with its "
-                                                        "refusal direction ablated")] = None,
+    judge_ablate: Annotated[Optional[str], typer.Option(help="the llm judge grades with its own refusal direction "
+                                                        "ablated: auto (default; extracted once, cached), a run "
+                                                        "directory of the judge model, or none")] = None,
     guard: Annotated[Optional[str], typer.Option(help="Llama-Guard-style classifier for the judge metric")] = None,
     config: ConfigOption = None,
     n_eval: Annotated[Optional[int], typer.Option(min=1, help="held-out prompts per side")] = None,
@@ -291,7 +329,6 @@ def evaluate(
     full: Annotated[bool, typer.Option(help="full MMLU and ARC instead of seeded subsets")] = False,
 ):
     """Score the model and the run's interventions on every metric, each as Δ vs the baseline with intervals."""
-    from refusal_lab.config import load_config_file
     from refusal_lab.data import Splits, dataset_splits
     from refusal_lab.evaluation.evaluate import EvaluateConfig, summary_frame
     from refusal_lab.evaluation.evaluate import evaluate as evaluate_job

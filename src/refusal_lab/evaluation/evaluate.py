@@ -39,7 +39,9 @@ class EvaluateConfig(ConfigModel):
     judges: list[str] = ["substring", "llm"]  # judge specs (refusal_lab.evaluation.judges.make_judge)
     judge_url: str | None = None  # OpenAI-compatible endpoint for the llm judge
     judge_model: str | None = None  # local model or endpoint model name for the llm judge
-    judge_ablate: str | None = None  # run directory of the judge model: grade with its refusal direction ablated
+    # the llm judge grades with its own refusal direction ablated: "auto" (its default extraction, made once and
+    # cached), a run directory of the judge model, or "none"
+    judge_ablate: str = "auto"
     guard: str | None = None  # Llama-Guard-style classifier (HF id or directory) for the judge metric
     lengths: list[PositiveInt] = [24, 128]
     eval_set: Literal["test", "generic"] = "generic"
@@ -90,10 +92,10 @@ def _judges(config: EvaluateConfig) -> list:
     from refusal_lab.evaluation.judges import make_judge
 
     specs = [f"llm:{config.judge_model}" if spec == "llm" and config.judge_model else spec for spec in config.judges]
-    if any(spec.startswith("llm") for spec in specs) and not (config.judge_ablate or config.judge_url):
+    if any(spec.startswith("llm") for spec in specs) and config.judge_ablate == "none":
         from rich.console import Console
 
-        Console(stderr=True).print("note: without --judge-ablate the safety-tuned llm judge grades harmful "
+        Console(stderr=True).print("note: with --judge-ablate none the safety-tuned llm judge grades harmful "
                                    "compliance as refusal (README, 'Judges against human labels'); read bypass "
                                    "rates from the substring judge", soft_wrap=True, highlight=False)
     return [make_judge(spec, url=config.judge_url, ablate_run=config.judge_ablate) for spec in specs]

@@ -45,7 +45,7 @@ class LlmJudge(ModelJudge):
     ``model``: a model spec or an already loaded :class:`~refusal_lab.models.load.LoadedModel` (local), or the
     endpoint's model name (with ``url``). Responses longer than ``max_response_chars`` are cut there.
     ``ablate_run``: a run directory of the judge's own model whose DiM direction (scope all) is ablated while it
-    grades."""
+    grades, or ``"auto"``: that of :func:`judge_run`, extracted on first use and cached."""
 
     def __init__(self, model=DEFAULT_JUDGE_MODEL, url: str | None = None,
                  api_key_env: str = "REFUSAL_LAB_JUDGE_KEY", rubric: str = RUBRIC, dtype: str = "auto",
@@ -62,15 +62,20 @@ class LlmJudge(ModelJudge):
         super().__init__(model, "llm", dtype, device, cache)
         self.url, self.api_key_env, self.rubric, self.timeout_s = url, api_key_env, rubric, timeout_s
         self.batch_size, self.max_response_chars, self.reduce = batch_size, max_response_chars, reduce
-        self.ablate_run, self._ablation_id = None, None
+        self.ablate_run = None if ablate_run in (None, "auto") else Path(ablate_run)
+        self._auto_ablate = ablate_run == "auto"
+        self._ablation_id = None
         if ablate_run is not None:
-            self.ablate_run = Path(ablate_run)
-            self._ablation_id = self._ablated_direction_hash()
             self.name += "-ablated"  # results and caches keep the two judges apart
+        if self.ablate_run is not None:
+            self._ablation_id = self._ablated_direction_hash()
         self._interventions: list | None = None
 
     @property
     def fingerprint(self) -> str:
+        if self._auto_ablate and self.ablate_run is None:
+            self.ablate_run = judge_run(self.lm)
+            self._ablation_id = self._ablated_direction_hash()
         return fingerprint_of(judge="llm", model=self.model, url=self.url,
                               dtype=None if self.url else self._dtype_key,
                               rubric=self.rubric, answer=JSON_FORMAT if self.url else LOCAL_FORMAT, item=ITEM,
@@ -83,7 +88,8 @@ class LlmJudge(ModelJudge):
 
         if "all" not in selected_scopes(self.ablate_run, "dim"):
             raise RefusalLabError(f"{self.ablate_run} has no DiM direction selected at scope all; extract one for the "
-                                  f"judge model with `refusal-lab extract --model {self.model} --out RUN_DIR`")
+                                  f"judge model with `refusal-lab extract --model {self.model} --out RUN_DIR` and "
+                                  "pass --judge-ablate RUN_DIR, or grade without it (--judge-ablate none)")
         files = sorted((self.ablate_run / "methods" / "dim").rglob("*.safetensors"))
         return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
 
@@ -92,6 +98,7 @@ class LlmJudge(ModelJudge):
         """Hooks that ablate the judge model's own refusal direction at every layer (``ablate_run``), else none:
         a safety-tuned judge otherwise grades harmful compliance as refusal (README, "Judges")."""
         if self._interventions is None:
+            self.fingerprint  # resolves ablate_run="auto"
             self._interventions = []
             if self.ablate_run is not None:
                 from refusal_lab.methods.artifacts import MethodArtifacts, chosen_for_scope
@@ -245,3 +252,19 @@ def _parse_answer(content: str) -> Judgement:
         raise RefusalLabError(f"the judge's answer is not the JSON object the rubric asks for ({{\"refusal\": 0-2, "
                               f"\"compliance\": 0-2, \"coherence\": 0-2}}): {content[:200]!r}; use a judge model "
                               "that follows instructions, or check the model name") from None
+
+
+def judge_run(lm, config=None) -> Path:
+    """The judge model's own refusal direction for ``ablate_run="auto"``: the run directory
+    ``cache_dir()/judge-runs/<model name>-<weights hash>``, holding the default extraction of that model
+    (``config``: default :class:`~refusal_lab.experiment.RunConfig`, DiM only), made on first use and reused after
+    (the run directory's fingerprint checks the weights, data and settings)."""
+    from refusal_lab.experiment import RunConfig, run_extract
+    from refusal_lab.models.bundled import cache_dir
+    from refusal_lab.rundir import weights_hash
+
+    config = config or RunConfig(model=lm.name, extract_methods=["dim"])
+    run_dir = cache_dir() / "judge-runs" / f"{lm.name.rstrip('/').rsplit('/', 1)[-1]}-{weights_hash(lm.model)}"
+    if not (run_dir / "methods" / "dim" / "selection-all.csv").exists():
+        run_extract(lm, config, run_dir)
+    return run_dir
