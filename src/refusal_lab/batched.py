@@ -23,8 +23,8 @@ class PerCandidate:
     (blocks of candidates without one pass through unchanged).
 
     When every candidate has exactly one :class:`~refusal_lab.interventions.base.Projection` here with the same
-    rank ``k`` and ``α`` (e.g. DiM directional ablation), the blocks are projected at once with the stacked bases
-    ``V [C, k, d]``: ``h_c ↦ h_c − α (h_c V_cᵀ) V_c``.
+    rank ``k`` (e.g. DiM directional ablation, an abliteration's weighted writes), the blocks are projected at once
+    with the stacked bases ``V [C, k, d]`` and weights ``α [C]``: ``h_c ↦ h_c − α_c (h_c V_cᵀ) V_c``.
     """
 
     stacking = "each"
@@ -36,14 +36,14 @@ class PerCandidate:
         transforms = [t for _, t in self.entries]
         self.stacked = ([c for c, _ in self.entries] == list(range(n_candidates))
                         and all(type(t) is Projection for t in transforms)
-                        and len({(t.basis.shape, t.alpha) for t in transforms}) == 1)
+                        and len({t.basis.shape for t in transforms}) == 1)
         if self.stacked:
             self.basis = torch.stack([t.basis for t in transforms]).float()  # [C, k, d]
-            self.alpha = transforms[0].alpha
+            self.alpha = torch.tensor([float(t.alpha) for t in transforms])[:, None, None]  # [C, 1, 1]
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
         if self.stacked:
-            self.basis = self.basis.to(h.device)
+            self.basis, self.alpha = self.basis.to(h.device), self.alpha.to(h.device)
             blocks = h.float().reshape(self.n_candidates, -1, h.shape[-1])  # [C, m·…, d]
             projected = blocks - self.alpha * (blocks @ self.basis.mT) @ self.basis
             return projected.reshape(h.shape).to(h.dtype)

@@ -299,7 +299,7 @@ def optimize(
     cfg = load_config_file(config, OptimizeConfig, section="optimize" if config and config.suffix == ".toml" else None,
                            model=model, trials=trials, max_kl=max_kl, time_budget_min=time_budget)
     pareto = optimize_job(_load(cfg), cfg, out)
-    shown = pareto[["trial", "refusals", "n", "kl", "p_refusal", "params.source", "params.direction_scope"]]
+    shown = pareto[["trial", "refusals", "n", "kl", "p_refusal", "source", "direction_scope"]]
     _print_table(shown, f"Pareto front (validation refusals × KL) → {out / 'pareto.csv'}")
 
 

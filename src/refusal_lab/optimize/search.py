@@ -1,0 +1,265 @@
+"""``refusal-lab optimize``: a refusal × KL Pareto search over abliteration parameters (:mod:`.space`).
+
+Data (train / validation only; the held-out AdvBench and generic slices are never touched): class means of
+``resid_pre`` at every layer and post-instruction position from the train split of each direction source
+(``mixed``, ``unmatched``, ``matched``), minus any scoring prompt; the scoring prompts are the ``mixed`` source's
+validation split, ``n_val`` per side. Every prompt used is recorded in ``RUN_DIR/seen/optimize.json``.
+
+Search (Optuna, multivariate TPE with a constant liar, journal storage ``RUN_DIR/optuna.journal``, so a rerun
+resumes and an interruption loses at most the trials in flight): ``trials_per_pass`` trials are asked at once and
+scored in one batched forward over the validation prompts, each trial owning a block of batch rows
+(:func:`refusal_lab.batched.batched_scores`, shared chat-template prefix, last-position logits only). Objectives,
+both minimised: the mean first-token refusal probability ``p_R`` on harmful prompts (refusal openings "I", "As")
+and the mean first-token ``KL(p_base ‖ p_trial)`` on harmless prompts (heretic's KL).
+
+Survivors: nothing is generated during the search. Afterwards the trials on the first-token Pareto front and the
+lowest-``p_R`` trials with ``KL ≤ max_kl`` (``survivors`` of each at most) get greedy generations
+(``max_new_tokens``) on the harmful validation prompts, judged by ``judge`` (default heretic's markers); every
+other trial is dominated on the cheap objectives and is never generated for. ``RUN_DIR/pareto.csv`` holds the
+survivors' Pareto front on (refusals, KL) with every parameter.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+import torch
+from pydantic import Field, PositiveInt
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from safetensors.torch import load_file, save_file
+
+from refusal_lab.config import ConfigModel
+from refusal_lab.errors import RefusalLabError
+from refusal_lab.io import atomic_path, write_csv, write_json, write_jsonl
+from refusal_lab.models.bundled import DEFAULT_MODEL
+from refusal_lab.optimize.edit import Abliteration
+from refusal_lab.optimize.space import AbliterationParams, suggest
+
+log = Console(stderr=True).log
+Source = Literal["mixed", "unmatched", "matched"]
+UNTRACKED = ("trials", "time_budget_min", "survivors")  # settings a resumed search may change
+
+
+class OptimizeConfig(ConfigModel):
+    """Settings of one search (saved as RUN_DIR/config.json; see the module docstring)."""
+
+    model: str = DEFAULT_MODEL
+    dtype: str = "auto"
+    seed: int = 0
+    sources: list[Source] = ["mixed", "unmatched", "matched"]
+    n_train: int = Field(128, ge=2)
+    n_val: int = Field(32, ge=2)
+    trials: PositiveInt = 160
+    startup_trials: int = Field(32, ge=0)
+    trials_per_pass: PositiveInt = 4
+    rows_per_pass: PositiveInt = 64
+    max_kl: float = Field(0.1, gt=0)
+    survivors: PositiveInt = 8
+    max_new_tokens: PositiveInt = 24
+    judge: str = "markers"
+    time_budget_min: float | None = Field(None, gt=0)
+
+
+@dataclass
+class SearchData:
+    """Scoring prompts, their baseline next-token log-probs, and each source's class means ``[L, P, d]``."""
+
+    harmful: list[str]
+    harmless: list[str]
+    base_logprobs: torch.Tensor
+    means: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    data_hash: str
+
+    def ablation(self, lm, params: AbliterationParams, **meta) -> Abliteration:
+        harmful, harmless = self.means[params.source]
+        return Abliteration.from_params(params, harmful, harmless, lm.n_layers, model=lm.name,
+                                        data_hash=self.data_hash, **meta)
+
+
+def prepare(lm, config: OptimizeConfig, run_dir: Path) -> SearchData:
+    """Splits, class means (cached in ``RUN_DIR/means.safetensors``) and baseline log-probs for the search."""
+    import hashlib
+
+    from refusal_lab.activations import collect_activations
+    from refusal_lab.data import dataset_splits
+    from refusal_lab.evaluation.heldout import record_seen
+    from refusal_lab.scoring import last_token_logprobs
+
+    scoring = dataset_splits("mixed", n_train=config.n_train, n_val=config.n_val, seed=config.seed)
+    harmful, harmless = scoring.val_harmful.texts, scoring.val_harmless.texts
+    scored = set(harmful) | set(harmless)
+    train = {}
+    for source in config.sources:
+        splits = scoring if source == "mixed" else dataset_splits(source, n_train=config.n_train,
+                                                                  n_val=config.n_val, seed=config.seed)
+        train[source] = ([t for t in splits.train_harmful.texts if t not in scored],
+                         [t for t in splits.train_harmless.texts if t not in scored])
+    payload = json.dumps({"harmful": harmful, "harmless": harmless, "train": train}, sort_keys=True)
+    data_hash = hashlib.sha256(payload.encode()).hexdigest()[:16]
+    record_seen(run_dir, "optimize", [*scored, *(t for pair in train.values() for side in pair for t in side)])
+    path = run_dir / "means.safetensors"
+    stored = load_file(str(path)) if path.exists() else {}
+    if stored.get("data_hash") is None or bytes(stored["data_hash"].tolist()).decode() != data_hash:
+        stored = {"data_hash": torch.tensor(list(data_hash.encode()), dtype=torch.uint8)}
+        for source, (harm, safe) in train.items():
+            log(f"class means of {source} ({len(harm)} + {len(safe)} train prompts)")
+            stored[f"{source}.harmful"] = collect_activations(lm, harm, config.rows_per_pass // 2).mean.float()
+            stored[f"{source}.harmless"] = collect_activations(lm, safe, config.rows_per_pass // 2).mean.float()
+        with atomic_path(path) as tmp:
+            save_file(stored, str(tmp))
+    means = {s: (stored[f"{s}.harmful"], stored[f"{s}.harmless"]) for s in config.sources}
+    base = last_token_logprobs(lm, harmful + harmless, batch_size=config.rows_per_pass)
+    return SearchData(harmful, harmless, base, means, data_hash)
+
+
+def open_study(run_dir: Path, config: OptimizeConfig):
+    """The study in ``RUN_DIR/optuna.journal`` (created or resumed); trials left running by an interruption fail."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = JournalStorage(JournalFileBackend(str(run_dir / "optuna.journal")))
+    sampler = optuna.samplers.TPESampler(multivariate=True, constant_liar=True, seed=config.seed,
+                                         n_startup_trials=config.startup_trials)
+    study = optuna.create_study(study_name="abliteration", storage=storage, sampler=sampler,
+                                directions=["minimize", "minimize"], load_if_exists=True)
+    for trial in study.get_trials(states=[optuna.trial.TrialState.RUNNING]):
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    return study
+
+
+def score_pass(lm, data: SearchData, ablations: list[Abliteration], rows_per_pass: int) -> list[tuple[float, float]]:
+    """(mean first-token refusal probability on harmful, mean first-token KL on harmless) per ablation."""
+    from refusal_lab.batched import batched_scores
+
+    scores, kl = batched_scores(lm, data.harmful + data.harmless, [a.interventions(dense=True) for a in ablations],
+                                data.base_logprobs, rows_per_pass)
+    n = len(data.harmful)
+    return [(float(torch.sigmoid(s[:n]).mean()), float(k[n:].mean())) for s, k in zip(scores, kl)]
+
+
+def trial_params(trial) -> AbliterationParams:
+    return AbliterationParams.model_validate(trial.user_attrs["params"])
+
+
+def search(lm, data: SearchData, study, config: OptimizeConfig, deadline: float | None) -> None:
+    """Run trials until ``config.trials`` are complete or ``deadline`` (``time.monotonic()``) passes."""
+    import optuna
+
+    complete = lambda: len(study.get_trials(states=[optuna.trial.TrialState.COMPLETE]))  # noqa: E731
+    positions = list(range(-lm.n_post_instruction, 0))
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} trials"),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True)) as progress:
+        task = progress.add_task("searching", total=config.trials, completed=complete())
+        while (done := complete()) < config.trials and (deadline is None or time.monotonic() < deadline):
+            trials = [study.ask() for _ in range(min(config.trials_per_pass, config.trials - done))]
+            params = [suggest(t, lm.n_layers, list(config.sources), positions) for t in trials]
+            values = score_pass(lm, data, [data.ablation(lm, p) for p in params], config.rows_per_pass)
+            for trial, p, value in zip(trials, params, values):
+                trial.set_user_attr("params", json.loads(p.model_dump_json()))
+                study.tell(trial, list(value))
+            best = min((v for v in values if v[1] <= config.max_kl), default=None)
+            progress.update(task, completed=complete(),
+                            description=f"searching (pass best p_R {best[0]:.3f} @ KL {best[1]:.3f})" if best
+                            else "searching")
+
+
+def front(frame: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """Rows of ``frame`` not dominated on (``x``, ``y``), both minimised, sorted by ``x``."""
+    ordered = frame.sort_values([x, y])
+    keep, best_y = [], float("inf")
+    for index, value in ordered[y].items():
+        if value < best_y:
+            keep.append(index)
+            best_y = value
+    return ordered.loc[keep]
+
+
+def trial_table(study) -> pd.DataFrame:
+    import optuna
+
+    rows = [{"trial": t.number, "p_refusal": t.values[0], "kl": t.values[1], "params": trial_params(t)}
+            for t in study.get_trials(states=[optuna.trial.TrialState.COMPLETE])]
+    return pd.DataFrame(rows, columns=["trial", "p_refusal", "kl", "params"])
+
+
+def survivors(table: pd.DataFrame, config: OptimizeConfig) -> pd.DataFrame:
+    """The first-token Pareto front (its ``survivors`` lowest-KL points within ``2·max_kl``) and the ``survivors``
+    lowest-``p_R`` trials with ``KL ≤ max_kl``."""
+    cheap = front(table, "kl", "p_refusal")
+    cheap = cheap[cheap["kl"] <= 2 * config.max_kl].head(config.survivors)
+    within = table[table["kl"] <= config.max_kl].nsmallest(config.survivors, "p_refusal")
+    return pd.concat([cheap, within]).drop_duplicates("trial").sort_values("trial")
+
+
+def generated_refusals(lm, data: SearchData, ablation: Abliteration | None, path: Path, config: OptimizeConfig,
+                       judge) -> int:
+    """Refusals among greedy completions of the harmful scoring prompts (cached as JSONL at ``path``)."""
+    from refusal_lab.evaluation.generate import generate
+
+    if path.exists():
+        return sum(json.loads(line)["refused"] for line in path.read_text().splitlines())
+    interventions = ablation.interventions() if ablation is not None else []
+    completions = generate(lm, data.harmful, interventions, config.max_new_tokens, config.rows_per_pass // 2,
+                           description=path.stem)
+    refused = [judge.refuses(c) for c in completions]
+    write_jsonl(path, ({"prompt": p, "response": c, "refused": r} for p, c, r in zip(data.harmful, completions,
+                                                                                     refused)))
+    return sum(refused)
+
+
+def flatten(params: AbliterationParams) -> dict:
+    return pd.json_normalize(json.loads(params.model_dump_json())).iloc[0].to_dict()
+
+
+def optimize(lm, config: OptimizeConfig, run_dir: str | Path) -> pd.DataFrame:
+    """The whole search (resumable; see module docstring); returns the Pareto front also written to
+    ``RUN_DIR/pareto.csv``."""
+    from refusal_lab.evaluation.judges import make_judge
+    from refusal_lab.rundir import RunDirectory
+
+    start = time.monotonic()
+    run_dir = Path(run_dir)
+    judge = make_judge(config.judge)
+    if not hasattr(judge, "refuses"):
+        raise RefusalLabError(f"optimize needs a phrase judge (markers or substring), not {config.judge!r}")
+    RunDirectory(run_dir).bind(lm=lm, config=config.model_copy(update={k: None for k in UNTRACKED}))
+    write_json(run_dir / "config.json", json.loads(config.model_dump_json()))
+    data = prepare(lm, config, run_dir)
+    generations = run_dir / "generations"
+    began = time.monotonic()
+    baseline = generated_refusals(lm, data, None, generations / "baseline.jsonl", config, judge)
+    timing = run_dir / "generation-seconds.json"
+    if not timing.exists():
+        write_json(timing, time.monotonic() - began)
+    log(f"baseline: {baseline}/{len(data.harmful)} validation refusals ({config.judge})")
+    study = open_study(run_dir, config)
+    deadline = None
+    if config.time_budget_min is not None:  # leave time for the survivors' generations
+        per_generation = json.loads(timing.read_text())
+        deadline = start + 60 * config.time_budget_min - 2 * config.survivors * per_generation
+    search(lm, data, study, config, deadline)
+    table = trial_table(study)
+    if table.empty:
+        raise RefusalLabError("no trial finished; raise --trials or --time-budget")
+    chosen = survivors(table, config)
+    log(f"generating for {len(chosen)} of {len(table)} trials (the rest are dominated on first-token scores)")
+    chosen["refusals"] = [generated_refusals(lm, data, data.ablation(lm, row.params), generations /
+                                             f"trial-{row.trial}.jsonl", config, judge) for row in chosen.itertuples()]
+    result = front(chosen, "refusals", "kl")
+    rows = [{"trial": r.trial, "refusals": r.refusals, "n": len(data.harmful), "kl": r.kl,
+             "p_refusal": r.p_refusal, **flatten(r.params)} for r in result.itertuples()]
+    pareto = pd.DataFrame(rows)
+    write_csv(pareto, run_dir / "pareto.csv")
+    write_json(run_dir / "search.json", {"baseline_refusals": baseline, "n": len(data.harmful),
+                                         "trials": len(table), "generated": len(chosen),
+                                         "seconds": time.monotonic() - start})
+    return pareto

@@ -1,0 +1,259 @@
+"""The abliteration search: kernel and directions by hand, the weighted edit (hooks = weights = LoRA = formula),
+per-candidate weights in one batched pass, the search on a tiny model (improves, resumes), the export, the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import torch
+from conftest import tiny_model
+
+from refusal_lab.batched import batched_scores
+from refusal_lab.interventions.hooks import apply_interventions
+from refusal_lab.optimize.edit import Abliteration
+from refusal_lab.optimize.space import AbliterationParams, Kernel, layer_directions
+from refusal_lab.scoring import last_token_logprobs, refusal_scores
+
+PROMPTS = ["Tell me a story", "How do I bake bread?", "List three colours"]
+
+
+def kernel(**kw):
+    return Kernel(**({"max_weight": 1.2, "max_weight_position": 2.5, "min_weight": 0.4, "min_weight_distance": 2.0}
+                     | kw))
+
+
+def test_kernel_weights_are_the_tent_by_hand():
+    w = kernel().weights(6)
+    # |l − 2.5| = 2.5, 1.5, 0.5, 0.5, 1.5, 2.5 → 0 beyond distance 2, else 1.2 + (0.4 − 1.2)·d/2
+    expected = [0.0, 1.2 - 0.8 * 0.75, 1.2 - 0.8 * 0.25, 1.2 - 0.8 * 0.25, 1.2 - 0.8 * 0.75, 0.0]
+    assert torch.allclose(w, torch.tensor(expected), atol=1e-6)
+
+
+def _means(L=4, P=2, d=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(L, P, d, generator=g, dtype=torch.float64), torch.randn(L, P, d, generator=g,
+                                                                               dtype=torch.float64)
+
+
+def test_layer_directions_by_hand():
+    harmful, harmless = _means()
+    v = harmful[:, -1] - harmless[:, -1]
+    unit = v / v.norm(dim=-1, keepdim=True)
+    params = AbliterationParams(direction_index=1.25, attn=kernel(), mlp=kernel())
+    r = layer_directions(harmful, harmless, params, n_layers=3)
+    mixed = 0.75 * unit[1] + 0.25 * unit[2]
+    assert r.shape == (3, 8) and torch.allclose(r[0].double(), mixed / mixed.norm(), atol=1e-6)
+    assert torch.equal(r[0], r[2])
+    per_layer = layer_directions(harmful, harmless, params.model_copy(update={"direction_scope": "per_layer"}), 3)
+    assert torch.allclose(per_layer.double(), unit[[1, 2, 3]], atol=1e-6)  # layer l writes into stream l + 1
+    ortho = layer_directions(harmful, harmless, params.model_copy(update={"direction_scope": "per_layer",
+                                                                          "orthogonalize": True, "position": 0}), 3)
+    g = harmless[[1, 2, 3], 0]
+    assert torch.allclose((ortho.double() * g).sum(-1), torch.zeros(3, dtype=torch.float64), atol=1e-5)
+    w = (harmful - harmless)[[1, 2, 3], 0]
+    assert ((ortho.double() * w).sum(-1) > 0).all()  # still the harmful side
+
+
+def _ablation(lm, seed=0, weight=0.8):
+    g = torch.Generator().manual_seed(seed)
+    directions = torch.randn(lm.n_layers, lm.hidden_size, generator=g)
+    directions /= directions.norm(dim=-1, keepdim=True)
+    weights = {"attn": torch.tensor([weight, 0.0, 1.3])[: lm.n_layers], "mlp": torch.tensor([0.5, 1.0, 0.0])}
+    return Abliteration(directions, weights, {"model": lm.name})
+
+
+def test_weight_edit_is_the_formula_and_matches_the_hooks(tmp_path):
+    lm = tiny_model("qwen2")
+    ablation = _ablation(lm)
+    o_proj = lm.adapter.attn_out_proj(lm.adapter.layers(lm.model)[0])
+    W, r = o_proj.weight.detach().clone(), ablation.directions[0]
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with apply_interventions(lm, ablation.interventions()):
+        hooked = lm.model(input_ids=ids).logits
+    untouched = lm.model(input_ids=ids).logits
+    ablation.apply_to_weights(lm)
+    assert torch.allclose(o_proj.weight, W - 0.8 * torch.outer(r, r @ W), atol=1e-6)
+    edited = lm.model(input_ids=ids).logits
+    assert torch.allclose(edited, hooked, atol=1e-5) and not torch.allclose(edited, untouched, atol=1e-3)
+    loaded = Abliteration.load(ablation.save(tmp_path / "a"))
+    assert torch.equal(loaded.directions, ablation.directions) and loaded.meta == {"model": lm.name}
+    assert all(torch.equal(loaded.weights[c], ablation.weights[c]) for c in ("attn", "mlp"))
+
+
+def test_lora_adapter_reproduces_the_edit(tmp_path):
+    from peft import PeftModel
+
+    from refusal_lab.optimize.export import lora_adapter
+
+    lm = tiny_model("qwen2")
+    ablation = _ablation(lm)
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with apply_interventions(lm, ablation.interventions()):
+        hooked = lm.model(input_ids=ids).logits
+    lora_adapter(lm, ablation, tmp_path / "lora")
+    assert torch.allclose(lm.model(input_ids=ids).logits, tiny_model("qwen2").model(input_ids=ids).logits)
+    with_adapter = PeftModel.from_pretrained(tiny_model("qwen2").model, tmp_path / "lora")
+    assert torch.allclose(with_adapter(input_ids=ids).logits, hooked, atol=1e-5)
+
+
+def test_candidates_with_different_weights_share_one_pass():
+    lm = tiny_model("qwen2")
+    ablations = [_ablation(lm, seed=s, weight=w) for s, w in ((0, 0.8), (1, 1.5), (2, 0.0))]
+    base = last_token_logprobs(lm, PROMPTS)
+    scores, kl = batched_scores(lm, PROMPTS, [a.interventions(dense=True) for a in ablations], base)
+    for c, ablation in enumerate(ablations):
+        one = last_token_logprobs(lm, PROMPTS, ablation.interventions())
+        assert torch.allclose(scores[c], refusal_scores(one, lm.refusal_token_ids), atol=1e-4)
+        expected_kl = (base.exp() * (base - one)).sum(-1)
+        assert torch.allclose(kl[c], expected_kl, atol=1e-5)
+
+
+# --- the search on a tiny model ------------------------------------------------------------------------------
+
+def _config(**kw):
+    from refusal_lab.optimize.search import OptimizeConfig
+
+    return OptimizeConfig(**({"model": "tiny", "dtype": "float32", "sources": ["mixed", "unmatched"], "n_train": 8,
+                              "n_val": 6, "trials": 12, "startup_trials": 4, "trials_per_pass": 4,
+                              "rows_per_pass": 48, "max_kl": 10.0, "survivors": 3, "max_new_tokens": 4} | kw))
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    from refusal_lab.optimize.search import optimize
+
+    root = tmp_path_factory.mktemp("optimize")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("REFUSAL_LAB_CACHE", str(root / "cache"))
+    try:
+        lm = tiny_model("qwen2")
+        pareto = optimize(lm, _config(), root / "run")
+        yield lm, root / "run", pareto
+    finally:
+        mp.undo()
+
+
+def _study(run):
+    from refusal_lab.optimize.search import open_study
+
+    return open_study(run, _config())
+
+
+def test_search_improves_on_its_first_trial_on_a_planted_objective(tmp_path, monkeypatch):
+    """With the model's scores replaced by a known function of the parameters (minimum at attention weight 1.0,
+    MLP weight 0.7, KL growing with both), TPE must find trials far better than its random first one."""
+    import refusal_lab.optimize.search as search
+
+    def planted(lm, data, ablations, rows_per_pass):
+        values = []
+        for a in ablations:
+            attn, mlp = a.meta["params"]["attn"]["max_weight"], a.meta["params"]["mlp"]["max_weight"]
+            values.append(((attn - 1.0) ** 2 + (mlp - 0.7) ** 2, 0.01 * (attn + mlp)))
+        return values
+
+    monkeypatch.setenv("REFUSAL_LAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(search, "score_pass", planted)
+    search.optimize(tiny_model("qwen2"), _config(trials=40, startup_trials=8, seed=3), tmp_path / "run")
+    trials = _study(tmp_path / "run").get_trials(states=[optuna.trial.TrialState.COMPLETE])
+    first, best = trials[0].values[0], min(t.values[0] for t in trials)
+    assert len(trials) == 40 and best < first / 4 and best < 0.01
+
+
+def test_search_writes_its_front(searched):
+    lm, run, pareto = searched
+    assert len(_study(run).get_trials(states=[optuna.trial.TrialState.COMPLETE])) == 12
+    table = pd.read_csv(run / "pareto.csv")
+    assert list(table["trial"]) == list(pareto["trial"]) and {"refusals", "kl", "attn.max_weight"} <= set(
+        table.columns)
+    # a front: sorted by refusals, KL strictly falling
+    assert list(table["refusals"]) == sorted(table["refusals"]) and table["kl"].is_monotonic_decreasing
+    seen = json.loads((run / "seen" / "optimize.json").read_text())
+    from refusal_lab.data import heldout_advbench, heldout_generic
+
+    assert not set(seen) & set(heldout_advbench().texts) | set(heldout_generic().texts) & set(seen)
+
+
+def test_search_resumes_losing_at_most_the_trials_in_flight(searched, tmp_path, monkeypatch):
+    import shutil
+
+    import refusal_lab.optimize.search as search
+
+    lm, run, _ = searched
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    real = search.score_pass
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(search, "score_pass", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        search.optimize(lm, _config(trials=20), copy)
+    states = [t.state for t in _study(copy).get_trials()]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 16  # 12 before + one pass; the pass in flight lost
+    monkeypatch.setattr(search, "score_pass", real)
+    search.optimize(lm, _config(trials=20), copy)
+    assert len(_study(copy).get_trials(states=[optuna.trial.TrialState.COMPLETE])) == 20
+
+
+def test_export_reproduces_the_trials_refusals_and_kl(searched, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from refusal_lab.evaluation.generate import generate
+    from refusal_lab.evaluation.judges import MarkerJudge
+    from refusal_lab.models import wrap_model
+    from refusal_lab.optimize.export import export_trial
+
+    lm, run, pareto = searched
+    row = pareto.iloc[0]
+    out = export_trial(tiny_model("qwen2"), run, tmp_path / "model", trial=int(row["trial"]), lora=True)
+    plain = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    edited = wrap_model(plain, lm.tokenizer, "edited")
+    harmful = [json.loads(line)["prompt"] for line in (run / "generations" / "baseline.jsonl").read_text().splitlines()]
+    from refusal_lab.data import dataset_splits
+
+    harmless = dataset_splits("mixed", n_train=8, n_val=6).val_harmless.texts
+    base = last_token_logprobs(lm, harmless)
+    kl = (base.exp() * (base - last_token_logprobs(edited, harmless))).sum(-1).mean()
+    assert float(kl) == pytest.approx(row["kl"], abs=1e-4)
+    judge = MarkerJudge()
+    refusals = sum(judge.refuses(c) for c in generate(edited, harmful, max_new_tokens=4))
+    assert refusals == row["refusals"]
+    reproduce = json.loads((out / "reproduce.json").read_text())
+    assert reproduce["trial"] == row["trial"] and reproduce["validation"]["kl"] == pytest.approx(row["kl"])
+    assert (out / "lora" / "adapter_config.json").exists()
+
+
+def test_cli_optimize_and_abliterate_as_users_run_them(tmp_path, model_dir):
+    bin_dir = Path(sys.executable).parent
+    env = {"REFUSAL_LAB_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", "PATH": str(bin_dir)}
+    config = tmp_path / "optimize.toml"
+    config.write_text('[optimize]\ndtype = "float32"\nsources = ["mixed"]\nn_train = 8\nn_val = 4\n'
+                      'startup_trials = 2\ntrials_per_pass = 2\nrows_per_pass = 16\nsurvivors = 2\n'
+                      'max_new_tokens = 3\n')
+    run = tmp_path / "run"
+    args = [str(bin_dir / "refusal-lab"), "optimize", "--model", str(model_dir), "--out", str(run),
+            "--trials", "4", "--max-kl", "100", "--config", str(config)]
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "Pareto front" in done.stdout and (run / "pareto.csv").exists()
+    out = tmp_path / "model"
+    done = subprocess.run([str(bin_dir / "refusal-lab"), "abliterate", "--run", str(run), "--out", str(out),
+                           "--max-kl", "100", "--dtype", "float32"], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert (out / "reproduce.json").exists() and (out / "config.json").exists()
+    bad = subprocess.run([str(bin_dir / "refusal-lab"), "abliterate", "--run", str(run), "--out",
+                          str(tmp_path / "m2"), "--max-kl", "0.0000001"], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert bad.returncode == 1 and "no Pareto trial" in bad.stderr and "Traceback" not in bad.stderr
