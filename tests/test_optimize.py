@@ -243,10 +243,15 @@ def test_cli_optimize_and_abliterate_as_users_run_them(tmp_path, model_dir):
                       'max_new_tokens = 3\n')
     run = tmp_path / "run"
     args = [str(bin_dir / "refusal-lab"), "optimize", "--model", str(model_dir), "--out", str(run),
-            "--trials", "4", "--max-kl", "100", "--config", str(config)]
+            "--trials", "4", "--max-kl", "100", "--config", str(config), "--heldout", "3"]
     done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "Pareto front" in done.stdout and (run / "pareto.csv").exists()
+    heldout = pd.read_csv(run / "heldout.csv")
+    pareto = pd.read_csv(run / "pareto.csv")
+    assert heldout["trial"].tolist() == ["baseline", *map(str, pareto["trial"])]
+    assert heldout.loc[0, "heldout_kl"] == pytest.approx(0, abs=1e-6) and (heldout["heldout_n"] == 3).all()
+    assert heldout["val_kl"].iloc[1:].tolist() == pytest.approx(pareto["kl"].tolist())
     out = tmp_path / "model"
     done = subprocess.run([str(bin_dir / "refusal-lab"), "abliterate", "--run", str(run), "--out", str(out),
                            "--max-kl", "100", "--dtype", "float32"], capture_output=True, text=True, env=env,

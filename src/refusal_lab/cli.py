@@ -290,6 +290,8 @@ def optimize(
     max_kl: Annotated[Optional[float], typer.Option(help="KL bound for the survivors (default 0.1)")] = None,
     time_budget: Annotated[Optional[float], typer.Option(help="minutes; stop asking trials in time to finish")] = None,
     config: Annotated[Optional[Path], typer.Option(help="OptimizeConfig as .toml or .json ([optimize] table)")] = None,
+    heldout: Annotated[int, typer.Option(help="also score the front on this many held-out requests per side "
+                                         "(RUN_DIR/heldout.csv; 0: skip)")] = 100,
 ):
     """Search abliteration parameters for a refusal × KL Pareto front on the validation split (Optuna TPE)."""
     from refusal_lab.optimize.search import OptimizeConfig, optimize as optimize_job
@@ -298,9 +300,17 @@ def optimize(
         config = out / "config.json"
     cfg = load_config_file(config, OptimizeConfig, section="optimize" if config and config.suffix == ".toml" else None,
                            model=model, trials=trials, max_kl=max_kl, time_budget_min=time_budget)
-    pareto = optimize_job(_load(cfg), cfg, out)
+    lm = _load(cfg)
+    pareto = optimize_job(lm, cfg, out)
     shown = pareto[["trial", "refusals", "n", "kl", "p_refusal", "source", "direction_scope"]]
     _print_table(shown, f"Pareto front (validation refusals × KL) → {out / 'pareto.csv'}")
+    if heldout:
+        from refusal_lab.io import write_csv
+        from refusal_lab.optimize.assess import assess_front
+
+        scores = assess_front(lm, out, heldout)
+        write_csv(scores, out / "heldout.csv")
+        _print_table(scores, f"the front on held-out requests (never seen by the search) → {out / 'heldout.csv'}")
 
 
 @app.command()

@@ -3,14 +3,15 @@
 Data (train / validation only; the held-out AdvBench and generic slices are never touched): class means of
 ``resid_pre`` at every layer and post-instruction position from the train split of each direction source
 (``mixed``, ``unmatched``, ``matched``), minus any scoring prompt; the scoring prompts are the ``mixed`` source's
-validation split, ``n_val`` per side. Every prompt used is recorded in ``RUN_DIR/seen/optimize.json``.
+validation split (``n_val`` harmful, ``n_kl`` harmless). Every prompt used is recorded in ``RUN_DIR/seen/optimize.json``.
 
 Search (Optuna, multivariate TPE with a constant liar, journal storage ``RUN_DIR/optuna.journal``, so a rerun
 resumes and an interruption loses at most the trials in flight): ``trials_per_pass`` trials are asked at once and
 scored in one batched forward over the validation prompts, each trial owning a block of batch rows
 (:func:`refusal_lab.batched.batched_scores`, shared chat-template prefix, last-position logits only). Objectives,
 both minimised: the mean first-token refusal probability ``p_R`` on harmful prompts (refusal openings "I", "As")
-and the mean first-token ``KL(p_base ‖ p_trial)`` on harmless prompts (heretic's KL).
+and the mean first-token ``KL(p_base ‖ p_trial)`` on harmless prompts (heretic's KL), with the constraint
+``KL ≤ max_kl`` (TPE samples near feasible trials rather than spending trials on edits too costly to keep).
 
 Survivors: nothing is generated during the search. Afterwards the trials on the first-token Pareto front and the
 lowest-``p_R`` trials with ``KL ≤ max_kl`` (``survivors`` of each at most) get greedy generations
@@ -54,7 +55,8 @@ class OptimizeConfig(ConfigModel):
     seed: int = 0
     sources: list[Source] = ["mixed", "unmatched", "matched"]
     n_train: int = Field(128, ge=2)
-    n_val: int = Field(32, ge=2)
+    n_val: int = Field(64, ge=2)  # harmful validation prompts scored per trial (refusals)
+    n_kl: int = Field(32, ge=2)  # harmless validation prompts scored per trial (KL)
     trials: PositiveInt = 160
     startup_trials: int = Field(32, ge=0)
     trials_per_pass: PositiveInt = 4
@@ -92,8 +94,8 @@ def prepare(lm, config: OptimizeConfig, run_dir: Path) -> SearchData:
     from refusal_lab.scoring import last_token_logprobs
 
     scoring = dataset_splits("mixed", n_train=config.n_train, n_val=config.n_val, seed=config.seed)
-    harmful, harmless = scoring.val_harmful.texts, scoring.val_harmless.texts
-    scored = set(harmful) | set(harmless)
+    harmful, harmless = scoring.val_harmful.texts, scoring.val_harmless.texts[: config.n_kl]
+    scored = set(harmful) | set(scoring.val_harmless.texts)
     train = {}
     for source in config.sources:
         splits = scoring if source == "mixed" else dataset_splits(source, n_train=config.n_train,
@@ -127,7 +129,8 @@ def open_study(run_dir: Path, config: OptimizeConfig):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = JournalStorage(JournalFileBackend(str(run_dir / "optuna.journal")))
     sampler = optuna.samplers.TPESampler(multivariate=True, constant_liar=True, seed=config.seed,
-                                         n_startup_trials=config.startup_trials)
+                                         n_startup_trials=config.startup_trials,
+                                         constraints_func=lambda trial: trial.user_attrs["constraint"])
     study = optuna.create_study(study_name="abliteration", storage=storage, sampler=sampler,
                                 directions=["minimize", "minimize"], load_if_exists=True)
     for trial in study.get_trials(states=[optuna.trial.TrialState.RUNNING]):
@@ -165,11 +168,13 @@ def search(lm, data: SearchData, study, config: OptimizeConfig, deadline: float 
             values = score_pass(lm, data, [data.ablation(lm, p) for p in params], config.rows_per_pass)
             for trial, p, value in zip(trials, params, values):
                 trial.set_user_attr("params", json.loads(p.model_dump_json()))
+                trial.set_user_attr("constraint", [value[1] - config.max_kl])  # feasible: KL ≤ max_kl
                 study.tell(trial, list(value))
             best = min((v for v in values if v[1] <= config.max_kl), default=None)
-            progress.update(task, completed=complete(),
-                            description=f"searching (pass best p_R {best[0]:.3f} @ KL {best[1]:.3f})" if best
-                            else "searching")
+            note = f"searching (pass best p_R {best[0]:.3f} @ KL {best[1]:.3f})" if best else "searching"
+            progress.update(task, completed=complete(), description=note)
+            if not progress.console.is_terminal:  # a log file gets one line per pass instead of a bar
+                log(f"{complete()}/{config.trials} trials, {progress.tasks[0].elapsed:.0f} s; {note}")
 
 
 def front(frame: pd.DataFrame, x: str, y: str) -> pd.DataFrame:

@@ -1,0 +1,69 @@
+"""Held-out scores of an ``optimize`` run's trials, beside the validation scores the search chose them by.
+
+Harmful: the fixed held-out AdvBench slice; harmless: the fixed held-out generic requests
+(:mod:`refusal_lab.data.sources`); both checked against every prompt the search saw (``RUN_DIR/seen``). Refusals:
+greedy completions of ``max_new_tokens`` judged by the run's judge (heretic's markers by default); KL: mean
+first-token ``KL(p_base ‖ p_trial)`` on the harmless requests, as in the search.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from refusal_lab.evaluation.heldout import require_unseen
+from refusal_lab.optimize.edit import Abliteration
+from refusal_lab.optimize.export import trial_ablation
+from refusal_lab.optimize.search import OptimizeConfig
+
+
+def heldout_prompts(run_dir: Path, n: int) -> tuple[list[str], list[str]]:
+    """The first ``n`` held-out harmful and harmless requests, none of them seen by the run's search."""
+    from refusal_lab.data import heldout_advbench, heldout_generic
+    from refusal_lab.data.prompts import text_key
+
+    seen = {text_key(t) for path in (run_dir / "seen").glob("*.json") for t in json.loads(path.read_text())}
+    harmful, harmless = heldout_advbench().texts[:n], heldout_generic().texts[:n]
+    require_unseen(harmful, seen, "held-out harmful requests")
+    require_unseen(harmless, seen, "held-out harmless requests")
+    return harmful, harmless
+
+
+def heldout_scores(lm, ablation: Abliteration | None, harmful: list[str], harmless: list[str], base_logprobs,
+                   config: OptimizeConfig, judge) -> dict:
+    """``{"refusals", "n", "kl"}`` of one edit (None: the unmodified model) on the held-out requests."""
+    from refusal_lab.evaluation.generate import generate
+    from refusal_lab.scoring import kl_divergence, last_token_logprobs
+
+    interventions = ablation.interventions() if ablation is not None else []
+    completions = generate(lm, harmful, interventions, config.max_new_tokens, config.rows_per_pass // 2,
+                           description="held-out generations")
+    kl = kl_divergence(base_logprobs, last_token_logprobs(lm, harmless, interventions, config.rows_per_pass))
+    return {"refusals": sum(judge.refuses(c) for c in completions), "n": len(harmful), "kl": float(kl.mean())}
+
+
+def assess_front(lm, run_dir: str | Path, n: int = 100, trials: list[int] | None = None) -> pd.DataFrame:
+    """The Pareto trials (or ``trials``) with their validation and held-out refusals and KL; first row: baseline."""
+    from refusal_lab.evaluation.judges import make_judge
+    from refusal_lab.scoring import last_token_logprobs
+
+    run_dir = Path(run_dir)
+    config = OptimizeConfig.model_validate(json.loads((run_dir / "config.json").read_text()))
+    judge = make_judge(config.judge)
+    pareto = pd.read_csv(run_dir / "pareto.csv")
+    trials = trials if trials is not None else pareto["trial"].tolist()
+    harmful, harmless = heldout_prompts(run_dir, n)
+    base = last_token_logprobs(lm, harmless, batch_size=config.rows_per_pass)
+    search = json.loads((run_dir / "search.json").read_text())
+    rows = [{"trial": "baseline", "val_refusals": search["baseline_refusals"], "val_n": search["n"], "val_kl": 0.0,
+             **{f"heldout_{k}": v for k, v in heldout_scores(lm, None, harmful, harmless, base, config,
+                                                             judge).items()}}]
+    for trial in trials:
+        scored = pareto[pareto["trial"] == trial]
+        validation = scored.iloc[0] if not scored.empty else {"refusals": None, "n": None, "kl": None}
+        held = heldout_scores(lm, trial_ablation(lm, run_dir, trial), harmful, harmless, base, config, judge)
+        rows.append({"trial": str(trial), "val_refusals": validation["refusals"], "val_n": validation["n"],
+                     "val_kl": validation["kl"], **{f"heldout_{k}": v for k, v in held.items()}})
+    return pd.DataFrame(rows)
