@@ -50,6 +50,8 @@ bench: $(STAMP) models
 	$(PY) benchmarks/judge_agreement.py $(Q)
 	$(PY) benchmarks/bench_generation.py --model $(SMALL) $(Q)
 	$(PY) benchmarks/bench_capability.py $(Q)
+	$(PY) benchmarks/bench_optimize.py --model $(SMALL) --out runs/bench-optimize-0.5b $(Q)
+	$(PY) benchmarks/bench_optimize.py --model $(LARGE) --out runs/bench-optimize-1.5b $(Q)
 ifdef RUN
 	$(PY) benchmarks/bench_pipeline.py run --run $(RUN)
 	$(PY) benchmarks/check_abliterated.py --run $(RUN)

@@ -165,9 +165,15 @@ def test_search_improves_on_its_first_trial_on_a_planted_objective(tmp_path, mon
     assert len(trials) == 40 and best < first / 4 and best < 0.01
 
 
-def test_search_writes_its_front(searched):
+def test_search_writes_its_front_and_starts_from_full_ablations(searched):
     lm, run, pareto = searched
-    assert len(_study(run).get_trials(states=[optuna.trial.TrialState.COMPLETE])) == 12
+    trials = _study(run).get_trials(states=[optuna.trial.TrialState.COMPLETE])
+    assert len(trials) == 12
+    last = lm.n_layers - 1
+    for trial, fraction in zip(trials[:4], (0.4, 0.5, 0.6, 0.7)):  # the warm starts: weight 1 at every writer
+        assert trial.params["direction_index"] == pytest.approx(fraction * last)
+        params = AbliterationParams.model_validate(trial.user_attrs["params"])
+        assert all(torch.equal(w, torch.ones(lm.n_layers)) for w in params.weights(lm.n_layers).values())
     table = pd.read_csv(run / "pareto.csv")
     assert list(table["trial"]) == list(pareto["trial"]) and {"refusals", "kl", "attn.max_weight"} <= set(
         table.columns)

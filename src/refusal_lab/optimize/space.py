@@ -106,3 +106,16 @@ def suggest(trial, n_layers: int, sources: list[str], positions: list[int]) -> A
         direction_index=trial.suggest_float("direction_index", 0.2 * last, 0.95 * last),
         orthogonalize=trial.suggest_categorical("orthogonalize", [False, True]),
         **kernels)
+
+
+def warm_starts(n_layers: int, sources: list[str], count: int) -> list[dict]:
+    """``count`` trial parameter sets (names as :func:`suggest` samples them) to enqueue before the search: Arditi
+    et al.'s edit, every writer ablated at full weight (uniform kernel) with one global direction, at direction
+    indices spread over ``[0.4 L', 0.7 L']`` of the first source; the search starts from the known edit."""
+    last = n_layers - 1
+    uniform = {"max_weight": 1.0, "max_weight_position": 0.5 * last, "min_weight_fraction": 1.0,
+               "min_weight_distance": max(1.0, 0.8 * last)}
+    spread = [0.4 + 0.3 * i / max(count - 1, 1) for i in range(count)]
+    return [{"source": sources[0], "position": -1, "direction_scope": "global", "direction_index": f * last,
+             "orthogonalize": False, **{f"{c}.{k}": v for c in COMPONENTS for k, v in uniform.items()}}
+            for f in spread]

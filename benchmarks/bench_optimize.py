@@ -1,0 +1,137 @@
+"""refusal-lab optimize against heretic 1.4.0: fronts, wall time and peak memory, side by side.
+
+    python benchmarks/bench_optimize.py --model qwen2.5-coder-0.5b-instruct --out runs/bench-opt05
+    python benchmarks/bench_optimize.py ... --heretic-venv /path/to/venv   # also heretic (pip install heretic-llm==1.4.0)
+
+refusal-lab: ``refusal-lab optimize --heldout 100`` as a subprocess (its default search; wall time and peak RSS of
+the whole command, the held-out scoring reported apart). heretic, when asked: run in its own virtual environment on
+the same converted model directory with the same prompts (its direction prompts = the search's train prompts of
+the ``mixed`` source, its evaluation prompts = the same validation prompts: 64 harmful, 32 harmless), the same
+judge (its own markers, which refusal-lab's ``markers`` judge copies), 24 new tokens and the same first-token KL;
+its front is read from its Optuna journal. Both fronts are validation figures; refusal-lab's held-out front is
+printed beside its validation one. The held-out requests are never seen by either search.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+from _common import Report, add_run_args, readme_figures, setup
+
+README = {
+    "qwen2.5-coder-0.5b-instruct": {"refusal-lab": "see README, 'Automatic abliteration'"},
+}
+
+
+def run_measured(args: list[str], **kwargs) -> tuple[float, float]:
+    """Run ``args``; its wall seconds and peak RSS in GB (that child's own, from ``wait4``)."""
+    start = time.perf_counter()
+    child = subprocess.Popen(args, **kwargs)
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    return time.perf_counter() - start, usage.ru_maxrss / 1024**2
+
+
+def run_refusal_lab(model: str, out: Path, trials: int | None, heldout: int) -> tuple[float, float]:
+    cli = shutil.which("refusal-lab", path=str(Path(sys.executable).parent)) or "refusal-lab"
+    args = [cli, "optimize", "--model", model, "--out", str(out), "--heldout", str(heldout)]
+    if trials:
+        args += ["--trials", str(trials)]
+    return run_measured(args)
+
+
+def heretic_config(run: Path, model_dir: str, work: Path, trials: int) -> Path:
+    """heretic's config.toml with refusal-lab's prompts written as text files (one prompt a line)."""
+    from refusal_lab.data import dataset_splits
+    from refusal_lab.optimize.search import OptimizeConfig
+
+    config = OptimizeConfig.model_validate(json.loads((run / "config.json").read_text()))
+    splits = dataset_splits("mixed", n_train=config.n_train, n_val=config.n_val, seed=config.seed)
+    files = {"good": splits.train_harmless.texts, "bad": splits.train_harmful.texts,
+             "good_eval": splits.val_harmless.texts[: config.n_kl], "bad_eval": splits.val_harmful.texts}
+    work.mkdir(parents=True, exist_ok=True)
+    for name, texts in files.items():
+        (work / f"{name}.txt").write_text("".join(" ".join(t.split()) + "\n" for t in texts))
+    toml = [f'model = "{model_dir}"', f"n_trials = {trials}", f"max_response_length = {config.max_new_tokens}",
+            'export_strategy = "merge"', f'study_checkpoint_dir = "{work / "checkpoints"}"']
+    for key, name in (("good_prompts", "good"), ("bad_prompts", "bad"), ("good_evaluation_prompts", "good_eval"),
+                      ("bad_evaluation_prompts", "bad_eval")):
+        toml += [f"[{key}]", f'dataset = "{work / (name + ".txt")}"']
+    path = work / "config.toml"
+    path.write_text("\n".join(toml) + "\n")
+    return path
+
+
+def run_heretic(venv: Path, run: Path, model_dir: str, work: Path, trials: int) -> tuple[pd.DataFrame, float, float]:
+    """heretic's validation front (refusals, KL) from its journal, its wall time and peak RSS (the menu it opens
+    after the search gets no input and ends it)."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    heretic_config(run, model_dir, work, trials)
+    seconds, rss = run_measured([str(venv / "bin" / "heretic")], cwd=work, stdin=subprocess.DEVNULL,
+                                env={"HF_HUB_OFFLINE": "1", "PATH": str(venv / "bin")})
+    (journal,) = (work / "checkpoints").glob("*.jsonl") or (work / "checkpoints").glob("*")
+    study = optuna.load_study(study_name="heretic", storage=JournalStorage(JournalFileBackend(str(journal))))
+    rows = [{"trial": t.number, "refusals": t.user_attrs["refusals"], "kl": t.user_attrs["kl_divergence"]}
+            for t in study.get_trials(states=[optuna.trial.TrialState.COMPLETE])]
+    from refusal_lab.optimize.search import front
+
+    return front(pd.DataFrame(rows), "refusals", "kl"), seconds, rss
+
+
+def describe(frame: pd.DataFrame, refusals: str, n: int | str, kl: str, max_kl: float) -> str:
+    within = frame[frame[kl] <= max_kl].sort_values([refusals, kl])
+    points = " · ".join(f"{int(r[refusals])} @ {r[kl]:.3f}" for _, r in within.head(4).iterrows())
+    return f"{points or 'none'} (of {n})"
+
+
+def main() -> None:
+    parser = add_run_args(argparse.ArgumentParser(description=__doc__,
+                                                  formatter_class=argparse.RawDescriptionHelpFormatter))
+    parser.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
+    parser.add_argument("--out", type=Path, required=True, help="refusal-lab's run directory (resumable)")
+    parser.add_argument("--trials", type=int, help="refusal-lab trials (default: its default)")
+    parser.add_argument("--heldout", type=int, default=100)
+    parser.add_argument("--max-kl", type=float, default=0.1)
+    parser.add_argument("--heretic-venv", type=Path, help="a venv with heretic-llm==1.4.0: also run heretic")
+    parser.add_argument("--heretic-trials", type=int, default=200)
+    args = parser.parse_args()
+    setup(args)
+    if args.quick:
+        args.trials, args.heldout, args.heretic_trials = 8, 8, 4
+    seconds, rss = run_refusal_lab(args.model, args.out, args.trials, args.heldout)
+    pareto, heldout = pd.read_csv(args.out / "pareto.csv"), pd.read_csv(args.out / "heldout.csv")
+    search = json.loads((args.out / "search.json").read_text())
+    readme = readme_figures(README, args.model)
+    report = Report(f"abliteration search on {args.model}: refusals @ KL ≤ {args.max_kl} (best four)",
+                    ("validation front", "held-out front", "wall", "peak RSS"))
+    trials = heldout.iloc[1:].assign(heldout_kl=lambda f: f["heldout_kl"].astype(float))
+    report.add("refusal-lab optimize", describe(pareto, "refusals", search["n"], "kl", args.max_kl),
+               describe(trials, "heldout_refusals", int(heldout.iloc[0]["heldout_n"]), "heldout_kl", args.max_kl),
+               f"{seconds / 60:.1f} min ({search['seconds'] / 60:.1f} search)", f"{rss:.1f} GB",
+               readme=readme.get("refusal-lab"))
+    report.add("baseline (no edit)", f"{search['baseline_refusals']} (of {search['n']})",
+               f"{int(heldout.iloc[0]['heldout_refusals'])} (of {int(heldout.iloc[0]['heldout_n'])})", "", "")
+    if args.heretic_venv:
+        from refusal_lab.models.load import resolve_model_dir
+
+        _, model_dir = resolve_model_dir(args.model)
+        front_h, seconds_h, rss_h = run_heretic(args.heretic_venv, args.out, model_dir, args.out / "heretic",
+                                                args.heretic_trials)
+        report.add("heretic 1.4.0", describe(front_h, "refusals", search["n"], "kl", args.max_kl), "—",
+                   f"{seconds_h / 60:.1f} min", f"{rss_h:.1f} GB", readme=readme.get("heretic"))
+    report.print()
+
+
+if __name__ == "__main__":
+    main()
