@@ -268,3 +268,9 @@ def test_cli_optimize_and_abliterate_as_users_run_them(tmp_path, model_dir):
                           str(tmp_path / "m2"), "--max-kl", "0.0000001"], capture_output=True, text=True, env=env,
                          timeout=600)
     assert bad.returncode == 1 and "no Pareto trial" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_trials_carry_the_kl_constraint(searched):
+    lm, run, _ = searched
+    for trial in _study(run).get_trials(states=[optuna.trial.TrialState.COMPLETE]):
+        assert trial.constraints == {"kl": pytest.approx(trial.values[1] - 10.0)}  # max_kl 10 in _config

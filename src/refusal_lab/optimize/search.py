@@ -25,6 +25,7 @@ survivors' Pareto front on (refusals, KL) with every parameter.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,7 @@ from refusal_lab.models.bundled import DEFAULT_MODEL
 from refusal_lab.optimize.edit import Abliteration
 from refusal_lab.optimize.space import AbliterationParams, suggest, warm_starts
 
-log = Console(stderr=True).log
+log = Console(stderr=True, width=None if sys.stderr.isatty() else 150).log
 Source = Literal["mixed", "unmatched", "matched"]
 UNTRACKED = ("trials", "time_budget_min", "survivors")  # settings a resumed search may change
 
@@ -132,8 +133,7 @@ def open_study(run_dir: Path, config: OptimizeConfig):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = JournalStorage(JournalFileBackend(str(run_dir / "optuna.journal")))
     sampler = optuna.samplers.TPESampler(multivariate=True, constant_liar=True, seed=config.seed,
-                                         n_startup_trials=config.startup_trials,
-                                         constraints_func=lambda trial: trial.user_attrs["constraint"])
+                                         n_startup_trials=config.startup_trials)
     study = optuna.create_study(study_name="abliteration", storage=storage, sampler=sampler,
                                 directions=["minimize", "minimize"], load_if_exists=True)
     for trial in study.get_trials(states=[optuna.trial.TrialState.RUNNING]):
@@ -171,7 +171,7 @@ def search(lm, data: SearchData, study, config: OptimizeConfig, deadline: float 
             values = score_pass(lm, data, [data.ablation(lm, p) for p in params], config.rows_per_pass)
             for trial, p, value in zip(trials, params, values):
                 trial.set_user_attr("params", json.loads(p.model_dump_json()))
-                trial.set_user_attr("constraint", [value[1] - config.max_kl])  # feasible: KL ≤ max_kl
+                trial.set_constraint("kl", value[1] - config.max_kl)  # feasible: KL ≤ max_kl
                 study.tell(trial, list(value))
             best = min((v for v in values if v[1] <= config.max_kl), default=None)
             note = f"searching (pass best p_R {best[0]:.3f} @ KL {best[1]:.3f})" if best else "searching"
