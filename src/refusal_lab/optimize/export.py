@@ -42,7 +42,7 @@ def trial_ablation(lm, run_dir: Path, trial: int) -> Abliteration:
     stored = load_file(str(run_dir / "means.safetensors"))
     means = {s: (stored[f"{s}.harmful"], stored[f"{s}.harmless"]) for s in config.sources}
     data_hash = bytes(stored["data_hash"].tolist()).decode()
-    data = SearchData([], [], torch.empty(0), means, data_hash)
+    data = SearchData([], [], [], torch.empty(0), means, data_hash)
     return data.ablation(lm, trial_params(found[0]), trial=trial)
 
 

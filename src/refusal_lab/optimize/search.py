@@ -3,7 +3,8 @@
 Data (train / validation only; the held-out AdvBench and generic slices are never touched): class means of
 ``resid_pre`` at every layer and post-instruction position from the train split of each direction source
 (``mixed``, ``unmatched``, ``matched``), minus any scoring prompt; the scoring prompts are the ``mixed`` source's
-validation split (``n_val`` harmful, ``n_kl`` harmless). Every prompt used is recorded in ``RUN_DIR/seen/optimize.json``.
+validation split (``n_val`` harmful for the survivors' generations, the first ``n_score`` of them for the
+first-token scores of every trial, ``n_kl`` harmless). Every prompt used is recorded in ``RUN_DIR/seen/optimize.json``.
 
 Search (Optuna, multivariate TPE with a constant liar, journal storage ``RUN_DIR/optuna.journal``, so a rerun
 resumes and an interruption loses at most the trials in flight): ``trials_per_pass`` trials are asked at once and
@@ -12,8 +13,9 @@ scored in one batched forward over the validation prompts, each trial owning a b
 both minimised: the mean first-token refusal probability ``p_R`` on harmful prompts (refusal openings "I", "As")
 and the mean first-token ``KL(p_base ‖ p_trial)`` on harmless prompts (heretic's KL), with the constraint
 ``KL ≤ max_kl`` (TPE samples near feasible trials rather than spending trials on edits too costly to keep). The
-first ``warm_starts`` trials are Arditi et al.'s edit (full ablation at every writer, one direction, at a few
-layers; :func:`~refusal_lab.optimize.space.warm_starts`), so the search starts from the known edit, not at random.
+first trials are Arditi et al.'s edit (full ablation at every writer, one direction, at ``warm_starts`` layers ×
+every post-instruction position; :func:`~refusal_lab.optimize.space.warm_starts`), so the search starts from the
+known edit, not at random.
 
 Survivors: nothing is generated during the search. Afterwards the trials on the first-token Pareto front and the
 lowest-``p_R`` trials with ``KL ≤ max_kl`` (``survivors`` of each at most) get greedy generations
@@ -58,15 +60,16 @@ class OptimizeConfig(ConfigModel):
     seed: int = 0
     sources: list[Source] = ["mixed", "unmatched", "matched"]
     n_train: int = Field(128, ge=2)
-    n_val: int = Field(64, ge=2)  # harmful validation prompts scored per trial (refusals)
-    n_kl: int = Field(32, ge=2)  # harmless validation prompts scored per trial (KL)
+    n_val: int = Field(64, ge=2)  # harmful validation prompts the survivors generate for (refusals)
+    n_score: int = Field(32, ge=2)  # of those, scored by first token in every trial
+    n_kl: int = Field(32, ge=2)  # harmless validation prompts scored in every trial (KL)
     trials: PositiveInt = 160
     startup_trials: int = Field(32, ge=0)
     trials_per_pass: PositiveInt = 4
     rows_per_pass: PositiveInt = 64
     max_kl: float = Field(0.1, gt=0)
     survivors: PositiveInt = 8
-    warm_starts: int = Field(4, ge=0)  # Arditi-style full ablations enqueued first (space.warm_starts)
+    warm_starts: int = Field(2, ge=0)  # direction indices × positions of full ablations enqueued first
     max_new_tokens: PositiveInt = 24
     judge: str = "markers"
     time_budget_min: float | None = Field(None, gt=0)
@@ -74,9 +77,11 @@ class OptimizeConfig(ConfigModel):
 
 @dataclass
 class SearchData:
-    """Scoring prompts, their baseline next-token log-probs, and each source's class means ``[L, P, d]``."""
+    """Validation prompts, the baseline next-token log-probs of those scored in every trial
+    (``scored + harmless``), and each source's class means ``[L, P, d]``."""
 
     harmful: list[str]
+    scored: list[str]
     harmless: list[str]
     base_logprobs: torch.Tensor
     means: dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -120,8 +125,9 @@ def prepare(lm, config: OptimizeConfig, run_dir: Path) -> SearchData:
         with atomic_path(path) as tmp:
             save_file(stored, str(tmp))
     means = {s: (stored[f"{s}.harmful"], stored[f"{s}.harmless"]) for s in config.sources}
-    base = last_token_logprobs(lm, harmful + harmless, batch_size=config.rows_per_pass)
-    return SearchData(harmful, harmless, base, means, data_hash)
+    scored_harmful = harmful[: config.n_score]
+    base = last_token_logprobs(lm, scored_harmful + harmless, batch_size=config.rows_per_pass)
+    return SearchData(harmful, scored_harmful, harmless, base, means, data_hash)
 
 
 def open_study(run_dir: Path, config: OptimizeConfig):
@@ -145,9 +151,9 @@ def score_pass(lm, data: SearchData, ablations: list[Abliteration], rows_per_pas
     """(mean first-token refusal probability on harmful, mean first-token KL on harmless) per ablation."""
     from refusal_lab.batched import batched_scores
 
-    scores, kl = batched_scores(lm, data.harmful + data.harmless, [a.interventions(dense=True) for a in ablations],
+    scores, kl = batched_scores(lm, data.scored + data.harmless, [a.interventions(dense=True) for a in ablations],
                                 data.base_logprobs, rows_per_pass)
-    n = len(data.harmful)
+    n = len(data.scored)
     return [(float(torch.sigmoid(s[:n]).mean()), float(k[n:].mean())) for s, k in zip(scores, kl)]
 
 
@@ -251,7 +257,8 @@ def optimize(lm, config: OptimizeConfig, run_dir: str | Path) -> pd.DataFrame:
     log(f"baseline: {baseline}/{len(data.harmful)} validation refusals ({config.judge})")
     study = open_study(run_dir, config)
     if not study.trials:
-        for params in warm_starts(lm.n_layers, list(config.sources), config.warm_starts):
+        positions = list(range(-lm.n_post_instruction, 0))
+        for params in warm_starts(lm.n_layers, list(config.sources), positions, config.warm_starts):
             study.enqueue_trial(params)
     deadline = None
     if config.time_budget_min is not None:  # leave time for the survivors' generations
