@@ -61,7 +61,7 @@ class OptimizeConfig(ConfigModel):
     sources: list[Source] = ["mixed", "unmatched", "matched"]
     n_train: int = Field(128, ge=2)
     n_val: int = Field(64, ge=2)  # harmful validation prompts the survivors generate for (refusals)
-    n_score: int = Field(32, ge=2)  # of those, scored by first token in every trial
+    n_score: int = Field(64, ge=2)  # of those, scored by first token in every trial
     n_kl: int = Field(32, ge=2)  # harmless validation prompts scored in every trial (KL)
     trials: PositiveInt = 160
     startup_trials: int = Field(32, ge=0)
