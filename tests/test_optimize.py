@@ -165,17 +165,9 @@ def test_search_improves_on_its_first_trial_on_a_planted_objective(tmp_path, mon
     assert len(trials) == 40 and best < first / 4 and best < 0.01
 
 
-def test_search_writes_its_front_and_starts_from_full_ablations(searched):
+def test_search_writes_its_front(searched):
     lm, run, pareto = searched
-    trials = _study(run).get_trials(states=[optuna.trial.TrialState.COMPLETE])
-    assert len(trials) == 12
-    last, positions = lm.n_layers - 1, list(range(-lm.n_post_instruction, 0))
-    warm = [(f, p) for f in (0.4, 0.7) for p in positions]  # the warm starts: weight 1 at every writer
-    for trial, (fraction, position) in zip(trials, warm):
-        assert trial.params["direction_index"] == pytest.approx(fraction * last)
-        assert trial.params["position"] == position
-        params = AbliterationParams.model_validate(trial.user_attrs["params"])
-        assert all(torch.equal(w, torch.ones(lm.n_layers)) for w in params.weights(lm.n_layers).values())
+    assert len(_study(run).get_trials(states=[optuna.trial.TrialState.COMPLETE])) == 12
 
 
 def test_search_resumes_losing_at_most_the_trials_in_flight(searched, tmp_path, monkeypatch):

@@ -12,10 +12,7 @@ scored in one batched forward over the validation prompts, each trial owning a b
 (:func:`refusal_lab.batched.batched_scores`, shared chat-template prefix, last-position logits only). Objectives,
 both minimised: the mean first-token refusal probability ``p_R`` on harmful prompts (refusal openings "I", "As")
 and the mean first-token ``KL(p_base ‖ p_trial)`` on harmless prompts (heretic's KL), with the constraint
-``KL ≤ max_kl`` (TPE samples near feasible trials rather than spending trials on edits too costly to keep). The
-first trials are Arditi et al.'s edit (full ablation at every writer, one direction, at ``warm_starts`` layers ×
-every post-instruction position; :func:`~refusal_lab.optimize.space.warm_starts`), so the search starts from the
-known edit, not at random.
+``KL ≤ max_kl`` (TPE samples near feasible trials rather than spending trials on edits too costly to keep).
 
 Survivors: nothing is generated during the search. Afterwards the trials on the first-token Pareto front and the
 lowest-``p_R`` trials with ``KL ≤ max_kl`` (``survivors`` of each at most) get greedy generations
@@ -45,7 +42,7 @@ from refusal_lab.errors import RefusalLabError
 from refusal_lab.io import atomic_path, write_csv, write_json, write_jsonl
 from refusal_lab.models.bundled import DEFAULT_MODEL
 from refusal_lab.optimize.edit import Abliteration
-from refusal_lab.optimize.space import AbliterationParams, suggest, warm_starts
+from refusal_lab.optimize.space import AbliterationParams, suggest
 
 log = Console(stderr=True, width=None if sys.stderr.isatty() else 150).log
 Source = Literal["mixed", "unmatched", "matched"]
@@ -69,7 +66,6 @@ class OptimizeConfig(ConfigModel):
     rows_per_pass: PositiveInt = 64
     max_kl: float = Field(0.1, gt=0)
     survivors: PositiveInt = 8
-    warm_starts: int = Field(2, ge=0)  # direction indices × positions of full ablations enqueued first
     max_new_tokens: PositiveInt = 24
     judge: str = "markers"
     time_budget_min: float | None = Field(None, gt=0)
@@ -256,10 +252,6 @@ def optimize(lm, config: OptimizeConfig, run_dir: str | Path) -> pd.DataFrame:
         write_json(timing, time.monotonic() - began)
     log(f"baseline: {baseline}/{len(data.harmful)} validation refusals ({config.judge})")
     study = open_study(run_dir, config)
-    if not study.trials:
-        positions = list(range(-lm.n_post_instruction, 0))
-        for params in warm_starts(lm.n_layers, list(config.sources), positions, config.warm_starts):
-            study.enqueue_trial(params)
     deadline = None
     if config.time_budget_min is not None:  # leave time for the survivors' generations
         per_generation = json.loads(timing.read_text())

@@ -107,16 +107,3 @@ def suggest(trial, n_layers: int, sources: list[str], positions: list[int]) -> A
         orthogonalize=trial.suggest_categorical("orthogonalize", [False, True]),
         **kernels)
 
-
-def warm_starts(n_layers: int, sources: list[str], positions: list[int], count: int) -> list[dict]:
-    """Trial parameter sets (names as :func:`suggest` samples them) to enqueue before the search: Arditi et al.'s
-    edit, every writer ablated at full weight (uniform kernel) with one global direction of the first source, at
-    ``count`` direction indices spread over ``[0.4 L', 0.7 L']`` at every post-instruction position (Arditi's
-    selection picks among both), so the search starts from the known edit."""
-    last = n_layers - 1
-    uniform = {"max_weight": 1.0, "max_weight_position": 0.5 * last, "min_weight_fraction": 1.0,
-               "min_weight_distance": max(1.0, 0.8 * last)}
-    spread = [0.4 + 0.3 * i / max(count - 1, 1) for i in range(count)]
-    return [{"source": sources[0], "position": position, "direction_scope": "global", "direction_index": f * last,
-             "orthogonalize": False, **{f"{c}.{k}": v for c in COMPONENTS for k, v in uniform.items()}}
-            for f in spread for position in positions]
