@@ -3,7 +3,7 @@
     python benchmarks/bench_optimize.py --model qwen2.5-coder-0.5b-instruct --out runs/bench-opt05
     python benchmarks/bench_optimize.py ... --heretic-venv /path/to/venv   # also heretic (pip install heretic-llm==1.4.0)
 
-refusal-lab: ``refusal-lab optimize --heldout 100`` as a subprocess (its default search; wall time and peak RSS of
+refusal-lab: ``refusal-lab optimize --heldout 100 --time-budget 14`` as a subprocess (its default search; wall time and peak RSS of
 the whole command, the held-out scoring reported apart). heretic, when asked: run in its own virtual environment on
 the same converted model directory with the same prompts (its direction prompts = the search's train prompts of
 the ``mixed`` source, its evaluation prompts = the same validation prompts: 64 harmful, 32 harmless), the same
@@ -40,9 +40,10 @@ def run_measured(args: list[str], **kwargs) -> tuple[float, float]:
     return time.perf_counter() - start, usage.ru_maxrss / 1024**2
 
 
-def run_refusal_lab(model: str, out: Path, trials: int | None, heldout: int) -> tuple[float, float]:
+def run_refusal_lab(model: str, out: Path, trials: int | None, heldout: int, budget: float) -> tuple[float, float]:
     cli = shutil.which("refusal-lab", path=str(Path(sys.executable).parent)) or "refusal-lab"
-    args = [cli, "optimize", "--model", model, "--out", str(out), "--heldout", str(heldout)]
+    args = [cli, "optimize", "--model", model, "--out", str(out), "--heldout", str(heldout),
+            "--time-budget", str(budget)]
     if trials:
         args += ["--trials", str(trials)]
     return run_measured(args)
@@ -102,6 +103,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="refusal-lab's run directory (resumable)")
     parser.add_argument("--trials", type=int, help="refusal-lab trials (default: its default)")
     parser.add_argument("--heldout", type=int, default=100)
+    parser.add_argument("--time-budget", type=float, default=14.0, help="minutes (the issue's bar)")
     parser.add_argument("--max-kl", type=float, default=0.1)
     parser.add_argument("--heretic-venv", type=Path, help="a venv with heretic-llm==1.4.0: also run heretic")
     parser.add_argument("--heretic-trials", type=int, default=200)
@@ -109,7 +111,7 @@ def main() -> None:
     setup(args)
     if args.quick:
         args.trials, args.heldout, args.heretic_trials = 8, 8, 4
-    seconds, rss = run_refusal_lab(args.model, args.out, args.trials, args.heldout)
+    seconds, rss = run_refusal_lab(args.model, args.out, args.trials, args.heldout, args.time_budget)
     pareto, heldout = pd.read_csv(args.out / "pareto.csv"), pd.read_csv(args.out / "heldout.csv")
     search = json.loads((args.out / "search.json").read_text())
     readme = readme_figures(README, args.model)
