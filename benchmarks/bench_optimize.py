@@ -78,10 +78,14 @@ def run_heretic(venv: Path, run: Path, model_dir: str, work: Path, trials: int) 
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
+    work = work.resolve()  # heretic runs in work/ and reads the prompt files by these paths
     heretic_config(run, model_dir, work, trials)
     seconds, rss = run_measured([str(venv / "bin" / "heretic")], cwd=work, stdin=subprocess.DEVNULL,
                                 env={"HF_HUB_OFFLINE": "1", "PATH": str(venv / "bin")})
-    (journal,) = (work / "checkpoints").glob("*.jsonl") or (work / "checkpoints").glob("*")
+    journals = sorted((work / "checkpoints").glob("*.jsonl")) if (work / "checkpoints").is_dir() else []
+    if not journals:
+        raise SystemExit(f"heretic wrote no study journal under {work / 'checkpoints'}; see its output above")
+    journal = journals[0]
     study = optuna.load_study(study_name="heretic", storage=JournalStorage(JournalFileBackend(str(journal))))
     rows = [{"trial": t.number, "refusals": t.user_attrs["refusals"], "kl": t.user_attrs["kl_divergence"]}
             for t in study.get_trials(states=[optuna.trial.TrialState.COMPLETE])]
