@@ -259,3 +259,16 @@ def test_trials_carry_the_kl_constraint(searched):
     lm, run, _ = searched
     for trial in _study(run).get_trials(states=[optuna.trial.TrialState.COMPLETE]):
         assert trial.constraints == {"kl": pytest.approx(trial.values[1] - 10.0)}  # max_kl 10 in _config
+
+
+def test_the_heldout_rule_guards_an_optimize_run(tmp_path):
+    from refusal_lab.comparison import eval_prompts
+    from refusal_lab.data import heldout_advbench
+    from refusal_lab.errors import RefusalLabError
+    from refusal_lab.evaluation.heldout import record_seen
+
+    harmful, harmless = eval_prompts(None, "generic", 5, tmp_path)  # a run with no splits and nothing seen yet
+    assert len(harmful) == len(harmless) == 5
+    record_seen(tmp_path, "optimize", [heldout_advbench().texts[2]])
+    with pytest.raises(RefusalLabError, match="1 of the 5 harmful evaluation prompts"):
+        eval_prompts(None, "generic", 5, tmp_path)

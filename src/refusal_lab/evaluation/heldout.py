@@ -18,10 +18,12 @@ from refusal_lab.errors import RefusalLabError
 from refusal_lab.io import write_json
 
 
-def seen_prompts(splits: Splits, run_dir: str | Path | None = None) -> set[str]:
-    """Normalised texts of every prompt that extraction, selection or a search used."""
-    seen = {text_key(p.text) for name in ("train_harmful", "train_harmless", "val_harmful", "val_harmless")
-            for p in getattr(splits, name)}
+def seen_prompts(splits: Splits | None, run_dir: str | Path | None = None) -> set[str]:
+    """Normalised texts of every prompt that extraction, selection or a search used (``splits`` None: a run with no
+    splits, such as an ``optimize`` run, whose searches list everything they saw in ``RUN_DIR/seen``)."""
+    seen = set() if splits is None else {text_key(p.text) for name in ("train_harmful", "train_harmless",
+                                                                        "val_harmful", "val_harmless")
+                                         for p in getattr(splits, name)}
     if run_dir is not None:
         for path in sorted((Path(run_dir) / "seen").glob("*.json")):
             seen |= {text_key(text) for text in json.loads(path.read_text())}

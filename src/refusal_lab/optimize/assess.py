@@ -1,7 +1,8 @@
 """Held-out scores of an ``optimize`` run's trials, beside the validation scores the search chose them by.
 
 Harmful: the fixed held-out AdvBench slice; harmless: the fixed held-out generic requests
-(:mod:`refusal_lab.data.sources`); both checked against every prompt the search saw (``RUN_DIR/seen``). Refusals:
+(:mod:`refusal_lab.data.sources`) through :func:`refusal_lab.comparison.eval_prompts`, so the same held-out rule
+checks them against every prompt the search saw (``RUN_DIR/seen``). Refusals:
 greedy completions of ``max_new_tokens`` judged by the run's judge (heretic's markers by default); KL: mean
 first-token ``KL(p_base ‖ p_trial)`` on the harmless requests, as in the search.
 """
@@ -13,22 +14,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from refusal_lab.evaluation.heldout import require_unseen
+from refusal_lab.comparison import eval_prompts
 from refusal_lab.optimize.edit import Abliteration
 from refusal_lab.optimize.export import trial_ablation
 from refusal_lab.optimize.search import OptimizeConfig
-
-
-def heldout_prompts(run_dir: Path, n: int) -> tuple[list[str], list[str]]:
-    """The first ``n`` held-out harmful and harmless requests, none of them seen by the run's search."""
-    from refusal_lab.data import heldout_advbench, heldout_generic
-    from refusal_lab.data.prompts import text_key
-
-    seen = {text_key(t) for path in (run_dir / "seen").glob("*.json") for t in json.loads(path.read_text())}
-    harmful, harmless = heldout_advbench().texts[:n], heldout_generic().texts[:n]
-    require_unseen(harmful, seen, "held-out harmful requests")
-    require_unseen(harmless, seen, "held-out harmless requests")
-    return harmful, harmless
 
 
 def heldout_scores(lm, ablation: Abliteration | None, harmful: list[str], harmless: list[str], base_logprobs,
@@ -54,7 +43,7 @@ def assess_front(lm, run_dir: str | Path, n: int = 100, trials: list[int] | None
     judge = make_judge(config.judge)
     pareto = pd.read_csv(run_dir / "pareto.csv")
     trials = trials if trials is not None else pareto["trial"].tolist()
-    harmful, harmless = heldout_prompts(run_dir, n)
+    harmful, harmless = eval_prompts(None, "generic", n, run_dir)  # checked against RUN_DIR/seen
     base = last_token_logprobs(lm, harmless, batch_size=config.rows_per_pass)
     search = json.loads((run_dir / "search.json").read_text())
     rows = [{"trial": "baseline", "val_refusals": search["baseline_refusals"], "val_n": search["n"], "val_kl": 0.0,
