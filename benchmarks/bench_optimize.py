@@ -51,13 +51,12 @@ def run_refusal_lab(model: str, out: Path, trials: int | None, heldout: int, bud
 
 def heretic_config(run: Path, model_dir: str, work: Path, trials: int) -> Path:
     """heretic's config.toml with refusal-lab's prompts written as text files (one prompt a line)."""
-    from refusal_lab.data import dataset_splits
-    from refusal_lab.optimize.search import OptimizeConfig
+    from refusal_lab.optimize.search import OptimizeConfig, search_prompts
 
     config = OptimizeConfig.model_validate(json.loads((run / "config.json").read_text()))
-    splits = dataset_splits("mixed", n_train=config.n_train, n_val=config.n_val, seed=config.seed)
-    files = {"good": splits.train_harmless.texts, "bad": splits.train_harmful.texts,
-             "good_eval": splits.val_harmless.texts[: config.n_kl], "bad_eval": splits.val_harmful.texts}
+    harmful, harmless, train = search_prompts(config)
+    files = {"good": train["mixed"][1], "bad": train["mixed"][0], "good_eval": harmless[: config.n_kl],
+             "bad_eval": harmful}
     work.mkdir(parents=True, exist_ok=True)
     for name, texts in files.items():
         (work / f"{name}.txt").write_text("".join(" ".join(t.split()) + "\n" for t in texts))

@@ -272,3 +272,19 @@ def test_the_heldout_rule_guards_an_optimize_run(tmp_path):
     record_seen(tmp_path, "optimize", [heldout_advbench().texts[2]])
     with pytest.raises(RefusalLabError, match="1 of the 5 harmful evaluation prompts"):
         eval_prompts(None, "generic", 5, tmp_path)
+
+
+def test_export_only_reads_the_run(searched, tmp_path):
+    import shutil
+
+    from refusal_lab.optimize.export import trial_ablation
+
+    lm, run, pareto = searched
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    running = _study(copy).ask()  # a search still in flight
+    ablation = trial_ablation(lm, copy, int(pareto.iloc[0]["trial"]))
+    assert ablation.meta["trial"] == int(pareto.iloc[0]["trial"])
+    from refusal_lab.optimize.search import load_study
+
+    assert load_study(copy).trials[running.number].state == optuna.trial.TrialState.RUNNING

@@ -12,7 +12,7 @@ import torch
 from refusal_lab.errors import RefusalLabError
 from refusal_lab.io import write_json
 from refusal_lab.optimize.edit import Abliteration
-from refusal_lab.optimize.search import OptimizeConfig, SearchData, trial_params, open_study
+from refusal_lab.optimize.search import OptimizeConfig, SearchData, load_means, load_study, trial_params
 
 
 def choose_trial(run_dir: Path, trial: int | None, max_kl: float) -> int:
@@ -31,18 +31,16 @@ def choose_trial(run_dir: Path, trial: int | None, max_kl: float) -> int:
 
 
 def trial_ablation(lm, run_dir: Path, trial: int) -> Abliteration:
-    """Trial ``trial``'s edit, rebuilt from its parameters and the run's stored class means."""
-    from safetensors.torch import load_file
-
+    """Trial ``trial``'s edit, rebuilt from its parameters and the run's stored class means (the run is only read)."""
     config = OptimizeConfig.model_validate(json.loads((run_dir / "config.json").read_text()))
-    study = open_study(run_dir, config)
-    found = [t for t in study.get_trials() if t.number == trial and "params" in t.user_attrs]
+    found = [t for t in load_study(run_dir).get_trials() if t.number == trial and "params" in t.user_attrs]
     if not found:
         raise RefusalLabError(f"{run_dir} has no finished trial {trial}")
-    stored = load_file(str(run_dir / "means.safetensors"))
-    means = {s: (stored[f"{s}.harmful"], stored[f"{s}.harmless"]) for s in config.sources}
-    data_hash = bytes(stored["data_hash"].tolist()).decode()
-    data = SearchData([], [], [], torch.empty(0), means, data_hash)
+    stored = load_means(run_dir, list(config.sources))
+    if stored is None:
+        raise RefusalLabError(f"{run_dir} has no class means (means.safetensors); rerun `refusal-lab optimize --out "
+                              f"{run_dir}` to make them")
+    data = SearchData([], [], [], torch.empty(0), *stored)
     return data.ablation(lm, trial_params(found[0]), trial=trial)
 
 

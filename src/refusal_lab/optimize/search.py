@@ -35,7 +35,7 @@ import torch
 from pydantic import Field, PositiveInt
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from refusal_lab.config import ConfigModel
 from refusal_lab.errors import RefusalLabError
@@ -47,6 +47,7 @@ from refusal_lab.optimize.space import AbliterationParams, suggest
 log = Console(stderr=True, width=None if sys.stderr.isatty() else 150).log
 Source = Literal["mixed", "unmatched", "matched"]
 UNTRACKED = ("trials", "time_budget_min", "survivors")  # settings a resumed search may change
+STUDY = "abliteration"  # the study's name in RUN_DIR/optuna.journal
 
 
 class OptimizeConfig(ConfigModel):
@@ -89,58 +90,94 @@ class SearchData:
                                         data_hash=self.data_hash, **meta)
 
 
+def search_prompts(config: OptimizeConfig) -> tuple[list[str], list[str], dict[str, tuple[list[str], list[str]]]]:
+    """The ``mixed`` source's validation prompts (harmful, harmless) and each source's train prompts (harmful,
+    harmless) without any validation text."""
+    from refusal_lab.data import dataset_splits
+
+    scoring = dataset_splits("mixed", n_train=config.n_train, n_val=config.n_val, seed=config.seed)
+    harmful, harmless = scoring.val_harmful.texts, scoring.val_harmless.texts
+    validation = set(harmful) | set(harmless)
+    train = {}
+    for source in config.sources:
+        splits = scoring if source == "mixed" else dataset_splits(source, n_train=config.n_train,
+                                                                  n_val=config.n_val, seed=config.seed)
+        train[source] = ([t for t in splits.train_harmful.texts if t not in validation],
+                         [t for t in splits.train_harmless.texts if t not in validation])
+    return harmful, harmless, train
+
+
+def load_means(run_dir: Path, sources: list[str]) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], str] | None:
+    """The class means ``RUN_DIR/means.safetensors`` holds per source and the data hash they were made from (in the
+    file's metadata); None when there are none (or none for some source)."""
+    from safetensors import safe_open
+
+    path = run_dir / "means.safetensors"
+    if not path.exists():
+        return None
+    with safe_open(str(path), "pt") as stored:
+        data_hash, names = (stored.metadata() or {}).get("data_hash"), set(stored.keys())
+        if data_hash is None or not {f"{s}.{side}" for s in sources for side in ("harmful", "harmless")} <= names:
+            return None
+        means = {s: (stored.get_tensor(f"{s}.harmful"), stored.get_tensor(f"{s}.harmless")) for s in sources}
+    return means, data_hash
+
+
 def prepare(lm, config: OptimizeConfig, run_dir: Path) -> SearchData:
     """Splits, class means (cached in ``RUN_DIR/means.safetensors``) and baseline log-probs for the search."""
     import hashlib
 
     from refusal_lab.activations import collect_activations
-    from refusal_lab.data import dataset_splits
     from refusal_lab.evaluation.heldout import record_seen
     from refusal_lab.scoring import last_token_logprobs
 
-    scoring = dataset_splits("mixed", n_train=config.n_train, n_val=config.n_val, seed=config.seed)
-    harmful, harmless = scoring.val_harmful.texts, scoring.val_harmless.texts[: config.n_kl]
-    scored = set(harmful) | set(scoring.val_harmless.texts)
-    train = {}
-    for source in config.sources:
-        splits = scoring if source == "mixed" else dataset_splits(source, n_train=config.n_train,
-                                                                  n_val=config.n_val, seed=config.seed)
-        train[source] = ([t for t in splits.train_harmful.texts if t not in scored],
-                         [t for t in splits.train_harmless.texts if t not in scored])
+    harmful, all_harmless, train = search_prompts(config)
+    harmless = all_harmless[: config.n_kl]
     payload = json.dumps({"harmful": harmful, "harmless": harmless, "train": train}, sort_keys=True)
     data_hash = hashlib.sha256(payload.encode()).hexdigest()[:16]
-    record_seen(run_dir, "optimize", [*scored, *(t for pair in train.values() for side in pair for t in side)])
-    path = run_dir / "means.safetensors"
-    stored = load_file(str(path)) if path.exists() else {}
-    if stored.get("data_hash") is None or bytes(stored["data_hash"].tolist()).decode() != data_hash:
-        stored = {"data_hash": torch.tensor(list(data_hash.encode()), dtype=torch.uint8)}
+    record_seen(run_dir, "optimize", [*harmful, *all_harmless,
+                                      *(t for pair in train.values() for side in pair for t in side)])
+    stored = load_means(run_dir, list(config.sources))
+    if stored is None or stored[1] != data_hash:
+        tensors = {}
         for source, (harm, safe) in train.items():
             log(f"class means of {source} ({len(harm)} + {len(safe)} train prompts)")
-            stored[f"{source}.harmful"] = collect_activations(lm, harm, config.rows_per_pass // 2).mean.float()
-            stored[f"{source}.harmless"] = collect_activations(lm, safe, config.rows_per_pass // 2).mean.float()
-        with atomic_path(path) as tmp:
-            save_file(stored, str(tmp))
-    means = {s: (stored[f"{s}.harmful"], stored[f"{s}.harmless"]) for s in config.sources}
+            tensors[f"{source}.harmful"] = collect_activations(lm, harm, config.rows_per_pass // 2).mean.float()
+            tensors[f"{source}.harmless"] = collect_activations(lm, safe, config.rows_per_pass // 2).mean.float()
+        with atomic_path(run_dir / "means.safetensors") as tmp:
+            save_file(tensors, str(tmp), metadata={"data_hash": data_hash})
+        stored = load_means(run_dir, list(config.sources))
     scored_harmful = harmful[: config.n_score]
     base = last_token_logprobs(lm, scored_harmful + harmless, batch_size=config.rows_per_pass)
-    return SearchData(harmful, scored_harmful, harmless, base, means, data_hash)
+    return SearchData(harmful, scored_harmful, harmless, base, stored[0], data_hash)
+
+
+def _storage(run_dir: Path):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return JournalStorage(JournalFileBackend(str(run_dir / "optuna.journal")))
 
 
 def open_study(run_dir: Path, config: OptimizeConfig):
     """The study in ``RUN_DIR/optuna.journal`` (created or resumed); trials left running by an interruption fail."""
     import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = JournalStorage(JournalFileBackend(str(run_dir / "optuna.journal")))
     sampler = optuna.samplers.TPESampler(multivariate=True, constant_liar=True, seed=config.seed,
                                          n_startup_trials=config.startup_trials)
-    study = optuna.create_study(study_name="abliteration", storage=storage, sampler=sampler,
+    study = optuna.create_study(study_name=STUDY, storage=_storage(run_dir), sampler=sampler,
                                 directions=["minimize", "minimize"], load_if_exists=True)
     for trial in study.get_trials(states=[optuna.trial.TrialState.RUNNING]):
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
     return study
+
+
+def load_study(run_dir: Path):
+    """The study of ``RUN_DIR``, read only: no trial is touched (a search may still be running)."""
+    import optuna
+
+    return optuna.load_study(study_name=STUDY, storage=_storage(run_dir))
 
 
 def score_pass(lm, data: SearchData, ablations: list[Abliteration], rows_per_pass: int) -> list[tuple[float, float]]:
