@@ -352,7 +352,7 @@ def test_default_llm_judge_ablates_its_own_direction_extracted_once(model_dir, t
     run = auto.ablate_run
     assert run.parent == tmp_path / "cache" / "judge-runs" and (run / "methods" / "dim" / "chosen-all.json").exists()
     files = sorted((run / "methods" / "dim").rglob("*.safetensors"))
-    assert auto._ablation_id == hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
+    assert auto.ablation[1] == hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
     (iv,) = auto.interventions
     assert iv.layers == tuple(range(lm.n_layers))
     assert torch.allclose(iv.transform.basis[0].float(), load_chosen(run, "dim", "all", D).unit.float(), atol=1e-6)

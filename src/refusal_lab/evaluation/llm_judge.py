@@ -62,45 +62,49 @@ class LlmJudge(ModelJudge):
         super().__init__(model, "llm", dtype, device, cache)
         self.url, self.api_key_env, self.rubric, self.timeout_s = url, api_key_env, rubric, timeout_s
         self.batch_size, self.max_response_chars, self.reduce = batch_size, max_response_chars, reduce
-        self.ablate_run = None if ablate_run in (None, "auto") else Path(ablate_run)
-        self._auto_ablate = ablate_run == "auto"
-        self._ablation_id = None
+        self._ablate = ablate_run  # None, "auto" or a run directory
+        self._ablation: tuple[Path, str] | None = None
         if ablate_run is not None:
             self.name += "-ablated"  # results and caches keep the two judges apart
-        if self.ablate_run is not None:
-            self._ablation_id = self._ablated_direction_hash()
+            if ablate_run != "auto":
+                self.ablation  # a run passed by hand is checked now
         self._interventions: list | None = None
 
     @property
+    def ablation(self) -> tuple[Path, str] | None:
+        """(run directory, hash of its DiM files) of the judge's own refusal ablation, resolved once (``"auto"``:
+        :func:`judge_run`, which loads the judge model); None for a judge without one."""
+        if self._ablate is not None and self._ablation is None:
+            from refusal_lab.methods.artifacts import selected_scopes
+
+            run = judge_run(self.lm) if self._ablate == "auto" else Path(self._ablate)
+            if "all" not in selected_scopes(run, "dim"):
+                raise RefusalLabError(f"{run} has no DiM direction selected at scope all; extract one for the judge "
+                                      f"model with `refusal-lab extract --model {self.model} --out RUN_DIR` and pass "
+                                      "--judge-ablate RUN_DIR, or grade without it (--judge-ablate none)")
+            files = sorted((run / "methods" / "dim").rglob("*.safetensors"))
+            self._ablation = (run, hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:16])
+        return self._ablation
+
+    @property
+    def ablate_run(self) -> Path | None:
+        return self.ablation[0] if self.ablation else None
+
+    @property
     def fingerprint(self) -> str:
-        if self._auto_ablate and self.ablate_run is None:
-            self.ablate_run = judge_run(self.lm)
-            self._ablation_id = self._ablated_direction_hash()
         return fingerprint_of(judge="llm", model=self.model, url=self.url,
                               dtype=None if self.url else self._dtype_key,
                               rubric=self.rubric, answer=JSON_FORMAT if self.url else LOCAL_FORMAT, item=ITEM,
                               max_response_chars=self.max_response_chars, reduce=self.reduce,
-                              ablated=self._ablation_id)
-
-    def _ablated_direction_hash(self) -> str:
-        """What identifies the judge's own refusal ablation: the run's DiM files, by content (read once)."""
-        from refusal_lab.methods.artifacts import selected_scopes
-
-        if "all" not in selected_scopes(self.ablate_run, "dim"):
-            raise RefusalLabError(f"{self.ablate_run} has no DiM direction selected at scope all; extract one for the "
-                                  f"judge model with `refusal-lab extract --model {self.model} --out RUN_DIR` and "
-                                  "pass --judge-ablate RUN_DIR, or grade without it (--judge-ablate none)")
-        files = sorted((self.ablate_run / "methods" / "dim").rglob("*.safetensors"))
-        return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
+                              ablated=self.ablation[1] if self.ablation else None)
 
     @property
     def interventions(self) -> list:
         """Hooks that ablate the judge model's own refusal direction at every layer (``ablate_run``), else none:
         a safety-tuned judge otherwise grades harmful compliance as refusal (README, "Judges")."""
         if self._interventions is None:
-            self.fingerprint  # resolves ablate_run="auto"
             self._interventions = []
-            if self.ablate_run is not None:
+            if self.ablation is not None:
                 from refusal_lab.methods.artifacts import MethodArtifacts, chosen_for_scope
                 from refusal_lab.methods.factory import build_intervention
 
