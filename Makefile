@@ -20,7 +20,7 @@ models: $(STAMP)
 
 demo: $(STAMP)
 	$(CLI) models --install qwen2.5-coder-1.5b-instruct
-	$(CLI) run --config configs/demo.toml --out runs/demo
+	$(CLI) compare --config configs/demo.toml --out runs/demo
 
 test: $(STAMP) models
 	$(PY) -m pytest -q
@@ -45,7 +45,7 @@ bench: $(STAMP) models
 	$(PY) benchmarks/bench_lowrank.py --model $(SMALL) --dtype float32 --threads 1 --repeats 4 $(Q)
 	$(PY) benchmarks/bench_pipeline.py activations --model $(LARGE) $(Q)
 	$(PY) benchmarks/bench_pipeline.py selection --model $(SMALL) --exhaustive $(Q)
-	$(PY) benchmarks/bench_pipeline.py selection --model $(LARGE) --config configs/demo.toml --without-kl-screen $(Q)
+	$(PY) benchmarks/bench_pipeline.py selection --model $(LARGE) --config configs/full.toml --without-kl-screen $(Q)
 	$(PY) benchmarks/matched_vs_unmatched.py --model $(SMALL) $(if $(QUICK),--n 8)
 	$(PY) benchmarks/judge_agreement.py $(Q)
 	$(PY) benchmarks/bench_generation.py --model $(SMALL) $(Q)

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_pipeline.py activations --model qwen2.5-coder-0.5b-instruct
     python benchmarks/bench_pipeline.py selection   --model qwen2.5-coder-0.5b-instruct --exhaustive
-    python benchmarks/bench_pipeline.py selection   --model qwen2.5-coder-1.5b-instruct --config configs/demo.toml \\
+    python benchmarks/bench_pipeline.py selection   --model qwen2.5-coder-1.5b-instruct --config configs/full.toml \\
                                                     --without-kl-screen
     python benchmarks/bench_pipeline.py run         --run runs/demo
 
@@ -12,8 +12,8 @@
 * selection: wall time of the fast selection over every layer < 0.8·L × every post-instruction position; with
   ``--without-kl-screen`` the fast selection again with its KL screen off, and with ``--exhaustive`` the exhaustive
   pass, showing whether each picks the same candidate as the fast one. ``--config`` takes the selection settings
-  from a run config's ``[selection]`` table (the README's 1.5B figures used ``configs/demo.toml``). On the 0.5B, DiM ActAdd
-  reaches induce > 0 only at scale 4; the default ``induce_scales`` try 1, 2, 4, so both models pick.
+  from a run config's ``[selection]`` table (the README's 1.5B figures used ``configs/full.toml``'s, which the
+  demo shared before it became a study). On the 0.5B, DiM ActAdd reaches induce > 0 only at scale 4; the default ``induce_scales`` try 1, 2, 4, so both models pick.
 * run: the stage timings a finished run (``make demo`` → runs/demo, ``configs/full.toml`` → runs/full) recorded in
   its manifest.
 """

@@ -105,7 +105,7 @@ def test_canonical_json_is_key_order_independent_and_sorted():
     assert canonical_json(a) != canonical_json(RunConfig(n_train=9))
 
 
-@pytest.mark.parametrize("name", ["demo.toml", "full.toml"])
+@pytest.mark.parametrize("name", ["full.toml"])
 def test_shipped_configs_load(name):
     config = load_config(CONFIGS / name)
     assert config.selection.mode == "fast" and config.batch_size == 64

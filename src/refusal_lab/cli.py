@@ -90,7 +90,7 @@ ConfigOption = Annotated[Optional[Path], typer.Option(help="RunConfig as .toml o
 
 @app.command()
 def run(
-    out: Annotated[Path, typer.Option(help="run directory (resumable)", callback=out_dir_option)] = Path("runs/demo"),
+    out: Annotated[Path, typer.Option(help="run directory (resumable)", callback=out_dir_option)] = Path("runs/main"),
     config: ConfigOption = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m")] = None,
     n_eval: Annotated[Optional[int], typer.Option(help="held-out prompts per side", min=1)] = None,
@@ -213,7 +213,10 @@ def generate_cmd(
 
 @app.command()
 def compare(
-    run_dir: Annotated[Path, typer.Option("--run", help="run directory (from refusal-lab extract)")],
+    run_dir: Annotated[Optional[Path], typer.Option("--run", help="run directory (from refusal-lab extract)")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="with --config: the study's directory (every model of the "
+                                                "config: extract, evaluate, analyse, report.html; resumable)",
+                                                callback=out_dir_option)] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="default: the run's")] = None,
     config: ConfigOption = None,
     measure: Annotated[Optional[Measure], typer.Option(help="first-token (refusal score > 0; cheap), generation "
@@ -228,11 +231,17 @@ def compare(
     eval_set: Annotated[Optional[EvalSet], typer.Option(help="test (the run's test split) or generic (held-out "
                                                         "AdvBench vs generic everyday requests)")] = None,
 ):
-    """The intervention matrix on held-out prompts: every method and scope vs baseline and random controls, plus
-    the INLP rank-k sweep. Writes RUN/comparison/<measure>/{comparison,rank_k_sweep}.csv; resumable."""
+    """The study (--config FILE --out DIR): every model, method, intervention and metric of a config, with geometry,
+    figures, report.html and findings.json. Or, with --run, the intervention matrix of one run on held-out prompts
+    (RUN/comparison/<measure>/{comparison,rank_k_sweep}.csv). Both resumable."""
     from refusal_lab.comparison import CompareConfig
     from refusal_lab.experiment import run_compare
 
+    if out is not None:
+        return _study(config, out, run_dir)
+    if run_dir is None:
+        raise RefusalLabError("compare needs --config FILE --out DIR (a study, e.g. configs/demo.toml) or --run "
+                              "RUN_DIR (one run's intervention matrix)")
     if not (run_dir / "config.json").exists():
         raise RefusalLabError(f"{run_dir} is not a run directory (no config.json); run refusal-lab extract first")
     from refusal_lab.data import Splits
@@ -251,6 +260,20 @@ def compare(
     cfg = type(cfg)(**json.loads(cfg.model_dump_json()))  # validate the merged settings
     result = run_compare(_load(cfg), cfg, run_dir)
     _print_comparison(result, f"held-out comparison ({cfg.compare.measure})")
+
+
+def _study(config: Optional[Path], out: Path, run_dir: Optional[Path]) -> None:
+    from refusal_lab.study import load_study_config, run_study
+
+    if config is None or run_dir is not None:
+        raise RefusalLabError("compare --out runs a study: pass --config FILE (e.g. configs/demo.toml) and no --run")
+    report = run_study(load_study_config(config), out)
+    findings = json.loads((out / "findings.json").read_text())
+    import pandas as pd
+
+    _print_table(pd.DataFrame([{"model": m["model"], "finding": f["id"], "verdict": f["verdict"], "test": f["test"]}
+                               for m in findings["models"] for f in m["findings"]]), "findings")
+    console.print(f"report: {report}")
 
 
 @app.command()

@@ -68,6 +68,10 @@ class CompareConfig(ConfigModel):
     flip_alpha: float = 2.0
     flip_variants: list[Literal["input", "writes"]] = ["input", "writes"]
     rank_k: PositiveInt = 1  # k of the rank-k row in the main table (the sweep covers every k)
+    subspace_ks: list[PositiveInt] = []  # subspace rows with the stack's leading k rows (empty: one row, every row)
+    # where every intervention acts (None: the factory's defaults, resid_pre for ActAdd and the input flip, all
+    # three sites otherwise)
+    sites: list[Literal["resid_pre", "attn_out", "mlp_out"]] | None = None
     rank_k_orders: list[Literal["iteration", "dim_share"]] = ["iteration", "dim_share"]  # what "first k" means
     sweep_scopes: list[Literal["layer", "top50", "all"]] = ["layer"]
     sweep_max_k: NonNegativeInt | None = None  # default: the INLP rank; 0 (or no rank-k kind) turns it off
@@ -136,6 +140,8 @@ def plan_conditions(run_dir: Path, config: CompareConfig, n_layers: int, hidden_
             {"center": True} if center else {})
         if kind == "leace" and scope != "layer" and fits is not None:
             extra["erasers"] = fits.erasers(p.position)
+        if config.sites is not None:
+            extra["sites"] = config.sites
 
         def build(art):
             return build_intervention(kind, MethodArtifacts(**{"inlp" if method == "flip" else method: art}),
@@ -159,7 +165,7 @@ def plan_conditions(run_dir: Path, config: CompareConfig, n_layers: int, hidden_
         if kind in _NO_CONTROL or (table == "rank_k_sweep" and not config.sweep_controls):
             return
         for seed in range(config.control_seeds):
-            control = random_like(artifact.truncate(params["k"]) if kind == "rank-k" else artifact, seed)
+            control = random_like(artifact.truncate(params["k"]) if params.get("k") else artifact, seed)
             conditions.append(Condition(f"{name}~random{seed}", table, kind, scope, "random", layer, p.position,
                                         params.get("k"), params.get("alpha"), params.get("flip_variant"),
                                         params.get("order"), params.get("scale"), center, True, seed, name,
@@ -186,6 +192,9 @@ def plan_conditions(run_dir: Path, config: CompareConfig, n_layers: int, hidden_
                     for variant in config.flip_variants:
                         add("comparison", kind, scope, artifact, selected_at, alpha=config.flip_alpha,
                             flip_variant=variant, center=center)
+                elif kind == "subspace" and config.subspace_ks:
+                    for k in config.subspace_ks:
+                        add("comparison", kind, scope, artifact, selected_at, k=min(k, artifact.rank))
                 elif kind == "rank-k":
                     for order in config.rank_k_orders:
                         add("comparison", kind, scope, artifact, selected_at, k=config.rank_k, order=order,

@@ -2,6 +2,7 @@
 
     RESULTS_DIR/results.duckdb   per-item values, generations, result rows (:mod:`refusal_lab.evaluation.store`)
     RESULTS_DIR/results.parquet  the result rows
+    RESULTS_DIR/items.parquet    the per-item values behind them (paired comparisons between interventions)
     RESULTS_DIR/summary.json     settings, prompt counts, and per (intervention, metric, judge, dataset, length): value,
                                  interval, baseline, Δ and whether the random controls match it
 
@@ -51,6 +52,7 @@ class EvaluateConfig(ConfigModel):
     scopes: list[Literal["layer", "top50", "all"]] = ["all"]
     control_seeds: NonNegativeInt = 3
     mmlu_n: PositiveInt = 500
+    mmlu_subjects: list[str] | None = None  # None: stratified over all 57 (one subject shares one 5-shot prefix)
     arc_n: PositiveInt = 300
     full_benchmarks: bool = False
     text_docs: PositiveInt = 64  # documents per general-text set (lambada, boolq, prose)
@@ -58,16 +60,19 @@ class EvaluateConfig(ConfigModel):
     seed: int = 0
 
 
-def targets_from_run(lm, run_dir: Path, config: EvaluateConfig, run_config, splits) -> list[Target]:
-    """The baseline, then the run's interventions (and their controls) whose names match ``config.interventions``."""
+def targets_from_run(lm, run_dir: Path, config: EvaluateConfig, run_config, splits, plan=None) -> list[Target]:
+    """The baseline, then the run's interventions (and their controls) whose names match ``config.interventions``:
+    those of ``plan`` (a :class:`~refusal_lab.comparison.CompareConfig`; default: ``config.kinds`` at
+    ``config.scopes``, ActAdd at one layer, ``config.control_seeds`` controls)."""
     from refusal_lab.comparison import CompareConfig, plan_conditions
     from refusal_lab.io import read_json
     from refusal_lab.methods.extraction import fit_context
 
-    plan = CompareConfig(kinds=config.kinds, scopes=config.scopes, actadd_scopes=["layer"], sweep_max_k=0,
-                         center_variants=False, control_seeds=config.control_seeds)
+    plan = plan or CompareConfig(kinds=config.kinds, scopes=config.scopes, actadd_scopes=["layer"], sweep_max_k=0,
+                                 center_variants=False, control_seeds=config.control_seeds)
     ranked = [layer for layer, _ in read_json(run_dir / "ranking.json")["ranked"]]
-    fits = fit_context(lm, splits, run_config) if "leace" in config.kinds else None
+    needs_fits = "leace" in plan.kinds or plan.center_variants
+    fits = fit_context(lm, splits, run_config) if needs_fits else None
     conditions, skipped = plan_conditions(run_dir, plan, lm.n_layers, lm.hidden_size, ranked, fits)
     if skipped:
         raise RefusalLabError(f"cannot build every requested kind: {'; '.join(skipped)}")
@@ -111,23 +116,24 @@ def _capability_data(config: EvaluateConfig) -> tuple[dict, dict]:
         from refusal_lab.evaluation.multiple_choice import load_arc, load_mmlu
 
         if "mmlu" in config.metrics:
-            questions["mmlu"] = load_mmlu(n=config.mmlu_n, seed=config.seed, full=config.full_benchmarks)
+            questions["mmlu"] = load_mmlu(n=config.mmlu_n, seed=config.seed, full=config.full_benchmarks,
+                                          subjects=config.mmlu_subjects)
         if "arc" in config.metrics:
             questions["arc"] = load_arc(n=config.arc_n, seed=config.seed, full=config.full_benchmarks)
     return texts, questions
 
 
 def evaluate(lm, config: EvaluateConfig, out: str | Path, run_dir: str | Path | None = None,
-             run_config=None, splits=None) -> list[dict]:
-    """Score the baseline (and the run's matching interventions) on every configured metric into ``out``. ``lm``: a
-    loaded model, or a function that loads it — called only after the held-out rule passed, so a violation fails
-    before minutes of loading."""
+             run_config=None, splits=None, plan=None) -> list[dict]:
+    """Score the baseline (and the run's matching interventions, planned by ``plan`` as in
+    :func:`targets_from_run`) on every configured metric into ``out``. ``lm``: a loaded model, or a function that
+    loads it — called only after the held-out rule passed, so a violation fails before minutes of loading."""
     run_dir = Path(run_dir) if run_dir is not None else None
     if splits is None:
         raise RefusalLabError("evaluate needs the splits whose train/val prompts count as seen")
     harmful, harmless = eval_prompts(splits, config.eval_set, config.n_eval, run_dir)
     lm = lm() if callable(lm) else lm
-    targets = targets_from_run(lm, run_dir, config, run_config, splits) if run_dir else [Target("baseline")]
+    targets = targets_from_run(lm, run_dir, config, run_config, splits, plan) if run_dir else [Target("baseline")]
     guard = None
     if config.guard and "judge" in config.metrics:
         from refusal_lab.evaluation.judges import make_judge
@@ -141,6 +147,7 @@ def evaluate(lm, config: EvaluateConfig, out: str | Path, run_dir: str | Path | 
                       batch_size=config.batch_size)
         rows = suite.run(targets)
         store.export()
+        suite.item_values.to_parquet(Path(out) / "items.parquet")
     finally:
         store.close()
     write_json(Path(out) / "summary.json", {

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -322,6 +323,7 @@ class Suite:
                     console.log(f"unit {n}/{len(plans)} done ({what}); {done.elapsed:.0f} s{eta}")
         rows = [self._row(target, task, per_item, targets) for target, task in plans]
         self.store.add_results(rows)
+        self.item_values = _item_frame(plans, per_item)
         log(f"evaluated {len(targets)} conditions × {len(plans) // max(len(targets), 1)} units in "
             f"{time.perf_counter() - started:.0f} s")
         return rows
@@ -348,6 +350,19 @@ class Suite:
             vs = difference(task.metric, values, control_values, tokens, control_tokens)
             row |= _fields("vs_control_", vs) | {"specific": bool(vs.low > 0 or vs.high < 0)}
         return row
+
+
+def _item_frame(plans: Sequence[tuple[Target, Task]], per_item: dict) -> pd.DataFrame:
+    """Per-item values of every (target, task): intervention, metric, judge, dataset, max_new_tokens, item, value,
+    tokens (a perplexity document's token count, else NaN)."""
+    frames = []
+    for target, task in plans:
+        values, tokens = per_item[(target.name, _row_key(task))]
+        frames.append(pd.DataFrame({"intervention": target.name, "metric": task.metric, "judge": task.judge,
+                                    "dataset": task.dataset, "max_new_tokens": task.max_new_tokens,
+                                    "item": task.items, "value": values,
+                                    "tokens": tokens if tokens is not None else np.nan}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def _row_key(task: Task) -> tuple:

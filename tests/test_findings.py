@@ -1,0 +1,226 @@
+"""Findings on hand-built evidence: 0/1 items chosen so each finding's answer is obvious, one case per verdict."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from refusal_lab.analysis.evidence import ModelEvidence
+from refusal_lab.analysis.findings import (
+    INCONCLUSIVE,
+    NOT_SUPPORTED,
+    SUPPORTED,
+    TITLES,
+    assess,
+    findings_json,
+    parse,
+)
+
+N = 40
+ONES, ZEROS, HALF = [1] * N, [0] * N, [1, 0] * (N // 2)
+FLIP = "flip[layer,alpha=2,flip_variant=input]"
+
+
+def rates(name, values, metric="refusal", dataset="harmful", judge="substring", length=24):
+    return [dict(intervention=name, metric=metric, judge=judge, dataset=dataset, max_new_tokens=length,
+                 item=f"{dataset}:{i}", value=float(v), tokens=math.nan) for i, v in enumerate(values)]
+
+
+def perplexity(name, nll_per_token, dataset="wiki", n=N):
+    return [dict(intervention=name, metric="perplexity", judge="", dataset=dataset, max_new_tokens=0,
+                 item=f"{dataset}:{i}", value=nll_per_token * (10 + i % 3), tokens=float(10 + i % 3))
+            for i in range(n)]
+
+
+def repetition(name, value):
+    return [dict(intervention=name, metric="repetition", judge="3-gram", dataset="both", max_new_tokens=24,
+                 item=f"both:{i}", value=value + 0.01 * (i % 2), tokens=math.nan) for i in range(N)]
+
+
+def evidence(*item_lists, results=None, **tables) -> ModelEvidence:
+    rows = [row for items in item_lists for row in items]
+    return ModelEvidence("tiny", n_layers=6, layer=2, position=-1, landing_layer=3,
+                         results=results if results is not None else pd.DataFrame(),
+                         items=pd.DataFrame(rows), **tables)
+
+
+def verdict(ev: ModelEvidence, finding: int, **kwargs) -> str:
+    found = assess(ev, **kwargs)
+    assert [f.id for f in found] == list(range(1, 8))
+    return found[finding - 1].verdict
+
+
+def test_parse_names():
+    row = parse("rank-k[layer,k=3,order=iteration,centered]")
+    assert (row.kind, row.scope, row.params, row.centered) == ("rank-k", "layer", {"k": "3", "order": "iteration"},
+                                                               True)
+    assert parse("classifier-actadd[layer,scale=-1]").params == {"scale": "-1"}
+    assert parse("ablate[all]~random0") is None and parse("baseline") is None
+
+
+def test_empty_evidence_is_inconclusive_everywhere():
+    found = assess(evidence())
+    assert [f.verdict for f in found] == [INCONCLUSIVE] * 7
+    assert [f.title for f in found] == [TITLES[i] for i in range(1, 8)]
+
+
+# --- 1: first INLP direction vs DiM ------------------------------------------------------------------------------
+
+def _actadd(classifier_bypass, classifier_induce, dim_bypass=ZEROS, dim_induce=ONES):
+    return (rates("classifier-actadd[layer,scale=-1]", classifier_bypass),
+            rates("actadd[layer,scale=-1]", dim_bypass),
+            rates("classifier-actadd[layer,scale=1]", classifier_induce, "harmless_refusal", "harmless"),
+            rates("actadd[layer,scale=1]", dim_induce, "harmless_refusal", "harmless"))
+
+
+def test_finding_1():
+    close = pd.DataFrame({"layer": [1, 2, 3], "cosine": [0.1, -0.93, 0.2]})  # a sign is a labelling convention
+    assert verdict(evidence(*_actadd(ZEROS, ONES), inlp_dim_cosine=close), 1) == SUPPORTED
+    far = pd.DataFrame({"layer": [2], "cosine": [0.4]})
+    assert verdict(evidence(*_actadd(ZEROS, ONES), inlp_dim_cosine=far), 1) == NOT_SUPPORTED
+    assert verdict(evidence(*_actadd(ONES, ONES), inlp_dim_cosine=close), 1) == NOT_SUPPORTED  # bypass fails
+    # 3 of 12 items differ: Δ = 0.25 but its interval reaches 0 — neither equal nor clearly apart
+    few = [1, 1, 1] + [0] * 9
+    ev = evidence(rates("classifier-actadd[layer,scale=-1]", few), rates("actadd[layer,scale=-1]", [0] * 12),
+                  inlp_dim_cosine=close)
+    assert verdict(ev, 1) == INCONCLUSIVE
+    assert verdict(evidence(*_actadd(ZEROS, ONES)), 1) == INCONCLUSIVE  # no cosine table
+    assert verdict(evidence(inlp_dim_cosine=close), 1) == INCONCLUSIVE  # no ActAdd items
+
+
+# --- 2: nullspace vs ablation ------------------------------------------------------------------------------------
+
+def test_finding_2():
+    base, ablate = rates("baseline", ONES), rates("ablate[layer]", ZEROS)
+    found = assess(evidence(base, ablate, rates("nullspace[layer]", HALF), rates("nullspace[layer,centered]", ZEROS)))
+    assert found[1].verdict == SUPPORTED
+    assert found[1].numbers["refusal: nullspace[layer] − ablate[layer]"][0] == pytest.approx(0.5)
+    assert verdict(evidence(base, ablate, rates("nullspace[layer]", ZEROS)), 2) == NOT_SUPPORTED  # as reliable
+    assert verdict(evidence(base, ablate, rates("nullspace[layer]", ONES)), 2) == NOT_SUPPORTED  # no suppression
+    assert verdict(evidence(base, ablate), 2) == INCONCLUSIVE  # no nullspace row
+    not_specific = pd.DataFrame([{"intervention": "nullspace[layer]", "metric": "refusal", "dataset": "harmful",
+                                  "judge": "substring", "max_new_tokens": 24, "specific": False}])
+    ev = evidence(base, ablate, rates("nullspace[layer]", HALF), results=not_specific)
+    assert verdict(ev, 2) == INCONCLUSIVE  # its random control suppresses as much
+
+
+def test_judge_and_length_select_the_items():
+    items = (rates("baseline", ONES), rates("ablate[layer]", ZEROS), rates("nullspace[layer]", HALF),
+             rates("baseline", ONES, length=8), rates("ablate[layer]", ZEROS, length=8),
+             rates("nullspace[layer]", ZEROS, length=8), rates("nullspace[layer]", ONES, judge="llm"),
+             rates("baseline", ONES, judge="llm"), rates("ablate[layer]", ZEROS, judge="llm"))
+    assert verdict(evidence(*items), 2) == SUPPORTED  # the longest length by default
+    assert verdict(evidence(*items), 2, tokens=8) == NOT_SUPPORTED
+    assert verdict(evidence(*items), 2, judge="llm") == NOT_SUPPORTED
+
+
+# --- 3: flipping -------------------------------------------------------------------------------------------------
+
+def test_finding_3():
+    base = (rates("baseline", ONES), rates("ablate[layer]", ZEROS), perplexity("baseline", 2.0),
+            repetition("baseline", 0.1))
+    rises = (perplexity(FLIP, 2.4), repetition(FLIP, 0.1))
+    flat = (perplexity(FLIP, 2.0), repetition(FLIP, 0.1))
+    assert verdict(evidence(*base, rates(FLIP, ZEROS), *rises), 3) == SUPPORTED
+    weaker_writes = rates("flip[layer,alpha=2,flip_variant=writes]", ONES)  # the best variant is used
+    assert verdict(evidence(*base, rates(FLIP, ZEROS), weaker_writes, *rises), 3) == SUPPORTED
+    assert verdict(evidence(*base, rates(FLIP, ONES), *rises), 3) == NOT_SUPPORTED  # not competitive
+    assert verdict(evidence(*base, rates(FLIP, ZEROS), *flat), 3) == NOT_SUPPORTED  # no overcorrection
+    assert verdict(evidence(*base[:2], rates(FLIP, ZEROS)), 3) == INCONCLUSIVE  # no perplexity / repetition
+    assert verdict(evidence(*base), 3) == INCONCLUSIVE  # no flip row
+    other_alpha = rates("flip[layer,alpha=1.5,flip_variant=input]", ZEROS)
+    assert verdict(evidence(*base, other_alpha), 3) == INCONCLUSIVE
+
+
+# --- 4: rank-k ---------------------------------------------------------------------------------------------------
+
+def _sweep(refusal_by_k, ppl_by_k=None, with_ppl=True):
+    items = [rates("baseline", ONES), rates("nullspace[layer]", ZEROS)]
+    if with_ppl:
+        items += [perplexity("baseline", 2.0), perplexity("nullspace[layer]", 2.0)]
+    for k, values in refusal_by_k.items():
+        name = f"rank-k[layer,k={k},order=iteration]"
+        items.append(rates(name, values))
+        if with_ppl:
+            items.append(perplexity(name, (ppl_by_k or {}).get(k, 2.0)))
+    return evidence(*items)
+
+
+def test_finding_4():
+    found = assess(_sweep({1: ONES, 2: ZEROS, 3: ZEROS}))[3]
+    assert found.verdict == SUPPORTED
+    assert found.numbers["smallest k (layer, iteration)"] == 2
+    assert found.numbers["INLP rank (layer, iteration)"] == 3
+    assert verdict(_sweep({1: ONES, 2: ONES, 3: ZEROS}), 4) == NOT_SUPPORTED  # only the full rank suppresses
+    assert verdict(_sweep({1: ZEROS, 2: ZEROS, 3: ZEROS}, {1: 3.0, 2: 3.0}), 4) == NOT_SUPPORTED  # perplexity rises
+    assert verdict(_sweep({1: ZEROS, 2: ZEROS}, with_ppl=False), 4) == INCONCLUSIVE  # no perplexity
+    assert verdict(_sweep({1: ZEROS}), 4) == INCONCLUSIVE  # one k: no sweep
+    no_suppression = evidence(rates("baseline", ONES), rates("nullspace[layer]", ONES),
+                              *(rates(f"rank-k[layer,k={k},order=iteration]", ONES) for k in (1, 2)))
+    assert verdict(no_suppression, 4) == INCONCLUSIVE  # nothing to keep
+
+
+# --- 5: landing --------------------------------------------------------------------------------------------------
+
+def _landing(null, flip, nearer=0.9):
+    rows = [("nullspace[layer]", "nullspace", *null, 0.4), (FLIP, "flip", *flip, nearer),
+            ("nullspace[layer,centered]", "nullspace", 0.0, 0.0, 0.0, 0.0)]
+    return pd.DataFrame([dict(intervention=n, kind=k, family="INLP", fraction=f, fraction_ci_low=lo,
+                              fraction_ci_high=hi, nearer_harmless=near, silhouette=0.1)
+                         for n, k, f, lo, hi, near in rows])
+
+
+def test_finding_5():
+    assert verdict(evidence(landing=_landing((0.5, 0.4, 0.6), (1.1, 0.95, 1.2))), 5) == SUPPORTED
+    assert verdict(evidence(landing=_landing((0.5, 0.4, 0.6), (0.6, 0.5, 0.7), nearer=0.7)), 5) == SUPPORTED
+    assert verdict(evidence(landing=_landing((0.05, 0.0, 0.1), (1.1, 0.95, 1.2))), 5) == NOT_SUPPORTED
+    assert verdict(evidence(landing=_landing((0.5, 0.4, 0.6), (0.5, 0.4, 0.6), nearer=0.2)), 5) == NOT_SUPPORTED
+    assert verdict(evidence(landing=_landing((0.5, 0.1, 0.9), (1.1, 0.95, 1.2))), 5) == INCONCLUSIVE  # too wide
+    assert verdict(evidence(), 5) == INCONCLUSIVE
+
+
+# --- 6: low rank -------------------------------------------------------------------------------------------------
+
+def test_finding_6():
+    base, ablate = rates("baseline", ONES), rates("ablate[layer]", HALF)
+    heat = np.full((6, 6), 0.9)
+    found = assess(evidence(base, ablate, rates("subspace[all,k=3]", ZEROS), heatmaps={"dim": heat}))[5]
+    assert found.verdict == SUPPORTED
+    assert found.numbers["mean DiM cosine, layer 2 vs later layers"] == pytest.approx(0.9)
+    assert "persists" in found.note
+    assert verdict(evidence(base, ablate, rates("subspace[all,k=5]", ONES)), 6) == NOT_SUPPORTED
+    assert verdict(evidence(base, ablate, rates("subspace[all,k=3]", HALF)), 6) == INCONCLUSIVE
+    assert verdict(evidence(base, ablate, rates("subspace[all,k=2]", ZEROS)), 6) == INCONCLUSIVE  # k not compared
+
+
+# --- 7: sensitivity ----------------------------------------------------------------------------------------------
+
+def test_finding_7():
+    def table(batched, matched):
+        return pd.DataFrame({"layer": [1, 2], "batched_vs_single": [0.5, batched],
+                             "matched_vs_unmatched": [0.5, matched]})
+    assert verdict(evidence(sensitivity=table(0.999, 0.95)), 7) == SUPPORTED
+    assert verdict(evidence(sensitivity=table(0.97, 0.95)), 7) == NOT_SUPPORTED
+    assert verdict(evidence(sensitivity=table(0.999, 0.8)), 7) == NOT_SUPPORTED
+    assert verdict(evidence(sensitivity=table(0.999, math.nan)), 7) == INCONCLUSIVE
+    assert verdict(evidence(), 7) == INCONCLUSIVE
+
+
+def test_findings_json_is_strict_json():
+    ev = evidence(sensitivity=pd.DataFrame({"layer": [2], "batched_vs_single": [0.999],
+                                            "matched_vs_unmatched": [0.95]}),
+                  landing=_landing((0.5, 0.4, math.nan), (1.1, 0.95, 1.2)))
+    found = assess(ev)
+    found[0].numbers["nan"] = [math.nan, np.float32(0.5), math.inf]
+    data = findings_json([ev], {"tiny": found})
+    again = json.loads(json.dumps(data, allow_nan=False))
+    assert again == data
+    model = data["models"]["tiny"]
+    assert model["layer"] == 2 and [f["id"] for f in model["findings"]] == list(range(1, 8))
+    assert model["findings"][0]["numbers"]["nan"] == [None, 0.5, None]
+    assert model["findings"][6]["verdict"] == SUPPORTED
+    assert data["thresholds"]["CLOSE_COSINE"] == 0.8

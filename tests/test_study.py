@@ -1,0 +1,160 @@
+"""The study (`refusal-lab compare --config FILE --out DIR`) as users run it: the installed console script."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from refusal_lab.study import load_study_config, model_slug
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = Path(sys.executable).with_name("refusal-lab")
+LOOSE = {"kl_threshold": 1e9, "induce_threshold": -1e9, "min_inlp_accuracy": 0.0}
+KINDS = ["ablate", "actadd", "nullspace", "flip", "rank-k", "leace", "subspace", "classifier-actadd"]
+
+
+def _cli(*args, env=None, timeout=1200):
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200", **(env or {})}
+    return subprocess.run([str(CLI), *map(str, args)], capture_output=True, text=True, env=environment,
+                          timeout=timeout)
+
+
+def _study_toml(path: Path, model: Path) -> Path:
+    path.write_text(f"""
+models = ["{model}"]
+n_train = 16
+n_val = 8
+batch_size = 16
+dtype = "float32"
+extract_methods = ["dim", "inlp", "flip", "classifier", "leace", "subspace"]
+[selection]
+scopes = ["all"]
+finalists = 4
+kl_threshold = 1e9
+induce_threshold = -1e9
+min_inlp_accuracy = 0.0
+[methods]
+inlp_max_iterations = 3
+subspace_k = 3
+[compare]
+kinds = {json.dumps(KINDS)}
+scopes = ["all"]
+rank_k_orders = ["iteration"]
+sweep_scopes = ["all"]
+sweep_max_k = 2
+sweep_controls = false
+subspace_ks = [1, 3]
+control_seeds = 1
+[evaluate]
+interventions = ["*"]
+metrics = ["refusal", "harmless_refusal", "kl", "perplexity", "arc", "repetition"]
+judges = ["substring", "markers"]
+lengths = [4]
+n_eval = 3
+arc_n = 2
+text_docs = 1
+batch_size = 8
+[analysis]
+n_geometry = 4
+n_sensitivity = 4
+""")
+    return path
+
+
+@pytest.fixture(scope="module")
+def study(model_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    config = _study_toml(root / "study.toml", model_dir)
+    env = {"REFUSAL_LAB_CACHE": str(root / "cache")}
+    result = _cli("compare", "--config", config, "--out", root / "out", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root, config, env, result
+
+
+@pytest.mark.slow
+def test_study_runs_every_kind_and_writes_the_report(study, model_dir):
+    root, _, _, result = study
+    out = root / "out"
+    model = out / model_slug(str(model_dir))
+    results = pd.read_parquet(model / "evaluation" / "results.parquet")
+    names = set(results["intervention"])
+    for kind in KINDS:
+        assert any(n.startswith(f"{kind}[") for n in names), (kind, names)
+    assert {"subspace[all,k=1]", "subspace[all,k=3]", "flip[all,alpha=2,flip_variant=input]",
+            "flip[all,alpha=2,flip_variant=writes]", "rank-k[all,k=2,order=iteration]"} <= names
+    assert any("~random0" in n for n in names)  # the controls ran
+    assert set(results["judge"].dropna()) >= {"substring", "markers"}
+    items = pd.read_parquet(model / "evaluation" / "items.parquet")
+    assert set(items["intervention"]) == names
+    # a row's value is the statistic of its items (a rate: their mean)
+    row = results[(results["intervention"] == "ablate[all]") & (results["metric"] == "refusal")
+                  & (results["judge"] == "substring")].iloc[0]
+    mine = items[(items["intervention"] == "ablate[all]") & (items["metric"] == "refusal")
+                 & (items["judge"] == "substring")]
+    assert row["value"] == pytest.approx(mine["value"].mean())
+    landing = pd.read_csv(model / "analysis" / "landing.csv")
+    assert "nullspace[all]" in set(landing["intervention"]) and landing["fraction"].notna().all()
+    geometry = pd.read_csv(model / "analysis" / "geometry.csv")
+    assert len(geometry) == 3 and geometry["probe_accuracy"].between(0, 1).all()
+    assert (out / "report.html").stat().st_size > 10_000
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "http://" not in html and "https://" not in html
+    findings = json.loads((out / "findings.json").read_text())
+    assert "findings" in result.stdout and "report:" in result.stdout
+    verdicts = [f["verdict"] for m in findings["models"] for f in m["findings"]]
+    assert len(verdicts) == 7 and set(verdicts) <= {"supported", "not supported", "inconclusive"}
+    pngs = list((out / "figures").rglob("*.png"))
+    assert len(pngs) >= 5 and all(p.stat().st_size > 5_000 for p in pngs)
+
+
+@pytest.mark.slow
+def test_study_rerun_resumes_without_recomputing(study):
+    root, config, env, _ = study
+    out = root / "out"
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")}
+    started = time.perf_counter()
+    result = _cli("compare", "--config", config, "--out", out, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("analysis/*.parquet")} == {
+        p: t for p, t in before.items() if "analysis" in p.parts}
+    assert time.perf_counter() - started < 120
+    # another config in the same directory is refused, naming the fix
+    other = config.with_name("other.toml")
+    other.write_text(config.read_text().replace("n_eval = 3", "n_eval = 2"))
+    result = _cli("compare", "--config", other, "--out", out, env=env)
+    assert result.returncode == 1 and "different config" in result.stderr
+
+
+def test_paper_config_fails_fast_and_clearly_offline(tmp_path):
+    started = time.perf_counter()
+    result = _cli("compare", "--config", ROOT / "configs" / "paper.toml", "--out", tmp_path / "paper", timeout=120)
+    assert result.returncode == 1
+    assert "is not available here" in result.stderr and "google/gemma" in result.stderr.lower()
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert time.perf_counter() - started < 60
+    assert not (tmp_path / "paper" / "study.json").exists()
+
+
+def test_configs_parse_and_paper_covers_the_seed_models():
+    demo = load_study_config(ROOT / "configs" / "demo.toml")
+    assert demo.models == ["qwen2.5-coder-1.5b-instruct"] and set(demo.compare.kinds) == set(KINDS)
+    paper = load_study_config(ROOT / "configs" / "paper.toml")
+    assert len(paper.models) == 5 and any("Llama-3" in m for m in paper.models)
+
+
+def test_study_usage_errors_are_one_line(tmp_path):
+    result = _cli("compare", "--out", tmp_path / "x")
+    assert result.returncode == 1 and "--config" in result.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text('models = ["qwen2.5-coder-0.5b-instruct"]\n[evaluate]\nbogus = 1\n')
+    result = _cli("compare", "--config", bad, "--out", tmp_path / "y")
+    assert result.returncode != 0 and "bogus" in result.stderr
+    assert shutil.which(str(CLI)) is not None
