@@ -25,7 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def silhouette_by_hand(a: np.ndarray, b: np.ndarray) -> float:
-    """mean_i (b_i − a_i) / max(a_i, b_i); a_i: mean distance to the other rows of i's class, b_i: to the other class."""
+    """mean_i (b_i − a_i) / max(a_i, b_i); a_i: mean distance to the other rows of i's class, b_i: to the others."""
     x = np.concatenate([a, b])
     label = np.array([1] * len(a) + [0] * len(b))
     dist = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))

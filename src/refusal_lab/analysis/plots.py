@@ -1,7 +1,8 @@
 """Figures of a study: cross-layer cosine heatmaps, Δ-vs-baseline bars, landing scatters, rank-k curves, layer lines.
 
-Each ``build_*_figure`` returns a matplotlib :class:`~matplotlib.figure.Figure` (the caller closes it); each ``*_figure``
-builds the same figure, saves it as a PNG (dpi 120, tight bounding box) at ``path``, closes it and returns the path.
+Each ``build_*_figure`` returns a matplotlib :class:`~matplotlib.figure.Figure` (the caller closes it); each
+``*_figure`` builds the same figure, saves it as a PNG (dpi 120, tight bounding box) at ``path``, closes it and
+returns the path.
 Inputs are :class:`refusal_lab.analysis.evidence.ModelEvidence` tables (see there for the columns).
 """
 
@@ -202,7 +203,8 @@ def build_landing_figure(frames: Mapping[str, Mapping[str, np.ndarray]], title: 
     names = [name for name in frames if name != "baseline"] or list(frames)
     ncols = min(4, len(names))
     nrows = math.ceil(len(names) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.4 * nrows), sharex=True, sharey=True,
+    panel = (3.6, 3.4) if ncols > 1 else (5.2, 4.6)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel[0] * ncols, panel[1] * nrows), sharex=True, sharey=True,
                              squeeze=False)
     for ax, name in zip(axes.flat, names):
         if clean is not None:
@@ -219,8 +221,11 @@ def build_landing_figure(frames: Mapping[str, Mapping[str, np.ndarray]], title: 
         ax.set_ylabel(axis_labels[1], fontsize=8)
         ax.grid(alpha=0.25)
         ax.label_outer()
-    for ax in axes.flat[len(names):]:
+    for index, ax in enumerate(axes.flat[len(names):], start=len(names)):
         ax.set_visible(False)
+        above = axes.flat[index - ncols]  # now the lowest panel of its column: give it the x axis back
+        above.xaxis.set_tick_params(labelbottom=True)
+        above.set_xlabel(axis_labels[0], fontsize=8)
     handles = [Line2D([], [], linestyle="none", marker="o", color=c, label=text) for c, text in (
         (HARMFUL_LIGHT, "harmful, clean"), (HARMLESS_LIGHT, "harmless, clean"),
         (HARMFUL, "harmful, transformed"), (HARMLESS, "harmless, transformed"))]
@@ -230,7 +235,8 @@ def build_landing_figure(frames: Mapping[str, Mapping[str, np.ndarray]], title: 
                        label="transformed centroid")]
     fig.suptitle(title, fontsize=12)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
-    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, frameon=False, fontsize=9)
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3 if ncols > 1 else 2,
+               frameon=False, fontsize=9)
     return fig
 
 
