@@ -208,11 +208,13 @@ def draw_figures(evidence: ModelEvidence, directory: str | Path) -> list[tuple[s
     if len(evidence.geometry):
         add(f"{model}: residual geometry per layer (validation activations, position {evidence.position})",
             plots.layer_lines_figure(evidence.geometry, "layer", ["cos_means", "silhouette", "probe_accuracy"],
-                                     directory / "geometry.png", f"{model}: residual geometry per layer", "value"))
+                                     directory / "geometry.png", f"{model}: residual geometry per layer", "value",
+                                     marked_layer=evidence.layer))
     if len(evidence.sensitivity):
         add(f"{model}: cosine per layer of DiM batched vs one prompt at a time, and matched vs unmatched prompt sets",
             plots.layer_lines_figure(evidence.sensitivity, "layer", ["batched_vs_single", "matched_vs_unmatched"],
-                                     directory / "sensitivity.png", f"{model}: DiM sensitivity", "cosine"))
+                                     directory / "sensitivity.png", f"{model}: DiM sensitivity", "cosine",
+                                     marked_layer=evidence.layer))
     return figures
 
 
