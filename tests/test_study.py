@@ -37,6 +37,7 @@ dtype = "float32"
 extract_methods = ["dim", "inlp", "flip", "classifier", "leace", "subspace"]
 [selection]
 scopes = ["all"]
+candidates = "dim"
 finalists = 4
 kl_threshold = 1e9
 induce_threshold = -1e9
@@ -100,6 +101,13 @@ def test_study_runs_every_kind_and_writes_the_report(study, model_dir):
     mine = items[(items["intervention"] == "ablate[all]") & (items["metric"] == "refusal")
                  & (items["judge"] == "substring")]
     assert row["value"] == pytest.approx(mine["value"].mean())
+    # candidates = "dim": every other method was selected only at the cell DiM chose
+    dim = pd.read_csv(model / "methods" / "dim" / "selection-all.csv")
+    cell = tuple(dim.loc[dim["status"] == "selected", ["layer", "position"]].iloc[0])
+    assert dim[["layer", "position"]].drop_duplicates().shape[0] > 1
+    for method in ("inlp", "flip", "classifier", "leace"):
+        table = pd.read_csv(model / "methods" / method / "selection-all.csv")
+        assert {tuple(r) for r in table[["layer", "position"]].itertuples(index=False)} == {cell}, method
     landing = pd.read_csv(model / "analysis" / "landing.csv")
     assert "nullspace[all]" in set(landing["intervention"]) and landing["fraction"].notna().all()
     geometry = pd.read_csv(model / "analysis" / "geometry.csv")

@@ -47,6 +47,9 @@ class SelectionConfig(ConfigModel):
     """Selection settings shared by every method (``[selection]`` in a run config)."""
 
     mode: Literal["fast", "exhaustive"] = "fast"
+    # "dim": every other method is selected only among its candidates at the (layer, position) DiM chose at the same
+    # scope (a matched location, minutes faster); "all": each method searches every layer and position
+    candidates: Literal["all", "dim"] = "all"
     scopes: list[Literal["layer", "top50", "all"]] = ["all"]
     max_layer_fraction: float = 0.8
     kl_threshold: float = 0.1

@@ -56,6 +56,17 @@ def _fit(method, ctx: FitContext, config, root: Path, hidden_size: int) -> dict[
     return candidates
 
 
+def _at_dim_choice(candidates: dict[tuple, object], result: Extraction, name: str, scope: str,
+                   selection: SelectionConfig) -> dict[tuple, object]:
+    """With ``selection.candidates == "dim"``, the candidates of a method other than DiM at the (layer, position)
+    DiM chose at ``scope`` (every candidate keyed by k instead, and all of them where DiM chose nothing)."""
+    dim = result.chosen.get(("dim", scope))
+    if selection.candidates == "all" or name == "dim" or dim is None:
+        return candidates
+    cell = (dim.provenance.layer, dim.provenance.position)
+    return {key: c for key, c in candidates.items() if key[0] is None or key[:2] == cell}
+
+
 def attribution_prior(lm, val_harmful, baseline: Baseline, selection: SelectionConfig) -> AttributionPrior:
     """The fast mode's prior, on the ``prior_prompts`` most strongly refused harmful val prompts."""
     strongest = baseline.harmful_scores.argsort(descending=True)[: selection.prior_prompts].tolist()
@@ -160,7 +171,7 @@ def extract(lm, splits, config, run_dir: str | Path, methods: Sequence[str] = ("
                     prior = attribution_prior(lm, val_harmful, baseline, config.selection)
                 ranked_layers = [layer for layer, _ in (ctx.ranked or [])]
                 selection = select_candidates(
-                    lm, name, candidates, scope, val_harmful, val_harmless, config.selection, config.methods,
+                    lm, name, _at_dim_choice(candidates, result, name, scope, config.selection), scope, val_harmful, val_harmless, config.selection, config.methods,
                     baseline, prior, kl_cache, ranked_layers, fits=ctx)
                 chosen = _save_selection(run_dir, selection, candidates, ranked_layers)
             else:
