@@ -153,7 +153,7 @@ def _sweep(refusal_by_k, ppl_by_k=None, with_ppl=True):
 def test_finding_4():
     found = assess(_sweep({1: ONES, 2: ZEROS, 3: ZEROS}))[3]
     assert found.verdict == SUPPORTED
-    assert found.numbers["smallest k (layer, iteration)"] == 2
+    assert found.numbers["smallest k shown (layer, iteration)"] == 2
     assert found.numbers["INLP rank (layer, iteration)"] == 3
     assert verdict(_sweep({1: ONES, 2: ONES, 3: ZEROS}), 4) == NOT_SUPPORTED  # only the full rank suppresses
     assert verdict(_sweep({1: ZEROS, 2: ZEROS, 3: ZEROS}, {1: 3.0, 2: 3.0}), 4) == NOT_SUPPORTED  # perplexity rises
