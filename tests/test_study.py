@@ -89,8 +89,9 @@ def test_study_runs_every_kind_and_writes_the_report(study, model_dir):
     names = set(results["intervention"])
     for kind in KINDS:
         assert any(n.startswith(f"{kind}[") for n in names), (kind, names)
-    assert {"subspace[all,k=1]", "subspace[all,k=3]", "flip[all,alpha=2,flip_variant=input]",
-            "flip[all,alpha=2,flip_variant=writes]", "rank-k[all,k=2,order=iteration]"} <= names
+    assert {"subspace[all,k=1]", "flip[all,alpha=2,flip_variant=input]", "flip[all,alpha=2,flip_variant=writes]",
+            "rank-k[all,k=2,order=iteration]"} <= names
+    assert "nullspace[all,centered]" in names  # [compare] defaults: the centred variants too
     assert any("~random0" in n for n in names)  # the controls ran
     assert set(results["judge"].dropna()) >= {"substring", "markers"}
     items = pd.read_parquet(model / "evaluation" / "items.parquet")
@@ -117,7 +118,7 @@ def test_study_runs_every_kind_and_writes_the_report(study, model_dir):
     assert "data:image/png;base64," in html and "http://" not in html and "https://" not in html
     findings = json.loads((out / "findings.json").read_text())
     assert "findings" in result.stdout and "report:" in result.stdout
-    verdicts = [f["verdict"] for m in findings["models"] for f in m["findings"]]
+    verdicts = [f["verdict"] for m in findings["models"].values() for f in m["findings"]]
     assert len(verdicts) == 7 and set(verdicts) <= {"supported", "not supported", "inconclusive"}
     pngs = list((out / "figures").rglob("*.png"))
     assert len(pngs) >= 5 and all(p.stat().st_size > 5_000 for p in pngs)

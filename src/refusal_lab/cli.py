@@ -220,8 +220,8 @@ def _study(config: Optional[Path], out: Path, run_dir: Optional[Path]) -> None:
     findings = json.loads((out / "findings.json").read_text())
     import pandas as pd
 
-    _print_table(pd.DataFrame([{"model": m["model"], "finding": f["id"], "verdict": f["verdict"], "test": f["test"]}
-                               for m in findings["models"] for f in m["findings"]]), "findings")
+    _print_table(pd.DataFrame([{"model": model, "finding": f["id"], "verdict": f["verdict"], "title": f["title"]}
+                               for model, m in findings["models"].items() for f in m["findings"]]), "findings")
     console.print(f"report: {report}")
 
 

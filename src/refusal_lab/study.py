@@ -110,7 +110,7 @@ def run_study(config: StudyConfig, out: str | Path) -> Path:
     _bind_study(config, out)
     for model in config.models:  # every model's settings and data checked before minutes of loading
         open_run(config.run_config(model), out / model_slug(model))
-    evidences, figures, findings = [], {}, {}
+    evidences, figures, findings, data_hashes = [], {}, {}, {}
     columns = (TextColumn("[bold]study[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
     started = time.perf_counter()
@@ -130,15 +130,15 @@ def run_study(config: StudyConfig, out: str | Path) -> Path:
             evidence = analyse(lm, config, run_cfg, model_dir)
             progress.advance(bar)
             progress.update(bar, description=f"{model}: figures")
-            figures[model] = draw_figures(evidence, out / "figures" / model_slug(model))
-            findings[model] = assess(evidence, judge=config.evaluate.judges[0])
+            figures[evidence.model] = draw_figures(evidence, out / "figures" / model_slug(model))
+            findings[evidence.model] = assess(evidence, judge=config.evaluate.judges[0])
+            data_hashes[evidence.model] = read_json(model_dir / "manifest.json").get("data_hash")
             evidences.append(evidence)
             progress.advance(bar)
             del lm
             gc.collect()
     meta = {"models": config.models, "config": json.loads(config.model_dump_json()), "code_version": code_version(),
-            "data_hashes": {m: read_json(out / model_slug(m) / "manifest.json").get("data_hash")
-                            for m in config.models},
+            "data_hashes": data_hashes,
             "wall_s": round(time.perf_counter() - started, 1)}
     return write_report(out, evidences, findings, figures, meta)
 

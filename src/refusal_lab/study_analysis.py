@@ -74,7 +74,7 @@ def analyse(lm, config, run_cfg, model_dir: str | Path) -> ModelEvidence:
     clean_h = collect_activations(lm, val_h, run_cfg.batch_size, description="geometry: harmful").acts[:, :, position]
     clean_b = collect_activations(lm, val_b, run_cfg.batch_size, description="geometry: harmless").acts[:, :, position]
     geometry = residual_geometry(clean_h.float(), clean_b.float(), folds=min(5, len(clean_h), len(clean_b)))
-    landing, frames = _landing(lm, config, run_cfg, model_dir, splits, results, clean_h[:, layer].float(),
+    landing, frames = _landing(lm, config, run_cfg, model_dir, splits, clean_h[:, layer].float(),
                                clean_b[:, layer].float(), dims[layer], layer, position)
     sensitivity = _sensitivity(lm, config, run_cfg, splits, position) if config.analysis.sensitivity else \
         pd.DataFrame(columns=["layer", "batched_vs_single", "matched_vs_unmatched"])
