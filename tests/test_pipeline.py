@@ -365,3 +365,13 @@ def test_default_llm_judge_ablates_its_own_direction_extracted_once(model_dir, t
     assert not make_judge(f"llm:{model_dir}", cache=False, ablate_run="none").name.endswith("-ablated")
     endpoint = make_judge("llm:some-model", url="http://127.0.0.1:9", cache=False)
     assert endpoint.ablate_run is None and endpoint.name == "llm:some-model"
+
+
+@pytest.mark.parametrize("recorded, expected", [(2.0, 2.0), (math.nan, 1.0), (None, 1.0)])
+def test_actadd_rows_use_the_selected_scale_or_one(recorded, expected):
+    from refusal_lab.comparison import selected_scale
+    from refusal_lab.directions.base import Direction
+
+    extra = {} if recorded is None else {"selection": {"induce_scale": recorded}}
+    artifact = Direction(torch.ones(D), Provenance("tiny", "classifier", D, 1, -1, "h", extra))
+    assert selected_scale(artifact) == expected

@@ -111,6 +111,13 @@ class Condition:
         return {k: v for k, v in self.__dict__.items() if k != "interventions"}
 
 
+def selected_scale(artifact) -> float:
+    """The ActAdd scale the artifact's selection induced refusal at; 1 where it found none (a closest candidate
+    records NaN) or was never selected."""
+    induced_at = artifact.provenance.extra.get("selection", {}).get("induce_scale")
+    return float(induced_at) if induced_at and math.isfinite(induced_at) else 1.0
+
+
 def random_like(artifact, seed: int):
     """The control for ``artifact``: a random direction of the same norm, or a random orthonormal basis of the same
     rank (seeded; recorded in provenance)."""
@@ -183,8 +190,7 @@ def plan_conditions(run_dir: Path, config: CompareConfig, n_layers: int, hidden_
                 break
             for center in centers_for:
                 if kind in _ACTADD:
-                    scales = config.actadd_scales or [artifact.provenance.extra.get("selection", {}).get(
-                        "induce_scale") or 1.0]
+                    scales = config.actadd_scales or [selected_scale(artifact)]
                     for s in scales:
                         for sign in (1.0, -1.0):
                             add("comparison", kind, scope, artifact, selected_at, scale=float(sign * s))
