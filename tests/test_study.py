@@ -62,6 +62,7 @@ lengths = [4]
 n_eval = 3
 arc_n = 2
 text_docs = 1
+text_sets = ["lambada"]
 batch_size = 8
 [analysis]
 n_geometry = 4
@@ -94,6 +95,7 @@ def test_study_runs_every_kind_and_writes_the_report(study, model_dir):
     assert "nullspace[all,centered]" in names  # [compare] defaults: the centred variants too
     assert any("~random0" in n for n in names)  # the controls ran
     assert set(results["judge"].dropna()) >= {"substring", "markers"}
+    assert set(results.loc[results["metric"] == "perplexity", "dataset"]) == {"lambada", "instructions"}
     items = pd.read_parquet(model / "evaluation" / "items.parquet")
     assert set(items["intervention"]) == names
     # a row's value is the statistic of its items (a rate: their mean)
@@ -163,7 +165,8 @@ def test_study_usage_errors_are_one_line(tmp_path):
     result = _cli("compare", "--out", tmp_path / "x")
     assert result.returncode == 1 and "--config" in result.stderr
     bad = tmp_path / "bad.toml"
-    bad.write_text('models = ["qwen2.5-coder-0.5b-instruct"]\n[evaluate]\nbogus = 1\n')
-    result = _cli("compare", "--config", bad, "--out", tmp_path / "y")
-    assert result.returncode != 0 and "bogus" in result.stderr
+    for key, value in (("bogus", "1"), ("text_sets", '["wiki"]')):
+        bad.write_text(f'models = ["qwen2.5-coder-0.5b-instruct"]\n[evaluate]\n{key} = {value}\n')
+        result = _cli("compare", "--config", bad, "--out", tmp_path / "y")
+        assert result.returncode != 0 and f"evaluate.{key}" in result.stderr, result.stderr
     assert shutil.which(str(CLI)) is not None

@@ -56,6 +56,7 @@ class EvaluateConfig(ConfigModel):
     arc_n: PositiveInt = 300
     full_benchmarks: bool = False
     text_docs: PositiveInt = 64  # documents per general-text set (lambada, boolq, prose)
+    text_sets: list[Literal["lambada", "boolq", "speeches"]] | None = None  # perplexity sets (None: all)
     batch_size: PositiveInt = 16
     seed: int = 0
 
@@ -111,7 +112,8 @@ def _capability_data(config: EvaluateConfig) -> tuple[dict, dict]:
     if "perplexity" in config.metrics:
         from refusal_lab.evaluation.texts import CORPORA, load_texts
 
-        texts = {corpus: load_texts(corpus, config.text_docs, config.seed)[1] for corpus in CORPORA}
+        texts = {corpus: load_texts(corpus, config.text_docs, config.seed)[1]
+                 for corpus in (config.text_sets or CORPORA)}
     if "mmlu" in config.metrics or "arc" in config.metrics:
         from refusal_lab.evaluation.multiple_choice import load_arc, load_mmlu
 
