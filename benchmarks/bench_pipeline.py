@@ -127,6 +127,10 @@ def bench_selection(args: argparse.Namespace) -> None:
 
 
 def bench_run(args: argparse.Namespace) -> None:
+    if (args.run / "study.json").exists():  # a study (make demo): one run directory per model
+        for model_dir in sorted(p.parent for p in args.run.glob("*/manifest.json")):
+            bench_run(argparse.Namespace(**{**vars(args), "run": model_dir}))
+        return
     manifest = json.loads((args.run / "manifest.json").read_text())
     timings = manifest["timings_s"]
     figures = README_RUNS.get(args.run.name, {})

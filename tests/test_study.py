@@ -118,6 +118,7 @@ def test_study_runs_every_kind_and_writes_the_report(study, model_dir):
     assert (out / "report.html").stat().st_size > 10_000
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "http://" not in html and "https://" not in html
+    assert "Residual geometry per layer" in html and "nullspace[all]" in html
     findings = json.loads((out / "findings.json").read_text())
     assert "findings" in result.stdout and "report:" in result.stdout
     verdicts = [f["verdict"] for m in findings["models"].values() for f in m["findings"]]

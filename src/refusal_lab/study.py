@@ -124,13 +124,14 @@ def run_study(config: StudyConfig, out: str | Path) -> Path:
             run_extract(lm, run_cfg, model_dir, config.extract_methods)
             progress.advance(bar)
             progress.update(bar, description=f"{model}: evaluate")
-            _evaluate(lm, config, run_cfg, model_dir)
+            _timed(model_dir, "evaluate", _evaluate, lm, config, run_cfg, model_dir)
             progress.advance(bar)
             progress.update(bar, description=f"{model}: analyse")
-            evidence = analyse(lm, config, run_cfg, model_dir)
+            evidence = _timed(model_dir, "analyse", analyse, lm, config, run_cfg, model_dir)
             progress.advance(bar)
             progress.update(bar, description=f"{model}: figures")
-            figures[evidence.model] = draw_figures(evidence, out / "figures" / model_slug(model))
+            figures[evidence.model] = _timed(model_dir, "figures", draw_figures, evidence,
+                                             out / "figures" / model_slug(model))
             findings[evidence.model] = assess(evidence, judge=config.evaluate.judges[0])
             data_hashes[evidence.model] = read_json(model_dir / "manifest.json").get("data_hash")
             evidences.append(evidence)
@@ -148,11 +149,17 @@ def _evaluate(lm, config: StudyConfig, run_cfg: RunConfig, model_dir: Path) -> N
     from refusal_lab.evaluation.evaluate import evaluate
 
     splits = Splits.load(model_dir / "splits.json")
-    started = time.perf_counter()
     evaluate(lm, config.evaluate, model_dir / "evaluation", model_dir, run_cfg, splits, plan=config.compare)
+
+
+def _timed(model_dir: Path, stage: str, work, *args):
+    """``work(*args)``, its wall time recorded as ``timings_s[stage]`` in the model's manifest.json."""
+    started = time.perf_counter()
+    result = work(*args)
     manifest = read_json(model_dir / "manifest.json")
-    manifest.setdefault("timings_s", {})["evaluate"] = time.perf_counter() - started
+    manifest.setdefault("timings_s", {})[stage] = time.perf_counter() - started
     write_json(model_dir / "manifest.json", manifest)
+    return result
 
 
 def load_results(model_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -185,6 +185,21 @@ def _results(ev: ModelEvidence) -> str:
                    "baseline", "Δ [95 % CI]", "specific"], rows, "results")
 
 
+def _analysis_tables(ev: ModelEvidence) -> list[str]:
+    """The geometry, landing and sensitivity tables (those with rows), numbers as in every table."""
+    tables = (("Where harmful activations land (fraction of the way from the harmful to the harmless centroid; "
+               f"layer {ev.landing_layer})", ev.landing.drop(columns=["kind"], errors="ignore")),
+              ("Residual geometry per layer", ev.geometry),
+              ("DiM sensitivity per layer (cosine)", ev.sensitivity))
+    parts = []
+    for title, frame in tables:
+        if len(frame):
+            rows = [[(_num(v), "num") if isinstance(v, float | int) and not isinstance(v, bool) else str(v)
+                     for v in row] for row in frame.itertuples(index=False)]
+            parts += [f"<h3>{_e(title)}</h3>", _table([c.replace("_", " ") for c in frame.columns], rows, "results")]
+    return parts
+
+
 def _finding(f: Finding) -> str:
     """One finding: badge and title, the rule, its numbers (``[value, low, high]`` as ``value [low, high]``), note."""
     css = BADGE.get(f.verdict, "inconclusive")
@@ -222,6 +237,7 @@ def render(evidences: Sequence[ModelEvidence], findings: dict[str, list[Finding]
         parts += [_figure(*figs[0])] if figs else []
         parts += ["<h3>Results</h3>", _results(ev)]
         parts += ["<h3>Figures</h3>"] + [_figure(*fig) for fig in figs[1:]] if len(figs) > 1 else []
+        parts += _analysis_tables(ev)
         parts += ["<h3>Findings</h3>"] + [_finding(f) for f in findings.get(ev.model, [])]
     return "\n".join(parts) + "\n</body></html>\n"
 
