@@ -13,6 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import ARCHITECTURES
+from refusal_lab.models.adapters import SUPPORTED_MODEL_TYPES
 from refusal_lab.study import load_study_config, model_slug
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,6 +95,7 @@ def test_study_runs_every_kind_and_writes_the_report(study, model_dir):
     assert {"subspace[all,k=1]", "flip[all,alpha=2,flip_variant=input]", "flip[all,alpha=2,flip_variant=writes]",
             "rank-k[all,k=2,order=iteration]"} <= names
     assert "nullspace[all,centered]" in names  # [compare] defaults: the centred variants too
+    assert "subspace[all,k=2]" in names  # the whole stack's rows (2 layers below 0.8·L of 3), k = 3 capped at 2
     assert any("~random0" in n for n in names)  # the controls ran
     assert set(results["judge"].dropna()) >= {"substring", "markers"}
     assert set(results.loc[results["metric"] == "perplexity", "dataset"]) == {"lambada", "instructions"}
@@ -111,6 +114,8 @@ def test_study_runs_every_kind_and_writes_the_report(study, model_dir):
     for method in ("inlp", "flip", "classifier", "leace"):
         table = pd.read_csv(model / "methods" / method / "selection-all.csv")
         assert {tuple(r) for r in table[["layer", "position"]].itertuples(index=False)} == {cell}, method
+    assert len(list((model / "methods" / "leace" / "candidates").glob("*.json"))) == 1  # fitted at that cell only
+    assert len(list((model / "methods" / "inlp" / "candidates").glob("*.json"))) > 1  # INLP everywhere (heatmap)
     landing = pd.read_csv(model / "analysis" / "landing.csv")
     assert "nullspace[all]" in set(landing["intervention"]) and landing["fraction"].notna().all()
     geometry = pd.read_csv(model / "analysis" / "geometry.csv")
@@ -159,7 +164,11 @@ def test_configs_parse_and_paper_covers_the_seed_models():
     demo = load_study_config(ROOT / "configs" / "demo.toml")
     assert demo.models == ["qwen2.5-coder-1.5b-instruct"] and set(demo.compare.kinds) == set(KINDS)
     paper = load_study_config(ROOT / "configs" / "paper.toml")
-    assert len(paper.models) == 5 and any("Llama-3" in m for m in paper.models)
+    # the model types their hub configs declare; each has an adapter and a tiny-config test architecture
+    declared = {"google/gemma-2b-it": "gemma", "01-ai/Yi-6B-Chat": "llama", "Qwen/Qwen1.5-1.8B-Chat": "qwen2",
+                "meta-llama/Llama-2-7b-chat-hf": "llama", "meta-llama/Meta-Llama-3-8B-Instruct": "llama"}
+    assert paper.models == list(declared)
+    assert set(declared.values()) <= set(SUPPORTED_MODEL_TYPES) & set(ARCHITECTURES)
 
 
 def test_study_usage_errors_are_one_line(tmp_path):

@@ -220,7 +220,8 @@ def _study(config: Optional[Path], out: Path, run_dir: Optional[Path]) -> None:
     findings = json.loads((out / "findings.json").read_text())
     import pandas as pd
 
-    _print_table(pd.DataFrame([{"model": model, "finding": f["id"], "verdict": f["verdict"], "title": f["title"]}
+    _print_table(pd.DataFrame([{"model": model, "finding": f["id"], "verdict": f["verdict"],
+                                "title": f["title"][:60] + ("…" if len(f["title"]) > 60 else "")}
                                for model, m in findings["models"].items() for f in m["findings"]]), "findings")
     console.print(f"report: {report}")
 

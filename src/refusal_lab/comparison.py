@@ -42,7 +42,8 @@ from refusal_lab.evaluation.judges import is_refusal
 from refusal_lab.evaluation.metrics import Rate
 from refusal_lab.interventions.hooks import Intervention
 from refusal_lab.io import read_json, write_csv, write_json
-from refusal_lab.methods.artifacts import ARTIFACT_OF, KINDS, MethodArtifacts, chosen_for_scope
+from refusal_lab.methods.artifacts import (ARTIFACT_OF, KINDS, MethodArtifacts, chosen_for_scope, load_candidates,
+                                           methods_dir)
 from refusal_lab.methods.factory import build_intervention
 from refusal_lab.methods.registry import get_method
 from refusal_lab.scoring import kl_divergence, last_token_logprobs, refusal_scores
@@ -109,6 +110,15 @@ class Condition:
 
     def meta(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "interventions"}
+
+
+def _full_stack(run_dir: Path, hidden_size: int):
+    """The subspace method's whole stack (its candidate with the most rows), or None where it was not fitted."""
+    root = methods_dir(run_dir) / "subspace"
+    if not (root / "fit.json").exists():
+        return None
+    candidates = load_candidates(root, hidden_size)
+    return max(candidates.values(), key=lambda stack: stack.rank) if candidates else None
 
 
 def selected_scale(artifact) -> float:
@@ -199,8 +209,9 @@ def plan_conditions(run_dir: Path, config: CompareConfig, n_layers: int, hidden_
                         add("comparison", kind, scope, artifact, selected_at, alpha=config.flip_alpha,
                             flip_variant=variant, center=center)
                 elif kind == "subspace" and config.subspace_ks:
-                    for k in config.subspace_ks:
-                        add("comparison", kind, scope, artifact, selected_at, k=min(k, artifact.rank))
+                    stack = _full_stack(run_dir, hidden_size) or artifact  # selection may have kept fewer rows
+                    for k in dict.fromkeys(min(k, stack.rank) for k in config.subspace_ks):
+                        add("comparison", kind, scope, stack, selected_at, k=k)
                 elif kind == "rank-k":
                     for order in config.rank_k_orders:
                         add("comparison", kind, scope, artifact, selected_at, k=config.rank_k, order=order,

@@ -40,6 +40,8 @@ from refusal_lab.interventions.hooks import apply_interventions
 from refusal_lab.io import read_json, write_csv, write_json
 from refusal_lab.methods.artifacts import chosen_for_scope, load_candidates, methods_dir
 
+PANEL_ORDER = ("refusal", "harmless_refusal", "judge", "kl", "kl_response", "perplexity", "mmlu", "arc", "repetition",
+               "coherence")
 TABLES = ("results", "items", "inlp_dim_cosine", "geometry", "landing", "sensitivity")
 
 
@@ -182,6 +184,9 @@ def draw_figures(evidence: ModelEvidence, directory: str | Path) -> list[tuple[s
             figures.append((caption, Path(path)))
 
     main = evidence.results[~evidence.results["control"].astype(bool)]
+    rank = {metric: i for i, metric in enumerate(PANEL_ORDER)}
+    main = main.sort_values(["metric", "judge", "dataset"], key=lambda c: c.map(rank).fillna(len(rank))
+                            if c.name == "metric" else c.fillna(""), kind="stable")  # panels: refusal first
     add(f"{model}: Δ vs the unmodified model per metric (95 % intervals; higher = better for the intervention's "
         "goal), grouped by method family, best per panel marked",
         plots.delta_figure(main, directory / "delta.png", None))
@@ -204,7 +209,8 @@ def draw_figures(evidence: ModelEvidence, directory: str | Path) -> list[tuple[s
             refs[curve.attrs["reference"]] = float(base["value"].iloc[0])
         add(f"{model}: refusal on held-out harmful requests vs k — INLP rank-k (per row order) and the stacked "
             "multi-layer subspace's leading k rows, beside the single best direction",
-            plots.rank_k_figure(curve, directory / "rank-k.png", "refusal rate on harmful (95 % CI)", refs))
+            plots.rank_k_figure(curve, directory / "rank-k.png", "refusal rate on harmful (95 % CI)", refs,
+                                title=f"{model}: refusal vs k (INLP rank-k, stacked-layer subspace)"))
     if len(evidence.geometry):
         add(f"{model}: residual geometry per layer (validation activations, position {evidence.position})",
             plots.layer_lines_figure(evidence.geometry, "layer", ["cos_means", "silhouette", "probe_accuracy"],

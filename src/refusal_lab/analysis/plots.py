@@ -264,7 +264,7 @@ def build_rank_k_figure(rows: pd.DataFrame, ylabel: str, references: Mapping[str
     for (label, value), style in zip((references or {}).items(), ("--", ":", "-.", (0, (5, 1)))):
         ax.axhline(value, color="0.35", linestyle=style, linewidth=1.2, label=f"{label} ({value:.2f})")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("k (number of INLP directions removed)")
+    ax.set_xlabel("k (directions removed: leading INLP rows, or stacked layers)")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)

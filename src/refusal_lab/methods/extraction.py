@@ -160,6 +160,9 @@ def extract(lm, splits, config, run_dir: str | Path, methods: Sequence[str] = ("
             ctx = ctx or fit_context(lm, splits, config)
             if ranking_path.exists():
                 ctx.ranked = [tuple(cell) for cell in read_json(ranking_path)["ranked"]]
+        if ctx and name != "dim" and config.selection.candidates == "dim":
+            ctx.selectable = {(c.provenance.layer, c.provenance.position)
+                              for (m, _), c in result.chosen.items() if m == "dim" and c is not None} or None
         candidates = _fit(method, ctx, config, root, lm.hidden_size) if ctx else {}
         for scope in config.selection.scopes:
             loaded = _load_selection(run_dir, name, scope, lm.hidden_size)

@@ -69,6 +69,9 @@ class FitContext:
     ranked: list[tuple[int, int]] | None = None
     inlp_results: dict | None = None  # INLP fits, shared by the inlp, flip and classifier methods
     leace_fits: dict = field(default_factory=dict)  # position → {layer: eraser}
+    # selection.candidates = "dim": the cells selection may choose (DiM's); LEACE fits only these (an
+    # eigendecomposition per cell is its cost), the other fits still cover every cell for the analyses
+    selectable: set[tuple[int, int]] | None = None
 
     def inlp(self, config: MethodsConfig) -> dict:
         """``{(layer, position): INLPResult}`` on the train split for every eligible cell (computed once)."""
@@ -233,6 +236,8 @@ class LEACE(Method):
     def fit(self, ctx, config):
         erasers = {}
         for layer, position in ctx.cells():
+            if ctx.selectable is not None and (layer, position) not in ctx.selectable:
+                continue
             X, y = ctx.xy(layer, position)
             try:
                 erasers[(layer, position, None)] = fit_leace(X, y, ctx.provenance("leace", layer, position))
