@@ -37,7 +37,8 @@ README_SELECTION = {
     "qwen2.5-coder-1.5b-instruct": {"fast": "239 s", "fast, no KL screen": "341 s", "fast pick": "(18, -2)",
                                     "fast scores": "-3.13 / 1.05 / 0.097"},
 }
-README_RUNS = {"demo": {"extract": "252 s", "compare-generation": "381 s", "total": "633 s"}}
+README_RUNS = {"qwen2.5-coder-1.5b-instruct": {"extract": "351 s", "evaluate": "435 s", "analyse": "82 s", "figures": "3 s",
+                                               "total": "872 s"}}  # make demo → runs/demo/<model>
 VARIANTS = ("fast", "fast, no KL screen", "exhaustive")
 
 
