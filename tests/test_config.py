@@ -34,7 +34,7 @@ def test_unknown_keys_are_rejected_with_the_known_keys_of_their_table(tmp_path):
     assert "unknown key n_evl" in message and "n_val" in message and "selection" in message
     message = error_of(tmp_path, "c.json", json.dumps({"selection": {"mdoe": "fast"}}))
     assert "unknown key selection.mdoe" in message
-    assert "mode, scopes, max_layer_fraction" in message and "n_train" not in message  # the [selection] table's keys
+    assert "mode, candidates, scopes, max_layer_fraction" in message and "n_train" not in message  # the [selection] table's keys
 
 
 def test_type_errors_and_counts_name_key_value_and_expected_type(tmp_path):

@@ -128,6 +128,9 @@ def test_study_runs_every_kind_and_writes_the_report(study, model_dir):
     assert "findings" in result.stdout and "report:" in result.stdout
     verdicts = [f["verdict"] for m in findings["models"].values() for f in m["findings"]]
     assert len(verdicts) == 7 and set(verdicts) <= {"supported", "not supported", "inconclusive"}
+    assert {p.name for p in (out / "figures").rglob("*.png")} >= {"delta.png", "heatmap-dim.png", "heatmap-inlp.png",
+                                                                   "landing.png", "landing-pca.png", "rank-k.png",
+                                                                   "geometry.png", "sensitivity.png"}
     pngs = list((out / "figures").rglob("*.png"))
     assert len(pngs) >= 5 and all(p.stat().st_size > 5_000 for p in pngs)
 

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 from refusal_lab.cli_options import (EvalSet, FlipVariant, InterventionKind, Measure, Method, Scope, Site, out_dir_option,
                                      out_file_option)

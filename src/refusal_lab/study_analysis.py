@@ -10,7 +10,8 @@ Everything is measured at DiM's chosen post-instruction position ``i``; activati
   same validation prompts run, read at ``resid_pre`` of DiM's chosen layer (a map placed at that layer's input is
   already in it): the fraction of the way from the harmful to the harmless clean validation centroid, the fraction
   nearer the harmless one, the silhouette between the transformed clusters, and both sides on the fixed 2-D frame
-  (DiM direction × first orthogonal principal component, fitted on the clean activations).
+  (DiM direction × first orthogonal principal component) and on the top two principal axes, both fitted on the clean
+  activations.
 - Sensitivity: per layer, cosine of DiM collected in batches vs one prompt at a time, and trained on the matched vs
   the unmatched prompt sets (``n_sensitivity`` per side).
 Saved under ``MODEL_DIR/analysis/`` (CSV, safetensors, JSON); a rerun reads it back.
@@ -32,6 +33,7 @@ from refusal_lab.analysis.geometry import (
     cross_layer_cosines,
     fixed_frame,
     landing_fraction,
+    pca_frame,
     project,
     residual_geometry,
 )
@@ -42,6 +44,7 @@ from refusal_lab.methods.artifacts import chosen_for_scope, load_candidates, met
 
 PANEL_ORDER = ("refusal", "harmless_refusal", "judge", "kl", "kl_response", "perplexity", "mmlu", "arc", "repetition",
                "coherence")
+FRAME_SIDES = ("harmful", "harmless", "harmful_pca", "harmless_pca")
 TABLES = ("results", "items", "inlp_dim_cosine", "geometry", "landing", "sensitivity")
 
 
@@ -108,7 +111,13 @@ def _landing(lm, config, run_cfg, model_dir, splits, clean_h, clean_b, direction
     mu_h, mu_b = clean_h.mean(0), clean_b.mean(0)
     n = config.analysis.n_geometry
     prompts = splits.val_harmful.texts[:n] + splits.val_harmless.texts[:n]
-    frames = {"baseline": {"harmful": project(clean_h, frame).numpy(), "harmless": project(clean_b, frame).numpy()}}
+    pca = pca_frame(clean_h, clean_b)
+
+    def coordinates(h, b) -> dict[str, np.ndarray]:
+        return {"harmful": project(h, frame).numpy(), "harmless": project(b, frame).numpy(),
+                "harmful_pca": project(h, pca).numpy(), "harmless_pca": project(b, pca).numpy()}
+
+    frames = {"baseline": coordinates(clean_h, clean_b)}
     rows = []
     for target in targets:
         with apply_interventions(lm, target.interventions):
@@ -119,7 +128,7 @@ def _landing(lm, config, run_cfg, model_dir, splits, clean_h, clean_b, direction
         rows.append({"intervention": target.name, "kind": target.kind, "family": FAMILY.get(target.kind, target.kind),
                      "fraction": where.value, "fraction_ci_low": where.low, "fraction_ci_high": where.high,
                      "nearer_harmless": where.nearer_harmless, "silhouette": cluster_silhouette(h, b)})
-        frames[target.name] = {"harmful": project(h, frame).numpy(), "harmless": project(b, frame).numpy()}
+        frames[target.name] = coordinates(h, b)
     return pd.DataFrame(rows), frames
 
 
@@ -165,7 +174,7 @@ def load_evidence(model_dir: str | Path) -> ModelEvidence:
                      pd.read_csv(directory / f"{name}.csv")) for name in TABLES}
     arrays = {k: v.numpy() for k, v in load_file(str(directory / "arrays.safetensors")).items()}
     heatmaps = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("heatmap.")}
-    frames = {name: {side: arrays[f"frame.{i}.{side}"] for side in ("harmful", "harmless")}
+    frames = {name: {side: arrays[f"frame.{i}.{side}"] for side in FRAME_SIDES if f"frame.{i}.{side}" in arrays}
               for i, name in enumerate(meta["frames"])}
     return ModelEvidence(meta["model"], meta["n_layers"], meta["layer"], meta["position"], meta["landing_layer"],
                          heatmaps=heatmaps, frames=frames, **tables)
@@ -201,6 +210,13 @@ def draw_figures(evidence: ModelEvidence, directory: str | Path) -> list[tuple[s
             "intervention on the fixed frame (DiM direction × first orthogonal principal component)",
             plots.landing_figure(evidence.frames, directory / "landing.png",
                                  f"{model}: where activations land (layer {evidence.landing_layer})"))
+        pca = {name: {"harmful": xy["harmful_pca"], "harmless": xy["harmless_pca"]}
+               for name, xy in evidence.frames.items() if "harmful_pca" in xy}
+        if pca:
+            add(f"{model}: the same activations on the top two principal axes of the clean ones",
+                plots.landing_figure(pca, directory / "landing-pca.png",
+                                     f"{model}: where activations land, PCA (layer {evidence.landing_layer})",
+                                     axis_labels=("PC 1 of the clean activations", "PC 2")))
     curve = _rank_curve(evidence)
     if len(curve):
         base = main[(main["intervention"] == curve.attrs["reference"])]

@@ -38,7 +38,7 @@ class ModelEvidence:
     validation activations at ``landing_layer``): intervention, kind, family, fraction, fraction_ci_low,
     fraction_ci_high, nearer_harmless, silhouette. ``frames``: intervention → ``{"harmful", "harmless"}`` 2-D
     coordinates ``[n, 2]`` on the fixed frame (DiM direction × first orthogonal principal component; ``baseline``
-    = before). ``sensitivity``: layer, batched_vs_single, matched_vs_unmatched (cosines at ``position``).
+    = before), and ``{"harmful_pca", "harmless_pca"}`` on the clean activations' top two principal axes. ``sensitivity``: layer, batched_vs_single, matched_vs_unmatched (cosines at ``position``).
     """
 
     model: str
