@@ -131,7 +131,8 @@ def test_n_eval_above_the_held_out_prompts_is_capped_with_one_line(tmp_path):
 
 def test_ctrl_c_prints_the_resume_hint_and_exits_130(tmp_path, model_dir):
     config = tmp_path / "config.json"  # minutes of work: a direction passes, then 200 tokens for every test prompt
-    config.write_text(json.dumps({"model": str(model_dir), "dtype": "float32", "compare": {"max_new_tokens": 200},
+    config.write_text(json.dumps({"model": str(model_dir), "dtype": "float32",
+                                  "compare": {"measure": "generation", "max_new_tokens": 200, "kinds": ["ablate"]},
                                   "batch_size": 8, "selection": {"kl_threshold": 1e9, "induce_threshold": -1e9}}))
     out = tmp_path / "run"
     process = subprocess.Popen([str(SCRIPT), "run", "--config", str(config), "--out", str(out)], cwd=tmp_path,
