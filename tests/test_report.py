@@ -173,6 +173,9 @@ def test_report_is_self_contained_and_escaped(tmp_path):
     assert "&lt;i&gt;x&lt;/i&gt;" in page  # meta text too
     assert page.index("Δ vs baseline, refusal") < page.index("<h3>Results</h3>")  # the Δ figure comes first
     assert "~random0" not in page  # controls stay out of the results table
+    results = evidences[0].results
+    n = int(results.loc[results["metric"] == "refusal", "n"].min())  # the 95 % Wilson half-width at p = ½ ≈ 0.98/√n
+    assert f"With {n} prompts per side a rate is uncertain by up to about ±{0.98 / n ** 0.5:.2f}." in page
     assert "f397dc4" in page and "3f2a9c1e77d0b4a5" in page and "9b0c4d2e11aa5f60" in page
     for verdict in {f.verdict for fs in findings.values() for f in fs}:
         assert f">{verdict}</span>" in page

@@ -219,6 +219,16 @@ def _summary(evidences: Sequence[ModelEvidence], findings: dict[str, list[Findin
     return _table(["finding", *verdicts], rows, "summary")
 
 
+def _uncertainty(evidences: Sequence[ModelEvidence]) -> str:
+    """How uncertain a refusal rate is at the fewest prompts per side: the 95 % half-width at p = ½, ≈ 1/√n."""
+    sizes = [int(n) for ev in evidences if "n" in ev.results
+             for n in ev.results.loc[ev.results["metric"] == "refusal", "n"].dropna()]
+    if not sizes:
+        return ""
+    n = min(sizes)
+    return f"With {n} prompts per side a rate is uncertain by up to about ±{1.96 * 0.5 / n ** 0.5:.2f}."
+
+
 def render(evidences: Sequence[ModelEvidence], findings: dict[str, list[Finding]],
            figures: dict[str, list[tuple[str, Path]]], meta: dict) -> str:
     """The report page (see the module docstring)."""
@@ -229,7 +239,7 @@ def render(evidences: Sequence[ModelEvidence], findings: dict[str, list[Finding]
              f'<p class="lead">{len(evidences)} model(s). Intervals are 95 %: Wilson for a rate, a percentile '
              "bootstrap over items otherwise, paired on the same items for a difference (relative for perplexity). "
              "Δ is signed so that higher is better for what the row is for (bypass: less refusal; induce: more). "
-             "With about 100 prompts a rate is uncertain by about ±0.1.</p>",
+             f"{_uncertainty(evidences)}</p>",
              "<h3>Findings at a glance</h3>", _summary(evidences, findings)]
     for ev in evidences:
         figs = figures.get(ev.model, [])
