@@ -135,8 +135,11 @@ def test_ctrl_c_prints_the_resume_hint_and_exits_130(tmp_path, model_dir):
                                   "compare": {"measure": "generation", "max_new_tokens": 200, "kinds": ["ablate"]},
                                   "batch_size": 8, "selection": {"kl_threshold": 1e9, "induce_threshold": -1e9}}))
     out = tmp_path / "run"
+    # a shell without job control starts background jobs with SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt handler: give the child the default disposition, as an interactive shell would
     process = subprocess.Popen([str(SCRIPT), "run", "--config", str(config), "--out", str(out)], cwd=tmp_path,
-                               env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while not (out / "config.json").exists():  # written once the command is under way
