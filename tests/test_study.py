@@ -126,6 +126,7 @@ def test_study_runs_every_kind_and_writes_the_report(study, model_dir):
     assert "Residual geometry per layer" in html and "nullspace[all]" in html
     findings = json.loads((out / "findings.json").read_text())
     assert "findings" in result.stdout and "report:" in result.stdout
+    assert "study" in result.stderr and "100%" in result.stderr and "eta" in result.stderr  # the overall bar
     verdicts = [f["verdict"] for m in findings["models"].values() for f in m["findings"]]
     assert len(verdicts) == 7 and set(verdicts) <= {"supported", "not supported", "inconclusive"}
     assert {p.name for p in (out / "figures").rglob("*.png")} >= {"delta.png", "heatmap-dim.png", "heatmap-inlp.png",

@@ -85,7 +85,8 @@ def run(
     model: Annotated[Optional[str], typer.Option("--model", "-m")] = None,
     n_eval: Annotated[Optional[int], typer.Option(help="held-out prompts per side", min=1)] = None,
 ):
-    """The main job: extract and select every configured method, then compare on held-out prompts."""
+    """One run: extract and select every configured method, then compare on held-out prompts (the DiM preset; the
+    study of every method, metric and figure is `compare --config FILE --out DIR`)."""
     from refusal_lab.experiment import prepare_splits, run as run_job
 
     cfg = _config(config, None, model=model, **{"compare.n_eval": n_eval})

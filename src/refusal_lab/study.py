@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from pydantic import PositiveInt
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from refusal_lab.config import ConfigModel, load_config_file
 from refusal_lab.errors import RefusalLabError
@@ -31,7 +31,9 @@ from refusal_lab.io import read_json, write_json
 from refusal_lab.models.bundled import BUNDLED, DEFAULT_MODEL
 
 log = Console(stderr=True).log
-STAGES = ("extract", "evaluate", "analyse", "figures")
+# each stage's share of a model's wall time in the measured demo (README): the overall bar advances by these, so
+# its ETA is in time, not in stage counts
+STAGE_WEIGHTS = {"extract": 40, "evaluate": 50, "analyse": 9, "figures": 1}
 
 
 class AnalysisConfig(ConfigModel):
@@ -111,31 +113,31 @@ def run_study(config: StudyConfig, out: str | Path) -> Path:
     for model in config.models:  # every model's settings and data checked before minutes of loading
         open_run(config.run_config(model), out / model_slug(model))
     evidences, figures, findings, data_hashes = [], {}, {}, {}
-    columns = (TextColumn("[bold]study[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+    columns = (TextColumn("[bold]study[/] {task.description}"), BarColumn(), TaskProgressColumn(),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
     started = time.perf_counter()
     with Progress(*columns, console=Console(stderr=True)) as progress:
-        bar = progress.add_task("", total=len(config.models) * len(STAGES))
+        bar = progress.add_task("", total=len(config.models) * sum(STAGE_WEIGHTS.values()))
         for model in config.models:
             run_cfg, model_dir = config.run_config(model), out / model_slug(model)
             progress.update(bar, description=f"{model}: load")
             lm = load_model(model, dtype=config.dtype, device=device)
             progress.update(bar, description=f"{model}: extract")
             run_extract(lm, run_cfg, model_dir, config.extract_methods)
-            progress.advance(bar)
+            progress.advance(bar, STAGE_WEIGHTS["extract"])
             progress.update(bar, description=f"{model}: evaluate")
             _timed(model_dir, "evaluate", _evaluate, lm, config, run_cfg, model_dir)
-            progress.advance(bar)
+            progress.advance(bar, STAGE_WEIGHTS["evaluate"])
             progress.update(bar, description=f"{model}: analyse")
             evidence = _timed(model_dir, "analyse", analyse, lm, config, run_cfg, model_dir)
-            progress.advance(bar)
+            progress.advance(bar, STAGE_WEIGHTS["analyse"])
             progress.update(bar, description=f"{model}: figures")
             figures[evidence.model] = _timed(model_dir, "figures", draw_figures, evidence,
                                              out / "figures" / model_slug(model))
             findings[evidence.model] = assess(evidence, judge=config.evaluate.judges[0])
             data_hashes[evidence.model] = read_json(model_dir / "manifest.json").get("data_hash")
             evidences.append(evidence)
-            progress.advance(bar)
+            progress.advance(bar, STAGE_WEIGHTS["figures"])
             del lm
             gc.collect()
     meta = {"models": config.models, "config": json.loads(config.model_dump_json()), "code_version": code_version(),
