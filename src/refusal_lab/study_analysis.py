@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from refusal_lab.activations import collect_activations
 from refusal_lab.analysis.evidence import FAMILY, ModelEvidence
+from refusal_lab.analysis.findings import parse
 from refusal_lab.analysis.geometry import (
     cluster_silhouette,
     cross_layer_cosines,
@@ -45,13 +46,11 @@ from refusal_lab.methods.artifacts import chosen_for_scope, load_candidates, met
 PANEL_ORDER = ("refusal", "harmless_refusal", "judge", "kl", "kl_response", "perplexity", "mmlu", "arc", "repetition",
                "coherence")
 FRAME_SIDES = ("harmful", "harmless", "harmful_pca", "harmless_pca")
-TABLES = ("results", "items", "inlp_dim_cosine", "geometry", "landing", "sensitivity")
+TABLES = ("inlp_dim_cosine", "geometry", "landing", "sensitivity")  # results and items stay in evaluation/
 
 
 def analyse(lm, config, run_cfg, model_dir: str | Path) -> ModelEvidence:
     """The evidence of one model of a study (``config``: a :class:`~refusal_lab.study.StudyConfig`); resumable."""
-    from refusal_lab.study import load_results
-
     model_dir = Path(model_dir)
     directory = model_dir / "analysis"
     if (directory / "evidence.json").exists():
@@ -59,8 +58,7 @@ def analyse(lm, config, run_cfg, model_dir: str | Path) -> ModelEvidence:
     splits = Splits.load(model_dir / "splits.json")
     dim, _ = chosen_for_scope(model_dir, "dim", run_cfg.selection.scopes[0], lm.hidden_size)
     layer, position = dim.provenance.layer, dim.provenance.position
-    results, items = load_results(model_dir)
-    results = results.assign(family=results["kind"].map(FAMILY).fillna(results["kind"]))
+    results, items = _results(model_dir)
     from refusal_lab.methods.extraction import fit_context
 
     ctx = fit_context(lm, splits, run_cfg)
@@ -79,7 +77,7 @@ def analyse(lm, config, run_cfg, model_dir: str | Path) -> ModelEvidence:
     clean_h = collect_activations(lm, val_h, run_cfg.batch_size, description="geometry: harmful").acts[:, :, position]
     clean_b = collect_activations(lm, val_b, run_cfg.batch_size, description="geometry: harmless").acts[:, :, position]
     geometry = residual_geometry(clean_h.float(), clean_b.float(), folds=min(5, len(clean_h), len(clean_b)))
-    landing, frames = _landing(lm, config, run_cfg, model_dir, splits, clean_h[:, layer].float(),
+    landing, frames = _landing(lm, config, run_cfg, model_dir, splits, ctx, clean_h[:, layer].float(),
                                clean_b[:, layer].float(), dims[layer], layer, position)
     sensitivity = _sensitivity(lm, config, run_cfg, splits, position) if config.analysis.sensitivity else \
         pd.DataFrame(columns=["layer", "batched_vs_single", "matched_vs_unmatched"])
@@ -87,6 +85,14 @@ def analyse(lm, config, run_cfg, model_dir: str | Path) -> ModelEvidence:
                              geometry, landing, frames, sensitivity)
     save_evidence(evidence, model_dir)
     return evidence
+
+
+def _results(model_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The evaluation's result rows (with each row's method ``family``) and per-item values."""
+    from refusal_lab.study import load_results
+
+    results, items = load_results(model_dir)
+    return results.assign(family=results["kind"].map(FAMILY).fillna(results["kind"])), items
 
 
 def _first_inlp_directions(model_dir: Path, position: int, hidden_size: int) -> dict[int, torch.Tensor]:
@@ -101,12 +107,13 @@ def _first_inlp_directions(model_dir: Path, position: int, hidden_size: int) -> 
     return found
 
 
-def _landing(lm, config, run_cfg, model_dir, splits, clean_h, clean_b, direction, layer, position):
+def _landing(lm, config, run_cfg, model_dir, splits, fits, clean_h, clean_b, direction, layer, position):
     from refusal_lab.evaluation.evaluate import targets_from_run
 
-    targets = [t for t in targets_from_run(lm, model_dir, config.evaluate, run_cfg, splits, plan=config.compare)[1:]
+    targets = [t for t in targets_from_run(lm, model_dir, config.evaluate, run_cfg, splits, plan=config.compare,
+                                           fits=fits)[1:]
                if not t.control and t.goal == "bypass"
-               and (t.kind != "rank-k" or f"k={config.compare.rank_k}," in t.name)]
+               and (t.kind != "rank-k" or parse(t.name).params.get("k") == str(config.compare.rank_k))]
     frame = fixed_frame(direction, clean_h, clean_b)
     mu_h, mu_b = clean_h.mean(0), clean_b.mean(0)
     n = config.analysis.n_geometry
@@ -142,9 +149,7 @@ def _sensitivity(lm, config, run_cfg, splits, position: int) -> pd.DataFrame:
     matched, unmatched = (dataset_splits(source, n_train=n, n_val=2, seed=run_cfg.seed, n_test=0)
                           for source in ("matched", "unmatched"))
     data = splits_sensitivity(lm, matched, unmatched, batch_size=run_cfg.batch_size)
-    n_pos = int(batching["position"].min()) * -1
-    at = position if position < 0 else position - n_pos
-    pick = lambda frame: frame[frame["position"] == at].set_index("layer")["cosine"]  # noqa: E731
+    pick = lambda frame: frame[frame["position"] == position].set_index("layer")["cosine"]  # noqa: E731
     return pd.DataFrame({"batched_vs_single": pick(batching), "matched_vs_unmatched": pick(data)}).reset_index()
 
 
@@ -152,11 +157,7 @@ def save_evidence(evidence: ModelEvidence, model_dir: Path) -> None:
     directory = Path(model_dir) / "analysis"
     directory.mkdir(parents=True, exist_ok=True)
     for name in TABLES:
-        frame = getattr(evidence, name)
-        if name == "items":
-            frame.to_parquet(directory / "items.parquet")
-        else:
-            write_csv(frame, directory / f"{name}.csv")
+        write_csv(getattr(evidence, name), directory / f"{name}.csv")
     tensors = {f"heatmap.{k}": torch.as_tensor(np.asarray(v, dtype=np.float32)) for k, v in evidence.heatmaps.items()}
     tensors |= {f"frame.{i}.{side}": torch.as_tensor(np.asarray(xy, dtype=np.float32))
                 for i, sides in enumerate(evidence.frames.values()) for side, xy in sides.items()}
@@ -170,8 +171,8 @@ def save_evidence(evidence: ModelEvidence, model_dir: Path) -> None:
 def load_evidence(model_dir: str | Path) -> ModelEvidence:
     directory = Path(model_dir) / "analysis"
     meta = read_json(directory / "evidence.json")
-    tables = {name: (pd.read_parquet(directory / "items.parquet") if name == "items" else
-                     pd.read_csv(directory / f"{name}.csv")) for name in TABLES}
+    tables = {name: pd.read_csv(directory / f"{name}.csv") for name in TABLES}
+    tables["results"], tables["items"] = _results(Path(model_dir))
     arrays = {k: v.numpy() for k, v in load_file(str(directory / "arrays.safetensors")).items()}
     heatmaps = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("heatmap.")}
     frames = {name: {side: arrays[f"frame.{i}.{side}"] for side in FRAME_SIDES if f"frame.{i}.{side}" in arrays}
@@ -247,11 +248,11 @@ def _rank_curve(evidence: ModelEvidence) -> pd.DataFrame:
         return pd.DataFrame()
     rows = rows[(rows["judge"] == rows["judge"].iloc[0]) & (rows["max_new_tokens"] == rows["max_new_tokens"].max())]
     picked = []
-    for _, r in rows.iterrows():
-        k = _param(r["intervention"], "k")
-        if r["kind"] in ("rank-k", "subspace") and k is not None:
-            order = _param(r["intervention"], "order") if r["kind"] == "rank-k" else "stacked layers (subspace)"
-            picked.append({"k": int(k), "order": order, "value": r["value"], "ci_low": r["ci_low"],
+    for _, r in rows[rows["kind"].isin(("rank-k", "subspace"))].iterrows():
+        params = parse(r["intervention"]).params
+        if "k" in params:
+            order = params.get("order") if r["kind"] == "rank-k" else "stacked layers (subspace)"
+            picked.append({"k": int(params["k"]), "order": order, "value": r["value"], "ci_low": r["ci_low"],
                            "ci_high": r["ci_high"]})
     curve = pd.DataFrame(picked).sort_values(["order", "k"]) if picked else pd.DataFrame()
     if len(curve):
@@ -259,10 +260,3 @@ def _rank_curve(evidence: ModelEvidence) -> pd.DataFrame:
         ablate = rows[rows["kind"] == "ablate"]
         curve.attrs["reference"] = ablate["intervention"].iloc[0] if len(ablate) else ""
     return curve
-
-
-def _param(name: str, key: str) -> str | None:
-    for part in name.split("[", 1)[-1].rstrip("]").split(","):
-        if part.startswith(f"{key}="):
-            return part.split("=", 1)[1]
-    return None

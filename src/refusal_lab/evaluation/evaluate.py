@@ -61,10 +61,12 @@ class EvaluateConfig(ConfigModel):
     seed: int = 0
 
 
-def targets_from_run(lm, run_dir: Path, config: EvaluateConfig, run_config, splits, plan=None) -> list[Target]:
+def targets_from_run(lm, run_dir: Path, config: EvaluateConfig, run_config, splits, plan=None,
+                     fits=None) -> list[Target]:
     """The baseline, then the run's interventions (and their controls) whose names match ``config.interventions``:
     those of ``plan`` (a :class:`~refusal_lab.comparison.CompareConfig`; default: ``config.kinds`` at
-    ``config.scopes``, ActAdd at one layer, ``config.control_seeds`` controls)."""
+    ``config.scopes``, ActAdd at one layer, ``config.control_seeds`` controls). ``fits``: the run's
+    :class:`~refusal_lab.methods.registry.FitContext` where the caller has it (else loaded when the plan needs one)."""
     from refusal_lab.comparison import CompareConfig, plan_conditions
     from refusal_lab.io import read_json
     from refusal_lab.methods.extraction import fit_context
@@ -73,7 +75,7 @@ def targets_from_run(lm, run_dir: Path, config: EvaluateConfig, run_config, spli
                                  center_variants=False, control_seeds=config.control_seeds)
     ranked = [layer for layer, _ in read_json(run_dir / "ranking.json")["ranked"]]
     needs_fits = "leace" in plan.kinds or plan.center_variants
-    fits = fit_context(lm, splits, run_config) if needs_fits else None
+    fits = (fits or fit_context(lm, splits, run_config)) if needs_fits else None
     conditions, skipped = plan_conditions(run_dir, plan, lm.n_layers, lm.hidden_size, ranked, fits)
     if skipped:
         raise RefusalLabError(f"cannot build every requested kind: {'; '.join(skipped)}")

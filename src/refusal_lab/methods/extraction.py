@@ -174,8 +174,8 @@ def extract(lm, splits, config, run_dir: str | Path, methods: Sequence[str] = ("
                     prior = attribution_prior(lm, val_harmful, baseline, config.selection)
                 ranked_layers = [layer for layer, _ in (ctx.ranked or [])]
                 selection = select_candidates(
-                    lm, name, _at_dim_choice(candidates, result, name, scope, config.selection), scope, val_harmful, val_harmless, config.selection, config.methods,
-                    baseline, prior, kl_cache, ranked_layers, fits=ctx)
+                    lm, name, _at_dim_choice(candidates, result, name, scope, config.selection), scope, val_harmful,
+                    val_harmless, config.selection, config.methods, baseline, prior, kl_cache, ranked_layers, fits=ctx)
                 chosen = _save_selection(run_dir, selection, candidates, ranked_layers)
             else:
                 selection, chosen = loaded
