@@ -150,7 +150,7 @@ def test_search_improves_on_its_first_trial_on_a_planted_objective(tmp_path, mon
     MLP weight 0.7, KL growing with both), TPE must find trials far better than its random first one."""
     import refusal_lab.optimize.search as search
 
-    def planted(lm, data, ablations, config):
+    def planted(lm, data, ablations, rows_per_pass):
         values = []
         for a in ablations:
             attn, mlp = a.meta["params"]["attn"]["max_weight"], a.meta["params"]["mlp"]["max_weight"]

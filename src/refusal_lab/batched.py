@@ -58,11 +58,9 @@ class PerCandidate:
 @torch.no_grad()
 def batched_scores(lm, prompts: Sequence[str], candidates: Sequence[Sequence[Intervention]],
                    base_logprobs: torch.Tensor | None = None,
-                   rows_per_pass: int = 32, score: Callable = refusal_scores,
-                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Refusal scores ``[C, n]`` (``score(logprobs [n, vocab], refusal ids)``, default the log-odds; and, given
-    ``base_logprobs [n, vocab]``, ``KL(p_base ‖ p_c)`` ``[C, n]``) of the ``n`` prompts under each of ``C``
-    candidate intervention lists — any kinds, layers and sites.
+                   rows_per_pass: int = 32) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Refusal scores ``[C, n]`` (and, given ``base_logprobs [n, vocab]``, ``KL(p_base ‖ p_c)`` ``[C, n]``) of the
+    ``n`` prompts under each of ``C`` candidate intervention lists — any kinds, layers and sites.
 
     About ``rows_per_pass`` rows per forward: ``min(n, rows_per_pass)`` prompts times ``rows_per_pass // that``
     candidates. Equal to scoring the candidates one at a time with
@@ -86,7 +84,7 @@ def batched_scores(lm, prompts: Sequence[str], candidates: Sequence[Sequence[Int
                 logits = lm.model(**batch.inputs, use_cache=True, logits_to_keep=1).logits[:, -1, :]
                 logprobs = torch.log_softmax(logits.float(), -1).cpu().view(len(chunk), len(batch.rows), -1)
                 for c in range(len(chunk)):
-                    scores[start + c, batch.rows] = score(logprobs[c], lm.refusal_token_ids)
+                    scores[start + c, batch.rows] = refusal_scores(logprobs[c], lm.refusal_token_ids)
                     if kl is not None:
                         kl[start + c, batch.rows] = kl_divergence(base_logprobs[batch.rows], logprobs[c])
     return scores, kl

@@ -277,7 +277,7 @@ def optimize(
                            model=model, trials=trials, max_kl=max_kl, time_budget_min=time_budget)
     lm = _load(cfg)
     pareto = optimize_job(lm, cfg, out)
-    shown = pareto[["trial", "refusals", "n", "kl", "refusal_openings", "source", "direction_scope"]]
+    shown = pareto[["trial", "refusals", "n", "kl", "p_refusal", "source", "direction_scope"]]
     _print_table(shown, f"Pareto front (validation refusals × KL) → {out / 'pareto.csv'}")
     if heldout:
         from refusal_lab.io import write_csv

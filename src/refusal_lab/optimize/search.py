@@ -10,15 +10,12 @@ Search (Optuna, multivariate TPE with a constant liar, journal storage ``RUN_DIR
 resumes and an interruption loses at most the trials in flight): ``trials_per_pass`` trials are asked at once and
 scored in one batched forward over the validation prompts, each trial owning a block of batch rows
 (:func:`refusal_lab.batched.batched_scores`, shared chat-template prefix, last-position logits only). Objectives,
-both minimised: the soft share of harmful prompts whose greedy first token is a refusal opening ("I", "As"),
-``mean σ(m / τ)`` over the greedy refusal margins ``m`` (:func:`refusal_lab.scoring.refusal_margins`,
-``τ = margin_temperature``), and the mean first-token ``KL(p_base ‖ p_trial)`` on harmless prompts (heretic's KL),
-with the constraint ``KL ≤ max_kl`` (TPE samples near feasible trials rather than spending trials on edits too
-costly to keep). The margin, not the refusal probability, decides what greedy decoding writes: an edit that leaves
-``p_R`` at 0.3 on every prompt may still refuse on all those where "I" stays the single likeliest token.
+both minimised: the mean first-token refusal probability ``p_R`` on harmful prompts (refusal openings "I", "As")
+and the mean first-token ``KL(p_base ‖ p_trial)`` on harmless prompts (heretic's KL), with the constraint
+``KL ≤ max_kl`` (TPE samples near feasible trials rather than spending trials on edits too costly to keep).
 
 Survivors: nothing is generated during the search. Afterwards the trials on the first-token Pareto front and the
-lowest-``refusal_openings`` trials with ``KL ≤ max_kl`` (``survivors`` of each at most) get greedy generations
+lowest-``p_R`` trials with ``KL ≤ max_kl`` (``survivors`` of each at most) get greedy generations
 (``max_new_tokens``) on the harmful validation prompts, judged by ``judge`` (default heretic's markers); every
 other trial is dominated on the cheap objectives and is never generated for. ``RUN_DIR/pareto.csv`` holds the
 survivors' Pareto front on (refusals, KL) with every parameter.
@@ -69,7 +66,6 @@ class OptimizeConfig(ConfigModel):
     trials_per_pass: PositiveInt = 4
     rows_per_pass: PositiveInt = 64
     max_kl: float = Field(0.1, gt=0)
-    margin_temperature: float = Field(0.5, gt=0)  # τ of the soft greedy-refusal count, in nats
     survivors: PositiveInt = 8
     max_new_tokens: PositiveInt = 24
     judge: str = "markers"
@@ -184,17 +180,14 @@ def load_study(run_dir: Path):
     return optuna.load_study(study_name=STUDY, storage=_storage(run_dir))
 
 
-def score_pass(lm, data: SearchData, ablations: list[Abliteration], config: OptimizeConfig,
-               ) -> list[tuple[float, float]]:
-    """(soft share of greedy refusal openings on harmful, mean first-token KL on harmless) per ablation."""
+def score_pass(lm, data: SearchData, ablations: list[Abliteration], rows_per_pass: int) -> list[tuple[float, float]]:
+    """(mean first-token refusal probability on harmful, mean first-token KL on harmless) per ablation."""
     from refusal_lab.batched import batched_scores
-    from refusal_lab.scoring import refusal_margins
 
-    margins, kl = batched_scores(lm, data.scored + data.harmless, [a.interventions(dense=True) for a in ablations],
-                                 data.base_logprobs, config.rows_per_pass, score=refusal_margins)
+    scores, kl = batched_scores(lm, data.scored + data.harmless, [a.interventions(dense=True) for a in ablations],
+                                data.base_logprobs, rows_per_pass)
     n = len(data.scored)
-    return [(float(torch.sigmoid(m[:n] / config.margin_temperature).mean()), float(k[n:].mean()))
-            for m, k in zip(margins, kl)]
+    return [(float(torch.sigmoid(s[:n]).mean()), float(k[n:].mean())) for s, k in zip(scores, kl)]
 
 
 def trial_params(trial) -> AbliterationParams:
@@ -214,13 +207,13 @@ def search(lm, data: SearchData, study, config: OptimizeConfig, deadline: float 
         while (done := complete()) < config.trials and (deadline is None or time.monotonic() < deadline):
             trials = [study.ask() for _ in range(min(config.trials_per_pass, config.trials - done))]
             params = [suggest(t, lm.n_layers, list(config.sources), positions) for t in trials]
-            values = score_pass(lm, data, [data.ablation(lm, p) for p in params], config)
+            values = score_pass(lm, data, [data.ablation(lm, p) for p in params], config.rows_per_pass)
             for trial, p, value in zip(trials, params, values):
                 trial.set_user_attr("params", json.loads(p.model_dump_json()))
                 trial.set_constraint("kl", value[1] - config.max_kl)  # feasible: KL ≤ max_kl
                 study.tell(trial, list(value))
             best = min((v for v in values if v[1] <= config.max_kl), default=None)
-            note = f"searching (pass best openings {best[0]:.3f} @ KL {best[1]:.3f})" if best else "searching"
+            note = f"searching (pass best p_R {best[0]:.3f} @ KL {best[1]:.3f})" if best else "searching"
             progress.update(task, completed=complete(), description=note)
             if not progress.console.is_terminal:  # a log file gets one line per pass instead of a bar
                 log(f"{complete()}/{config.trials} trials, {progress.tasks[0].elapsed:.0f} s; {note}")
@@ -240,17 +233,17 @@ def front(frame: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
 def trial_table(study) -> pd.DataFrame:
     import optuna
 
-    rows = [{"trial": t.number, "refusal_openings": t.values[0], "kl": t.values[1], "params": trial_params(t)}
+    rows = [{"trial": t.number, "p_refusal": t.values[0], "kl": t.values[1], "params": trial_params(t)}
             for t in study.get_trials(states=[optuna.trial.TrialState.COMPLETE])]
-    return pd.DataFrame(rows, columns=["trial", "refusal_openings", "kl", "params"])
+    return pd.DataFrame(rows, columns=["trial", "p_refusal", "kl", "params"])
 
 
 def survivors(table: pd.DataFrame, config: OptimizeConfig) -> pd.DataFrame:
     """The first-token Pareto front (its ``survivors`` lowest-KL points within ``2·max_kl``) and the ``survivors``
-    lowest-``refusal_openings`` trials with ``KL ≤ max_kl``."""
-    cheap = front(table, "kl", "refusal_openings")
+    lowest-``p_R`` trials with ``KL ≤ max_kl``."""
+    cheap = front(table, "kl", "p_refusal")
     cheap = cheap[cheap["kl"] <= 2 * config.max_kl].head(config.survivors)
-    within = table[table["kl"] <= config.max_kl].nsmallest(config.survivors, "refusal_openings")
+    within = table[table["kl"] <= config.max_kl].nsmallest(config.survivors, "p_refusal")
     return pd.concat([cheap, within]).drop_duplicates("trial").sort_values("trial")
 
 
@@ -310,7 +303,7 @@ def optimize(lm, config: OptimizeConfig, run_dir: str | Path) -> pd.DataFrame:
                                              f"trial-{row.trial}.jsonl", config, judge) for row in chosen.itertuples()]
     result = front(chosen, "refusals", "kl")
     rows = [{"trial": r.trial, "refusals": r.refusals, "n": len(data.harmful), "kl": r.kl,
-             "refusal_openings": r.refusal_openings, **flatten(r.params)} for r in result.itertuples()]
+             "p_refusal": r.p_refusal, **flatten(r.params)} for r in result.itertuples()]
     pareto = pd.DataFrame(rows)
     write_csv(pareto, run_dir / "pareto.csv")
     write_json(run_dir / "search.json", {"baseline_refusals": baseline, "n": len(data.harmful),
