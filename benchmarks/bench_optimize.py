@@ -31,26 +31,37 @@ README = {
 }
 
 
-def run_measured(args: list[str], **kwargs) -> tuple[float, float]:
-    """Run ``args``; its wall seconds and peak RSS in GB (that child's own, from ``wait4``)."""
+def run_measured(args: list[str], check: bool = True, **kwargs) -> tuple[float, float]:
+    """Run ``args``; its wall seconds and peak RSS in GB (that child's own, from ``wait4``); with ``check``, exit
+    if it failed."""
     start = time.perf_counter()
     child = subprocess.Popen(args, **kwargs)
     _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
+    if (code := os.waitstatus_to_exitcode(status)) and check:
+        raise SystemExit(f"{' '.join(map(str, args))} exited with {code}")
     return time.perf_counter() - start, usage.ru_maxrss / 1024**2
 
 
 def run_refusal_lab(model: str, out: Path, trials: int | None, heldout: int, budget: float) -> tuple[float, float]:
+    """Wall seconds and peak RSS of ``refusal-lab optimize`` on ``out``, measured once and kept in
+    ``out/bench.json`` (so heretic can be run again beside it without redoing the search)."""
+    stored = out / "bench.json"
+    if stored.exists():
+        measured = json.loads(stored.read_text())
+        return measured["seconds"], measured["rss_gb"]
     cli = shutil.which("refusal-lab", path=str(Path(sys.executable).parent)) or "refusal-lab"
     args = [cli, "optimize", "--model", model, "--out", str(out), "--heldout", str(heldout),
             "--time-budget", str(budget)]
     if trials:
         args += ["--trials", str(trials)]
-    return run_measured(args)
+    seconds, rss = run_measured(args)
+    stored.write_text(json.dumps({"seconds": seconds, "rss_gb": rss, "command": args[1:]}))
+    return seconds, rss
 
 
-def heretic_config(run: Path, model_dir: str, work: Path, trials: int) -> Path:
-    """heretic's config.toml with refusal-lab's prompts written as text files (one prompt a line)."""
+def heretic_config(run: Path, model_dir: str, work: Path, trials: int, startup: int) -> Path:
+    """heretic's config.toml with refusal-lab's prompts written as text files (one prompt a line); batch size 32
+    (the issue's measurement; heretic's own batch-size search took ~20 min of CPU here), seed 0."""
     from refusal_lab.optimize.search import OptimizeConfig, search_prompts
 
     config = OptimizeConfig.model_validate(json.loads((run / "config.json").read_text()))
@@ -60,7 +71,8 @@ def heretic_config(run: Path, model_dir: str, work: Path, trials: int) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     for name, texts in files.items():
         (work / f"{name}.txt").write_text("".join(" ".join(t.split()) + "\n" for t in texts))
-    toml = [f'model = "{model_dir}"', f"n_trials = {trials}", f"max_response_length = {config.max_new_tokens}",
+    toml = [f'model = "{model_dir}"', f"n_trials = {trials}", f"n_startup_trials = {startup}", "batch_size = 32",
+            "seed = 0", f"max_response_length = {config.max_new_tokens}",
             'export_strategy = "merge"', f'study_checkpoint_dir = "{work / "checkpoints"}"']
     for key, name in (("good_prompts", "good"), ("bad_prompts", "bad"), ("good_evaluation_prompts", "good_eval"),
                       ("bad_evaluation_prompts", "bad_eval")):
@@ -70,7 +82,8 @@ def heretic_config(run: Path, model_dir: str, work: Path, trials: int) -> Path:
     return path
 
 
-def run_heretic(venv: Path, run: Path, model_dir: str, work: Path, trials: int) -> tuple[pd.DataFrame, float, float]:
+def run_heretic(venv: Path, run: Path, model_dir: str, work: Path, trials: int,
+                startup: int) -> tuple[pd.DataFrame, float, float]:
     """heretic's validation front (refusals, KL) from its journal, its wall time and peak RSS (the menu it opens
     after the search gets no input and ends it)."""
     import optuna
@@ -78,8 +91,8 @@ def run_heretic(venv: Path, run: Path, model_dir: str, work: Path, trials: int) 
     from optuna.storages.journal import JournalFileBackend
 
     work = work.resolve()  # heretic runs in work/ and reads the prompt files by these paths
-    heretic_config(run, model_dir, work, trials)
-    seconds, rss = run_measured([str(venv / "bin" / "heretic")], cwd=work, stdin=subprocess.DEVNULL,
+    heretic_config(run, model_dir, work, trials, startup)
+    seconds, rss = run_measured([str(venv / "bin" / "heretic")], check=False, cwd=work, stdin=subprocess.DEVNULL,
                                 env={"HF_HUB_OFFLINE": "1", "PATH": str(venv / "bin")})
     journals = sorted((work / "checkpoints").glob("*.jsonl")) if (work / "checkpoints").is_dir() else []
     if not journals:
@@ -109,11 +122,12 @@ def main() -> None:
     parser.add_argument("--time-budget", type=float, default=14.0, help="minutes (the issue's bar)")
     parser.add_argument("--max-kl", type=float, default=0.1)
     parser.add_argument("--heretic-venv", type=Path, help="a venv with heretic-llm==1.4.0: also run heretic")
-    parser.add_argument("--heretic-trials", type=int, default=200)
+    parser.add_argument("--heretic-trials", type=int, default=20, help="the issue's measurement: 20 (8 random)")
+    parser.add_argument("--heretic-startup", type=int, default=8, help="heretic's random trials")
     args = parser.parse_args()
     setup(args)
     if args.quick:
-        args.trials, args.heldout, args.heretic_trials = 8, 8, 4
+        args.trials, args.heldout, args.heretic_trials, args.heretic_startup = 8, 8, 4, 2
     seconds, rss = run_refusal_lab(args.model, args.out, args.trials, args.heldout, args.time_budget)
     pareto, heldout = pd.read_csv(args.out / "pareto.csv"), pd.read_csv(args.out / "heldout.csv")
     search = json.loads((args.out / "search.json").read_text())
@@ -132,7 +146,7 @@ def main() -> None:
 
         _, model_dir = resolve_model_dir(args.model)
         front_h, seconds_h, rss_h = run_heretic(args.heretic_venv, args.out, model_dir, args.out / "heretic",
-                                                args.heretic_trials)
+                                                args.heretic_trials, args.heretic_startup)
         report.add("heretic 1.4.0", describe(front_h, "refusals", search["n"], "kl", args.max_kl), "—",
                    f"{seconds_h / 60:.1f} min", f"{rss_h:.1f} GB", readme=readme.get("heretic"))
     report.print()
