@@ -27,7 +27,8 @@ import pandas as pd
 from _common import Report, add_run_args, readme_figures, setup
 
 README = {
-    "qwen2.5-coder-0.5b-instruct": {"refusal-lab": "see README, 'Automatic abliteration'"},
+    "qwen2.5-coder-0.5b-instruct": {"refusal-lab": "3 @ 0.092 · 6 @ 0.063 (val); 11.9 min, 2.6 GB",
+                                    "heretic": "18 @ 0.075 · 20 @ 0.064 (val); 24.3 min, 10.5 GB"},
 }
 
 
@@ -59,9 +60,27 @@ def run_refusal_lab(model: str, out: Path, trials: int | None, heldout: int, bud
     return seconds, rss
 
 
+def default_system_prompt(model_dir: str) -> str:
+    """The system message the model's chat template inserts when a conversation has none (refusal-lab sends none;
+    heretic always sends one, by default "You are a helpful assistant.", which lowers this 0.5B's validation
+    refusals from 47 to 27 of 64); "" when the template inserts none."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    sentinel = "\x00SYSTEM\x00"
+    render = lambda *system: tokenizer.apply_chat_template([*({"role": "system", "content": text} for text in system),  # noqa: E731
+                                                           {"role": "user", "content": "X"}], tokenize=False)
+    before, after = render(sentinel).split(sentinel)
+    plain = render()
+    if not plain.startswith(before) or after not in plain[len(before):]:
+        return ""
+    return plain[len(before):].split(after)[0]
+
+
 def heretic_config(run: Path, model_dir: str, work: Path, trials: int, startup: int) -> Path:
-    """heretic's config.toml with refusal-lab's prompts written as text files (one prompt a line); batch size 32
-    (the issue's measurement; heretic's own batch-size search took ~20 min of CPU here), seed 0."""
+    """heretic's config.toml with refusal-lab's prompts written as text files (one prompt a line), the system
+    prompt refusal-lab's prompts get (:func:`default_system_prompt`), batch size 32 (the issue's measurement;
+    heretic's own batch-size search took ~20 min of CPU here), seed 0."""
     from refusal_lab.optimize.search import OptimizeConfig, search_prompts
 
     config = OptimizeConfig.model_validate(json.loads((run / "config.json").read_text()))
@@ -73,6 +92,7 @@ def heretic_config(run: Path, model_dir: str, work: Path, trials: int, startup: 
         (work / f"{name}.txt").write_text("".join(" ".join(t.split()) + "\n" for t in texts))
     toml = [f'model = "{model_dir}"', f"n_trials = {trials}", f"n_startup_trials = {startup}", "batch_size = 32",
             "seed = 0", f"max_response_length = {config.max_new_tokens}",
+            f"system_prompt = {json.dumps(default_system_prompt(model_dir))}",
             'export_strategy = "merge"', f'study_checkpoint_dir = "{work / "checkpoints"}"']
     for key, name in (("good_prompts", "good"), ("bad_prompts", "bad"), ("good_evaluation_prompts", "good_eval"),
                       ("bad_evaluation_prompts", "bad_eval")):
