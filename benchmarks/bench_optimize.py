@@ -46,35 +46,40 @@ def run_measured(args: list[str], check: bool = True, **kwargs) -> tuple[float, 
 def run_refusal_lab(model: str, out: Path, trials: int | None, heldout: int, budget: float) -> tuple[float, float]:
     """Wall seconds and peak RSS of ``refusal-lab optimize`` on ``out``, measured once and kept in
     ``out/bench.json`` (so heretic can be run again beside it without redoing the search)."""
-    stored = out / "bench.json"
-    if stored.exists():
-        measured = json.loads(stored.read_text())
-        return measured["seconds"], measured["rss_gb"]
     cli = shutil.which("refusal-lab", path=str(Path(sys.executable).parent)) or "refusal-lab"
     args = [cli, "optimize", "--model", model, "--out", str(out), "--heldout", str(heldout),
             "--time-budget", str(budget)]
     if trials:
         args += ["--trials", str(trials)]
+    stored = out / "bench.json"
+    if stored.exists():
+        measured = json.loads(stored.read_text())
+        if measured["command"] != args[1:]:
+            raise SystemExit(f"{stored} measured `{' '.join(measured['command'])}`, not `{' '.join(args[1:])}`; "
+                             "use another --out or the same options")
+        return measured["seconds"], measured["rss_gb"]
     seconds, rss = run_measured(args)
     stored.write_text(json.dumps({"seconds": seconds, "rss_gb": rss, "command": args[1:]}))
     return seconds, rss
 
 
 def default_system_prompt(model_dir: str) -> str:
-    """The system message the model's chat template inserts when a conversation has none (refusal-lab sends none;
-    heretic always sends one, by default "You are a helpful assistant.", which lowers this 0.5B's validation
-    refusals from 47 to 27 of 64); "" when the template inserts none."""
-    from transformers import AutoTokenizer
+    """The system message in the prompts refusal-lab sends (the family adapter's ``format_prompt``: no system turn
+    of its own, so whatever the chat template inserts; heretic always sends one, by default "You are a helpful
+    assistant.", which lowers this 0.5B's validation refusals from 47 to 27 of 64); "" when there is none."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from refusal_lab.models.adapters import adapter_for
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    sent = adapter_for(AutoConfig.from_pretrained(model_dir).model_type).format_prompt(tokenizer, "X")
     sentinel = "\x00SYSTEM\x00"
-    render = lambda *system: tokenizer.apply_chat_template([*({"role": "system", "content": text} for text in system),  # noqa: E731
-                                                           {"role": "user", "content": "X"}], tokenize=False)
-    before, after = render(sentinel).split(sentinel)
-    plain = render()
-    if not plain.startswith(before) or after not in plain[len(before):]:
+    turns = [{"role": "system", "content": sentinel}, {"role": "user", "content": "X"}]
+    with_system = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    before, after = with_system.split(sentinel)
+    if not sent.startswith(before) or after not in sent[len(before):]:
         return ""
-    return plain[len(before):].split(after)[0]
+    return sent[len(before):].split(after)[0]
 
 
 def heretic_config(run: Path, model_dir: str, work: Path, trials: int, startup: int) -> Path:
