@@ -197,6 +197,22 @@ def test_search_resumes_losing_at_most_the_trials_in_flight(searched, tmp_path, 
     assert len(_study(copy).get_trials(states=[optuna.trial.TrialState.COMPLETE])) == 20
 
 
+def test_search_prompts_are_validation_rows_kept_out_of_every_training_set():
+    from refusal_lab.data import dataset_splits
+    from refusal_lab.data.packaged import load_generic_harmless
+    from refusal_lab.optimize.search import search_prompts
+
+    harmful, harmless, train = search_prompts(_config())
+    assert harmful == dataset_splits("mixed", n_train=8, n_val=6).val_harmful.texts
+    assert harmless == dataset_splits("mixed", n_train=8, n_val=6).val_harmless.texts
+    assert set(train) == {"mixed", "unmatched"} and all(train[s][0] and train[s][1] for s in train)
+    assert not (set(harmful) | set(harmless)) & {t for pair in train.values() for side in pair for t in side}
+    harmful_generic, generic, train_generic = search_prompts(_config(kl_source="unmatched"))
+    assert harmful_generic == harmful and generic == dataset_splits("unmatched", n_train=8, n_val=6).val_harmless.texts
+    assert set(generic) <= set(load_generic_harmless().texts)  # KL on generic requests only
+    assert not set(generic) & {t for pair in train_generic.values() for side in pair for t in side}
+
+
 def test_export_reproduces_the_trials_refusals_and_kl(searched, tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -172,7 +172,7 @@ def test_suite_scores_a_target_against_hand_computed_kl_and_resumes(tmp_path, on
     targets = [Target("baseline"), Target("push", [iv], "dim", "actadd", "layer", "induce")]
     judge = CountingJudge()
     suite = _suite(lm, tmp_path, judge)
-    rows = suite.run(targets)
+    rows, items = suite.run(targets)
     by = {(r["intervention"], r["metric"], r["max_new_tokens"]): r for r in rows}
     assert len(rows) == 2 * (2 * 2 + 1 + 1 + 1 + 1)  # refusal×2 lengths ×2 sides, judge, coherence, repetition, kl
     base_kl = by[("baseline", "kl", 0)]
@@ -186,6 +186,8 @@ def test_suite_scores_a_target_against_hand_computed_kl_and_resumes(tmp_path, on
     by_hand = (p.exp() * (p - q)).sum(-1).mean().item()
     assert by[("push", "kl", 0)]["value"] == pytest.approx(by_hand, rel=1e-3)
     assert by[("push", "kl", 0)]["delta"] == pytest.approx(-by_hand, rel=1e-3)  # lower KL is better
+    kl_items = items[(items["intervention"] == "push") & (items["metric"] == "kl")]
+    assert len(kl_items) == len(harmless) and kl_items["value"].mean() == pytest.approx(by_hand, rel=1e-3)
     # the judged rate is the fraction of responses (cut at 4 new tokens) containing "a"
     from refusal_lab.evaluation.generate import decode
 
@@ -199,7 +201,7 @@ def test_suite_scores_a_target_against_hand_computed_kl_and_resumes(tmp_path, on
     again = _suite(lm, tmp_path, judge_again)
     generated = []
     again.generations = (lambda f: (lambda t, s: generated.append(s) or f(t, s)))(again.generations)
-    rows_again = again.run(targets)
+    rows_again, _ = again.run(targets)
     assert judge_again.calls == 0 and generated == []
     assert [r["value"] for r in rows_again] == [r["value"] for r in rows]
     again.store.close()
@@ -237,7 +239,7 @@ def test_suite_full_response_kl_is_zero_for_the_baseline_and_positive_under_a_pu
     iv = Intervention(Addition(push, 1.0), layers=(1,), sites=("resid_pre",))
     suite = _suite(lm, tmp_path, CountingJudge())
     suite.metrics = ["kl_response"]
-    rows = {r["intervention"]: r for r in suite.run([Target("baseline"), Target("push", [iv])])}
+    rows = {r["intervention"]: r for r in suite.run([Target("baseline"), Target("push", [iv])])[0]}
     assert abs(rows["baseline"]["value"]) < 1e-5 and rows["push"]["value"] > 0.01
     assert rows["push"]["max_new_tokens"] == 8 and rows["push"]["delta"] < 0  # lower is better
     suite.store.close()

@@ -149,9 +149,9 @@ def evaluate(lm, config: EvaluateConfig, out: str | Path, run_dir: str | Path | 
         suite = Suite(lm, store, harmful, harmless, metrics=config.metrics, judges=_judges(config),
                       lengths=config.lengths, texts=texts, questions=questions, guard=guard,
                       batch_size=config.batch_size)
-        rows = suite.run(targets)
+        rows, items = suite.run(targets)
         store.export()
-        suite.item_values.to_parquet(Path(out) / "items.parquet")
+        items.to_parquet(Path(out) / "items.parquet")
     finally:
         store.close()
     write_json(Path(out) / "summary.json", {

@@ -302,8 +302,9 @@ class Suite:
         tokens = np.array([stored[item][1] for item in task.items]) if task.metric == "perplexity" else None
         return values, tokens
 
-    def run(self, targets: Sequence[Target]) -> list[dict]:
-        """Score every target (the first must be the baseline) and return the result rows (also stored)."""
+    def run(self, targets: Sequence[Target]) -> tuple[list[dict], pd.DataFrame]:
+        """Score every target (the first must be the baseline): the result rows (also stored) and every item's
+        value (:func:`_item_frame`)."""
         baseline = targets[0]
         plans = [(t, task) for t in targets for task in self.tasks(t, baseline)]
         started = time.perf_counter()
@@ -323,10 +324,9 @@ class Suite:
                     console.log(f"unit {n}/{len(plans)} done ({what}); {done.elapsed:.0f} s{eta}")
         rows = [self._row(target, task, per_item, targets) for target, task in plans]
         self.store.add_results(rows)
-        self.item_values = _item_frame(plans, per_item)
         log(f"evaluated {len(targets)} conditions × {len(plans) // max(len(targets), 1)} units in "
             f"{time.perf_counter() - started:.0f} s")
-        return rows
+        return rows, _item_frame(plans, per_item)
 
     def _row(self, target: Target, task: Task, per_item: dict, targets: Sequence[Target]) -> dict:
         key = _row_key(task)

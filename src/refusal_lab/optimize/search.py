@@ -2,9 +2,11 @@
 
 Data (train / validation only; the held-out AdvBench and generic slices are never touched): class means of
 ``resid_pre`` at every layer and post-instruction position from the train split of each direction source
-(``mixed``, ``unmatched``, ``matched``), minus any scoring prompt; the scoring prompts are the ``mixed`` source's
-validation split (``n_val`` harmful for the survivors' generations, the first ``n_score`` of them for the
-first-token scores of every trial, ``n_kl`` harmless). Every prompt used is recorded in ``RUN_DIR/seen/optimize.json``.
+(``mixed``, ``unmatched``, ``matched``), minus any scoring prompt. The scoring prompts are validation prompts: the
+``mixed`` source's ``n_val`` harmful ones for the survivors' generations (the first ``n_score`` of them for the
+first-token scores of every trial) and ``n_kl`` harmless ones of ``kl_source`` (default ``mixed``: topic-matched
+and generic requests; ``unmatched``: generic requests only, like the held-out assessment's KL). Every prompt used is recorded in
+``RUN_DIR/seen/optimize.json``.
 
 Search (Optuna, multivariate TPE with a constant liar, journal storage ``RUN_DIR/optuna.journal``, so a rerun
 resumes and an interruption loses at most the trials in flight): ``trials_per_pass`` trials are asked at once and
@@ -61,6 +63,7 @@ class OptimizeConfig(ConfigModel):
     n_val: int = Field(64, ge=2)  # harmful validation prompts the survivors generate for (refusals)
     n_score: int = Field(64, ge=2)  # of those, scored by first token in every trial
     n_kl: int = Field(32, ge=2)  # harmless validation prompts scored in every trial (KL)
+    kl_source: Source = "mixed"  # whose harmless validation prompts KL is measured on (unmatched: generic only)
     trials: PositiveInt = 160
     startup_trials: int = Field(32, ge=0)
     trials_per_pass: PositiveInt = 4
@@ -91,19 +94,17 @@ class SearchData:
 
 
 def search_prompts(config: OptimizeConfig) -> tuple[list[str], list[str], dict[str, tuple[list[str], list[str]]]]:
-    """The ``mixed`` source's validation prompts (harmful, harmless) and each source's train prompts (harmful,
-    harmless) without any validation text."""
+    """The ``mixed`` source's harmful validation prompts, the ``kl_source``'s harmless validation prompts, and each
+    source's train prompts (harmful, harmless) without any of those validation texts."""
     from refusal_lab.data import dataset_splits
 
-    scoring = dataset_splits("mixed", n_train=config.n_train, n_val=config.n_val, seed=config.seed)
-    harmful, harmless = scoring.val_harmful.texts, scoring.val_harmless.texts
+    splits = {source: dataset_splits(source, n_train=config.n_train, n_val=config.n_val, seed=config.seed)
+              for source in {*config.sources, "mixed", config.kl_source}}
+    harmful, harmless = splits["mixed"].val_harmful.texts, splits[config.kl_source].val_harmless.texts
     validation = set(harmful) | set(harmless)
-    train = {}
-    for source in config.sources:
-        splits = scoring if source == "mixed" else dataset_splits(source, n_train=config.n_train,
-                                                                  n_val=config.n_val, seed=config.seed)
-        train[source] = ([t for t in splits.train_harmful.texts if t not in validation],
-                         [t for t in splits.train_harmless.texts if t not in validation])
+    train = {source: ([t for t in splits[source].train_harmful.texts if t not in validation],
+                      [t for t in splits[source].train_harmless.texts if t not in validation])
+             for source in config.sources}
     return harmful, harmless, train
 
 
