@@ -165,6 +165,30 @@ def test_search_improves_on_its_first_trial_on_a_planted_objective(tmp_path, mon
     assert len(trials) == 40 and best < first / 4 and best < 0.01
 
 
+def test_search_stops_before_a_pass_would_end_past_its_deadline(searched, tmp_path, monkeypatch):
+    import shutil
+    import time
+
+    import refusal_lab.optimize.search as search
+
+    lm, run, _ = searched
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    real = search.score_pass
+
+    def slow(*args, **kwargs):
+        time.sleep(0.4)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(search, "score_pass", slow)
+    data = search.prepare(lm, _config(), copy)
+    study = _study(copy)
+    deadline = time.monotonic() + 1.0
+    search.search(lm, data, study, _config(trials=100), deadline)
+    assert time.monotonic() <= deadline  # passes of ~0.4 s: the one that would end past 1 s never started
+    assert len(study.get_trials(states=[optuna.trial.TrialState.COMPLETE])) >= 12 + 4
+
+
 def test_search_writes_its_front(searched):
     lm, run, pareto = searched
     assert len(_study(run).get_trials(states=[optuna.trial.TrialState.COMPLETE])) == 12

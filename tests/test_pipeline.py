@@ -252,6 +252,41 @@ def test_run_is_the_comparison_preset_and_resumes(model_dir, tmp_path, monkeypat
     assert {p.name: p.stat().st_mtime_ns for p in generations.iterdir()} == stamps
 
 
+def test_run_fits_the_train_split_once_for_extraction_and_comparison(model_dir, tmp_path, monkeypatch):
+    """Extraction's fit context (train activations, per-layer LEACE erasers) is the one the comparison uses."""
+    import refusal_lab.experiment as experiment
+    import refusal_lab.methods.extraction as extraction
+    import refusal_lab.methods.registry as registry
+
+    monkeypatch.setenv("REFUSAL_LAB_CACHE", str(tmp_path / "cache"))
+    calls = {"context": 0, "erasers": []}
+
+    def counted_context(*args, **kwargs):
+        calls["context"] += 1
+        return real_context(*args, **kwargs)
+
+    def counted_erasers(*args, **kwargs):
+        calls["erasers"].append(kwargs["position"])
+        return real_erasers(*args, **kwargs)
+
+    real_context, real_erasers = extraction.fit_context, registry.fit_leace_per_layer
+    for module in (extraction, experiment):
+        monkeypatch.setattr(module, "fit_context", counted_context)
+    monkeypatch.setattr(registry, "fit_leace_per_layer", counted_erasers)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({
+        "model": str(model_dir), "n_train": 8, "n_val": 4, "batch_size": 8, "dtype": "float32",
+        "extract_methods": ["dim", "leace"], "selection": {**LOOSE, "scopes": ["all"], "finalists": 2},
+        "compare": {"n_eval": 3, "kinds": ["leace"], "scopes": ["all"], "sweep_max_k": 0,
+                    "center_variants": False, "control_seeds": 0}}))
+    result, text = invoke("run", "--config", config, "--out", tmp_path / "run")
+    assert result.exit_code == 0, text
+    table = pd.read_csv(tmp_path / "run" / "comparison" / "first-token" / "comparison.csv")
+    assert list(table["name"]) == ["baseline", "leace[all]"]
+    assert calls["context"] == 1
+    assert calls["erasers"] and len(calls["erasers"]) == len(set(calls["erasers"]))  # once per position
+
+
 @pytest.mark.parametrize("kind", ["ablate", "nullspace"])
 def test_abliterate_bakes_any_projection_the_run_chose(extracted_run, model_dir, tmp_path, kind):
     """The exported directory (plain transformers) equals the hooked projection at every layer and site, computed

@@ -218,13 +218,12 @@ def _study(config: Optional[Path], out: Path, run_dir: Optional[Path]) -> None:
 
     if config is None or run_dir is not None:
         raise RefusalLabError("compare --out runs a study: pass --config FILE (e.g. configs/demo.toml) and no --run")
-    report = run_study(load_study_config(config), out)
-    findings = json.loads((out / "findings.json").read_text())
+    report, findings = run_study(load_study_config(config), out)
     import pandas as pd
 
-    _print_table(pd.DataFrame([{"model": model, "finding": f["id"], "verdict": f["verdict"],
-                                "title": f["title"][:60] + ("…" if len(f["title"]) > 60 else "")}
-                               for model, m in findings["models"].items() for f in m["findings"]]), "findings")
+    _print_table(pd.DataFrame([{"model": model, "finding": f.id, "verdict": f.verdict,
+                                "title": f.title[:60] + ("…" if len(f.title) > 60 else "")}
+                               for model, found in findings.items() for f in found]), "findings")
     console.print(f"report: {report}")
 
 

@@ -112,12 +112,14 @@ def run_extract(lm, config: RunConfig, run_dir: str | Path, methods=None) -> Ext
     return extraction
 
 
-def run_compare(lm, config: RunConfig, run_dir: str | Path) -> Comparison:
+def run_compare(lm, config: RunConfig, run_dir: str | Path, fits=None) -> Comparison:
+    """The held-out intervention matrix; ``fits``: the run's train-split fit context if the caller has one."""
     run_dir, splits = open_run(config, run_dir, lm)
     start = time.perf_counter()
     needs_fits = (config.compare.center_variants or "leace" in config.compare.kinds
                   or config.compare.measure == "landing")
-    result = compare(lm, run_dir, splits, config.compare, fit_context(lm, splits, config) if needs_fits else None)
+    result = compare(lm, run_dir, splits, config.compare, (fits or fit_context(lm, splits, config)) if needs_fits
+                     else None)
     _record(run_dir, lm, splits, f"compare-{config.compare.measure}", time.perf_counter() - start)
     return result
 
@@ -131,4 +133,4 @@ def run(config: RunConfig, run_dir: str | Path, lm=None) -> tuple[Extraction, Co
     extraction = run_extract(lm, config, run_dir)
     if extraction.chosen.get(("dim", config.selection.scopes[0])) is None:
         return extraction, None
-    return extraction, run_compare(lm, config, run_dir)
+    return extraction, run_compare(lm, config, run_dir, extraction.fits)

@@ -16,6 +16,7 @@ import json
 import re
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
@@ -29,6 +30,9 @@ from refusal_lab.evaluation.evaluate import EvaluateConfig
 from refusal_lab.experiment import RunConfig, code_version, open_run, run_extract
 from refusal_lab.io import read_json, write_json
 from refusal_lab.models.bundled import BUNDLED, DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    from refusal_lab.analysis.findings import Finding
 
 log = Console(stderr=True).log
 # each stage's share of a model's wall time in the measured demo (README): the overall bar advances by these, so
@@ -98,8 +102,8 @@ def _bind_study(config: StudyConfig, out: Path) -> None:
     write_json(saved, payload)
 
 
-def run_study(config: StudyConfig, out: str | Path) -> Path:
-    """The whole study, resumable; returns the report's path."""
+def run_study(config: StudyConfig, out: str | Path) -> tuple[Path, dict[str, list[Finding]]]:
+    """The whole study, resumable: the report's path and each model's findings (as ``findings.json`` holds them)."""
     from refusal_lab.analysis.findings import assess
     from refusal_lab.analysis.report import write_report
     from refusal_lab.models.load import load_model
@@ -123,13 +127,13 @@ def run_study(config: StudyConfig, out: str | Path) -> Path:
             progress.update(bar, description=f"{model}: load")
             lm = load_model(model, dtype=config.dtype, device=device)
             progress.update(bar, description=f"{model}: extract")
-            run_extract(lm, run_cfg, model_dir, config.extract_methods)
+            fits = run_extract(lm, run_cfg, model_dir, config.extract_methods).fits  # reused: fitted once
             progress.advance(bar, STAGE_WEIGHTS["extract"])
             progress.update(bar, description=f"{model}: evaluate")
-            _timed(model_dir, "evaluate", _evaluate, lm, config, run_cfg, model_dir)
+            _timed(model_dir, "evaluate", _evaluate, lm, config, run_cfg, model_dir, fits)
             progress.advance(bar, STAGE_WEIGHTS["evaluate"])
             progress.update(bar, description=f"{model}: analyse")
-            evidence = _timed(model_dir, "analyse", analyse, lm, config, run_cfg, model_dir)
+            evidence = _timed(model_dir, "analyse", analyse, lm, config, run_cfg, model_dir, fits)
             progress.advance(bar, STAGE_WEIGHTS["analyse"])
             progress.update(bar, description=f"{model}: figures")
             figures[evidence.model] = _timed(model_dir, "figures", draw_figures, evidence,
@@ -143,15 +147,15 @@ def run_study(config: StudyConfig, out: str | Path) -> Path:
     meta = {"models": config.models, "config": json.loads(config.model_dump_json()), "code_version": code_version(),
             "data_hashes": data_hashes,
             "wall_s": round(time.perf_counter() - started, 1)}
-    return write_report(out, evidences, findings, figures, meta)
+    return write_report(out, evidences, findings, figures, meta), findings
 
 
-def _evaluate(lm, config: StudyConfig, run_cfg: RunConfig, model_dir: Path) -> None:
+def _evaluate(lm, config: StudyConfig, run_cfg: RunConfig, model_dir: Path, fits) -> None:
     from refusal_lab.data import Splits
     from refusal_lab.evaluation.evaluate import evaluate
 
     splits = Splits.load(model_dir / "splits.json")
-    evaluate(lm, config.evaluate, model_dir / "evaluation", model_dir, run_cfg, splits, plan=config.compare)
+    evaluate(lm, config.evaluate, model_dir / "evaluation", model_dir, run_cfg, splits, plan=config.compare, fits=fits)
 
 
 def _timed(model_dir: Path, stage: str, work, *args):

@@ -49,8 +49,9 @@ FRAME_SIDES = ("harmful", "harmless", "harmful_pca", "harmless_pca")
 TABLES = ("inlp_dim_cosine", "geometry", "landing", "sensitivity")  # results and items stay in evaluation/
 
 
-def analyse(lm, config, run_cfg, model_dir: str | Path) -> ModelEvidence:
-    """The evidence of one model of a study (``config``: a :class:`~refusal_lab.study.StudyConfig`); resumable."""
+def analyse(lm, config, run_cfg, model_dir: str | Path, fits=None) -> ModelEvidence:
+    """The evidence of one model of a study (``config``: a :class:`~refusal_lab.study.StudyConfig`); resumable.
+    ``fits``: the run's train-split :class:`~refusal_lab.methods.registry.FitContext` if the caller has one."""
     model_dir = Path(model_dir)
     directory = model_dir / "analysis"
     if (directory / "evidence.json").exists():
@@ -61,7 +62,7 @@ def analyse(lm, config, run_cfg, model_dir: str | Path) -> ModelEvidence:
     results, items = _results(model_dir)
     from refusal_lab.methods.extraction import fit_context
 
-    ctx = fit_context(lm, splits, run_cfg)
+    ctx = fits or fit_context(lm, splits, run_cfg)
     dims = (ctx.harmful_mean[:, position] - ctx.harmless_mean[:, position]).float()  # [L, d]
     heatmaps = {"dim": cross_layer_cosines(dims)}
     inlp_cosine = pd.DataFrame(columns=["layer", "cosine"])

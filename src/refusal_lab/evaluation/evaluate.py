@@ -128,7 +128,7 @@ def _capability_data(config: EvaluateConfig) -> tuple[dict, dict]:
 
 
 def evaluate(lm, config: EvaluateConfig, out: str | Path, run_dir: str | Path | None = None,
-             run_config=None, splits=None, plan=None) -> list[dict]:
+             run_config=None, splits=None, plan=None, fits=None) -> list[dict]:
     """Score the baseline (and the run's matching interventions, planned by ``plan`` as in
     :func:`targets_from_run`) on every configured metric into ``out``. ``lm``: a loaded model, or a function that
     loads it — called only after the held-out rule passed, so a violation fails before minutes of loading."""
@@ -137,7 +137,8 @@ def evaluate(lm, config: EvaluateConfig, out: str | Path, run_dir: str | Path | 
         raise RefusalLabError("evaluate needs the splits whose train/val prompts count as seen")
     harmful, harmless = eval_prompts(splits, config.eval_set, config.n_eval, run_dir)
     lm = lm() if callable(lm) else lm
-    targets = targets_from_run(lm, run_dir, config, run_config, splits, plan) if run_dir else [Target("baseline")]
+    targets = (targets_from_run(lm, run_dir, config, run_config, splits, plan, fits) if run_dir
+               else [Target("baseline")])
     guard = None
     if config.guard and "judge" in config.metrics:
         from refusal_lab.evaluation.judges import make_judge

@@ -30,11 +30,13 @@ log = Console(stderr=True).log
 
 @dataclass
 class Extraction:
-    """What extraction selected: ``selections[(method, scope)]`` and the chosen artifacts (None: nothing passed)."""
+    """What extraction selected: ``selections[(method, scope)]`` and the chosen artifacts (None: nothing passed);
+    ``fits``: the train-split fit context it built (None when everything was resumed), for later stages to reuse."""
 
     selections: dict[tuple[str, str], Selection] = field(default_factory=dict)
     chosen: dict[tuple[str, str], object] = field(default_factory=dict)
     ranked: list[tuple[int, int]] = field(default_factory=list)
+    fits: FitContext | None = None
 
 
 def fit_context(lm, splits, config) -> FitContext:
@@ -56,14 +58,19 @@ def _fit(method, ctx: FitContext, config, root: Path, hidden_size: int) -> dict[
     return candidates
 
 
-def _at_dim_choice(candidates: dict[tuple, object], result: Extraction, name: str, scope: str,
-                   selection: SelectionConfig) -> dict[tuple, object]:
-    """With ``selection.candidates == "dim"``, the candidates of a method other than DiM at the (layer, position)
-    DiM chose at ``scope`` (every candidate keyed by k instead, and all of them where DiM chose nothing)."""
-    dim = result.chosen.get(("dim", scope))
-    if selection.candidates == "all" or name == "dim" or dim is None:
+def _dim_cells(result: Extraction, name: str, selection: SelectionConfig) -> dict[str, tuple[int, int]]:
+    """With ``selection.candidates == "dim"``, the ``(layer, position)`` DiM chose at each scope, where a method
+    other than DiM may choose (scopes where DiM chose nothing are absent: any cell there); else empty."""
+    if selection.candidates == "all" or name == "dim":
+        return {}
+    return {scope: (c.provenance.layer, c.provenance.position)
+            for (method, scope), c in result.chosen.items() if method == "dim" and c is not None}
+
+
+def _at_cell(candidates: dict[tuple, object], cell: tuple[int, int] | None) -> dict[tuple, object]:
+    """The candidates at ``cell`` and every one keyed by k instead (all of them when ``cell`` is None)."""
+    if cell is None:
         return candidates
-    cell = (dim.provenance.layer, dim.provenance.position)
     return {key: c for key, c in candidates.items() if key[0] is None or key[:2] == cell}
 
 
@@ -160,9 +167,9 @@ def extract(lm, splits, config, run_dir: str | Path, methods: Sequence[str] = ("
             ctx = ctx or fit_context(lm, splits, config)
             if ranking_path.exists():
                 ctx.ranked = [tuple(cell) for cell in read_json(ranking_path)["ranked"]]
-        if ctx and name != "dim" and config.selection.candidates == "dim":
-            ctx.selectable = {(c.provenance.layer, c.provenance.position)
-                              for (m, _), c in result.chosen.items() if m == "dim" and c is not None} or None
+        at_dim = _dim_cells(result, name, config.selection)
+        if ctx:
+            ctx.selectable = set(at_dim.values()) or None
         candidates = _fit(method, ctx, config, root, lm.hidden_size) if ctx else {}
         for scope in config.selection.scopes:
             loaded = _load_selection(run_dir, name, scope, lm.hidden_size)
@@ -174,7 +181,7 @@ def extract(lm, splits, config, run_dir: str | Path, methods: Sequence[str] = ("
                     prior = attribution_prior(lm, val_harmful, baseline, config.selection)
                 ranked_layers = [layer for layer, _ in (ctx.ranked or [])]
                 selection = select_candidates(
-                    lm, name, _at_dim_choice(candidates, result, name, scope, config.selection), scope, val_harmful,
+                    lm, name, _at_cell(candidates, at_dim.get(scope)), scope, val_harmful,
                     val_harmless, config.selection, config.methods, baseline, prior, kl_cache, ranked_layers, fits=ctx)
                 chosen = _save_selection(run_dir, selection, candidates, ranked_layers)
             else:
@@ -188,6 +195,7 @@ def extract(lm, splits, config, run_dir: str | Path, methods: Sequence[str] = ("
                     ctx.ranked = [tuple(cell) for cell in ranked]
     if ranking_path.exists():
         result.ranked = [tuple(cell) for cell in read_json(ranking_path)["ranked"]]
+    result.fits = ctx
     return result
 
 

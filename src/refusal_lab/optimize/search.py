@@ -196,7 +196,8 @@ def trial_params(trial) -> AbliterationParams:
 
 
 def search(lm, data: SearchData, study, config: OptimizeConfig, deadline: float | None) -> None:
-    """Run trials until ``config.trials`` are complete or ``deadline`` (``time.monotonic()``) passes."""
+    """Run trials until ``config.trials`` are complete or the next pass (as long as the last one) would end after
+    ``deadline`` (``time.monotonic()``)."""
     import optuna
 
     complete = lambda: len(study.get_trials(states=[optuna.trial.TrialState.COMPLETE]))  # noqa: E731
@@ -205,7 +206,9 @@ def search(lm, data: SearchData, study, config: OptimizeConfig, deadline: float 
                TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True)) as progress:
         task = progress.add_task("searching", total=config.trials, completed=complete())
-        while (done := complete()) < config.trials and (deadline is None or time.monotonic() < deadline):
+        last_pass = 0.0
+        while (done := complete()) < config.trials and (deadline is None or time.monotonic() + last_pass < deadline):
+            began = time.monotonic()
             trials = [study.ask() for _ in range(min(config.trials_per_pass, config.trials - done))]
             params = [suggest(t, lm.n_layers, list(config.sources), positions) for t in trials]
             values = score_pass(lm, data, [data.ablation(lm, p) for p in params], config.rows_per_pass)
@@ -213,6 +216,7 @@ def search(lm, data: SearchData, study, config: OptimizeConfig, deadline: float 
                 trial.set_user_attr("params", json.loads(p.model_dump_json()))
                 trial.set_constraint("kl", value[1] - config.max_kl)  # feasible: KL ≤ max_kl
                 study.tell(trial, list(value))
+            last_pass = time.monotonic() - began
             best = min((v for v in values if v[1] <= config.max_kl), default=None)
             note = f"searching (pass best p_R {best[0]:.3f} @ KL {best[1]:.3f})" if best else "searching"
             progress.update(task, completed=complete(), description=note)
