@@ -3,13 +3,15 @@
     python benchmarks/bench_optimize.py --model qwen2.5-coder-0.5b-instruct --out runs/bench-opt05
     python benchmarks/bench_optimize.py ... --heretic-venv /path/to/venv   # also heretic (pip install heretic-llm==1.4.0)
 
-refusal-lab: ``refusal-lab optimize --heldout 100 --time-budget 14`` as a subprocess (its default search; wall time and peak RSS of
-the whole command, the held-out scoring reported apart). heretic, when asked: run in its own virtual environment on
-the same converted model directory with the same prompts (its direction prompts = the search's train prompts of
-the ``mixed`` source, its evaluation prompts = the same validation prompts: 64 harmful, 32 harmless), the same
-judge (its own markers, which refusal-lab's ``markers`` judge copies), 24 new tokens and the same first-token KL;
-its front is read from its Optuna journal. Both fronts are validation figures; refusal-lab's held-out front is
-printed beside its validation one. The held-out requests are never seen by either search.
+refusal-lab: ``refusal-lab optimize --heldout 100 --time-budget 14`` as a subprocess (its default search; wall time
+and peak RSS of the whole command, the held-out scoring reported apart). heretic, when asked: run in its own virtual
+environment on the same converted model directory with the same prompts (its direction prompts = the search's train
+prompts of the ``mixed`` source, its evaluation prompts = the same validation prompts: 64 harmful, 32 harmless), the
+same judge (its own markers, which refusal-lab's ``markers`` judge copies), 24 new tokens and the same first-token
+KL; its front is read from its Optuna journal. Both fronts are validation figures; beside them, held-out figures:
+refusal-lab's own, and heretic's front trials (within --max-kl) rebuilt as refusal-lab edits of the same parameters
+and scored the same way. The held-out requests are never seen by either search. Each tool's wall time and peak RSS
+are measured once and kept (RUN_DIR/bench.json, RUN_DIR/heretic/bench.json), so a rerun only redoes what is missing.
 """
 
 from __future__ import annotations
@@ -43,24 +45,29 @@ def run_measured(args: list[str], check: bool = True, **kwargs) -> tuple[float, 
     return time.perf_counter() - start, usage.ru_maxrss / 1024**2
 
 
+def measured_once(stored: Path, command: list[str], args: list[str], **kwargs) -> tuple[float, float]:
+    """Wall seconds and peak RSS of ``args`` (:func:`run_measured`), measured once and kept in ``stored`` with
+    ``command`` (what was measured), so either tool can be rerun beside the other's finished measurement; a stored
+    measurement of another command stops the benchmark."""
+    if stored.exists():
+        measured = json.loads(stored.read_text())
+        if measured["command"] != command:
+            raise SystemExit(f"{stored} measured {measured['command']}, not {command}; use another --out or the same "
+                             "options")
+        return measured["seconds"], measured["rss_gb"]
+    seconds, rss = run_measured(args, **kwargs)
+    stored.write_text(json.dumps({"seconds": seconds, "rss_gb": rss, "command": command}))
+    return seconds, rss
+
+
 def run_refusal_lab(model: str, out: Path, trials: int | None, heldout: int, budget: float) -> tuple[float, float]:
-    """Wall seconds and peak RSS of ``refusal-lab optimize`` on ``out``, measured once and kept in
-    ``out/bench.json`` (so heretic can be run again beside it without redoing the search)."""
+    """Wall seconds and peak RSS of ``refusal-lab optimize`` on ``out`` (kept in ``out/bench.json``)."""
     cli = shutil.which("refusal-lab", path=str(Path(sys.executable).parent)) or "refusal-lab"
     args = [cli, "optimize", "--model", model, "--out", str(out), "--heldout", str(heldout),
             "--time-budget", str(budget)]
     if trials:
         args += ["--trials", str(trials)]
-    stored = out / "bench.json"
-    if stored.exists():
-        measured = json.loads(stored.read_text())
-        if measured["command"] != args[1:]:
-            raise SystemExit(f"{stored} measured `{' '.join(measured['command'])}`, not `{' '.join(args[1:])}`; "
-                             "use another --out or the same options")
-        return measured["seconds"], measured["rss_gb"]
-    seconds, rss = run_measured(args)
-    stored.write_text(json.dumps({"seconds": seconds, "rss_gb": rss, "command": args[1:]}))
-    return seconds, rss
+    return measured_once(out / "bench.json", args[1:], args)
 
 
 def default_system_prompt(model_dir: str) -> str:
@@ -109,26 +116,68 @@ def heretic_config(run: Path, model_dir: str, work: Path, trials: int, startup: 
 
 def run_heretic(venv: Path, run: Path, model_dir: str, work: Path, trials: int,
                 startup: int) -> tuple[pd.DataFrame, float, float]:
-    """heretic's validation front (refusals, KL) from its journal, its wall time and peak RSS (the menu it opens
-    after the search gets no input and ends it)."""
+    """heretic's validation front (refusals, KL, its parameters) from its journal, its wall time and peak RSS (kept
+    in ``work/bench.json`` with its config; the menu it opens after the search gets no input and ends it)."""
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     work = work.resolve()  # heretic runs in work/ and reads the prompt files by these paths
-    heretic_config(run, model_dir, work, trials, startup)
-    seconds, rss = run_measured([str(venv / "bin" / "heretic")], check=False, cwd=work, stdin=subprocess.DEVNULL,
-                                env={"HF_HUB_OFFLINE": "1", "PATH": str(venv / "bin")})
+    config = heretic_config(run, model_dir, work, trials, startup)
+    seconds, rss = measured_once(work / "bench.json", ["heretic", config.read_text()], [str(venv / "bin" / "heretic")],
+                                 check=False, cwd=work, stdin=subprocess.DEVNULL,
+                                 env={"HF_HUB_OFFLINE": "1", "PATH": str(venv / "bin")})
     journals = sorted((work / "checkpoints").glob("*.jsonl")) if (work / "checkpoints").is_dir() else []
     if not journals:
         raise SystemExit(f"heretic wrote no study journal under {work / 'checkpoints'}; see its output above")
     journal = journals[0]
     study = optuna.load_study(study_name="heretic", storage=JournalStorage(JournalFileBackend(str(journal))))
-    rows = [{"trial": t.number, "refusals": t.user_attrs["refusals"], "kl": t.user_attrs["kl_divergence"]}
-            for t in study.get_trials(states=[optuna.trial.TrialState.COMPLETE])]
+    rows = [{"trial": t.number, "refusals": t.user_attrs["refusals"], "kl": t.user_attrs["kl_divergence"],
+             "params": t.params} for t in study.get_trials(states=[optuna.trial.TrialState.COMPLETE])]
     from refusal_lab.optimize.search import front
 
     return front(pd.DataFrame(rows), "refusals", "kl"), seconds, rss
+
+
+def heretic_params(params: dict):
+    """One heretic trial as refusal-lab's :class:`AbliterationParams`: the same tent kernels (``o_proj`` → attention,
+    ``down_proj`` → MLP) and the same directions (difference of means of its direction prompts — the ``mixed``
+    source's train prompts — at the last position; ``global``: interpolated at ``direction_index``; per layer: the
+    stream a layer writes into)."""
+    from refusal_lab.optimize.space import AbliterationParams, Kernel
+
+    kernel = {c: Kernel(**{k: params[f"{module}.{k}"] for k in ("max_weight", "max_weight_position", "min_weight",
+                                                               "min_weight_distance")})
+              for c, module in (("attn", "attn.o_proj"), ("mlp", "mlp.down_proj"))}
+    scope = "per_layer" if params["direction_scope"] == "per layer" else "global"
+    return AbliterationParams(source="mixed", position=-1, direction_scope=scope,
+                              direction_index=params["direction_index"], **kernel)
+
+
+def heretic_heldout(model: str, run: Path, front_h: pd.DataFrame, max_kl: float, n: int) -> pd.DataFrame:
+    """heretic's front trials within ``max_kl``, rebuilt as refusal-lab edits and scored on the held-out requests the
+    way refusal-lab's front is (:func:`refusal_lab.optimize.assess.heldout_scores`)."""
+    from refusal_lab.comparison import eval_prompts
+    from refusal_lab.evaluation.judges import make_judge
+    from refusal_lab.models.load import load_model
+    from refusal_lab.optimize.assess import heldout_scores
+    from refusal_lab.optimize.edit import Abliteration
+    from refusal_lab.optimize.search import OptimizeConfig, load_means
+    from refusal_lab.scoring import last_token_logprobs
+
+    config = OptimizeConfig.model_validate(json.loads((run / "config.json").read_text()))
+    lm = load_model(model, dtype=config.dtype)
+    means, data_hash = load_means(run, ["mixed"])
+    harmful_means, harmless_means = means["mixed"]
+    harmful, harmless = eval_prompts(None, "generic", n, run)  # checked against what the searches saw
+    base = last_token_logprobs(lm, harmless, batch_size=config.rows_per_pass)
+    rows = []
+    for row in front_h[front_h["kl"] <= max_kl].itertuples():
+        edit = Abliteration.from_params(heretic_params(row.params), harmful_means, harmless_means, lm.n_layers,
+                                        model=lm.name, data_hash=data_hash)
+        held = heldout_scores(lm, edit, harmful, harmless, base, config, make_judge(config.judge))
+        rows.append({"trial": row.trial, "heldout_refusals": held["refusals"], "heldout_kl": held["kl"]})
+    return pd.DataFrame(rows)
 
 
 def describe(frame: pd.DataFrame, refusals: str, n: int | str, kl: str, max_kl: float) -> str:
@@ -172,8 +221,10 @@ def main() -> None:
         _, model_dir = resolve_model_dir(args.model)
         front_h, seconds_h, rss_h = run_heretic(args.heretic_venv, args.out, model_dir, args.out / "heretic",
                                                 args.heretic_trials, args.heretic_startup)
-        report.add("heretic 1.4.0", describe(front_h, "refusals", search["n"], "kl", args.max_kl), "—",
-                   f"{seconds_h / 60:.1f} min", f"{rss_h:.1f} GB", readme=readme.get("heretic"))
+        held_h = heretic_heldout(args.model, args.out, front_h, args.max_kl, args.heldout)
+        report.add("heretic 1.4.0", describe(front_h, "refusals", search["n"], "kl", args.max_kl),
+                   describe(held_h, "heldout_refusals", args.heldout, "heldout_kl", args.max_kl) if len(held_h)
+                   else "none", f"{seconds_h / 60:.1f} min", f"{rss_h:.1f} GB", readme=readme.get("heretic"))
     report.print()
 
 
