@@ -173,8 +173,8 @@ def heretic_heldout(model: str, run: Path, front_h: pd.DataFrame, max_kl: float,
     base = last_token_logprobs(lm, harmless, batch_size=config.rows_per_pass)
     rows = []
     for row in front_h[front_h["kl"] <= max_kl].itertuples():
-        edit = Abliteration.from_params(heretic_params(row.params), harmful_means, harmless_means, lm.n_layers,
-                                        model=lm.name, data_hash=data_hash)
+        edit = Abliteration.from_params(heretic_params(row.params), harmful_means - harmless_means, harmless_means,
+                                        lm.n_layers, model=lm.name, data_hash=data_hash)
         held = heldout_scores(lm, edit, harmful, harmless, base, config, make_judge(config.judge))
         rows.append({"trial": row.trial, "heldout_refusals": held["refusals"], "heldout_kl": held["kl"]})
     return pd.DataFrame(rows)

@@ -46,14 +46,15 @@ def test_layer_directions_by_hand():
     v = harmful[:, -1] - harmless[:, -1]
     unit = v / v.norm(dim=-1, keepdim=True)
     params = AbliterationParams(direction_index=1.25, attn=kernel(), mlp=kernel())
-    r = layer_directions(harmful, harmless, params, n_layers=3)
+    r = layer_directions(harmful - harmless, harmless, params, n_layers=3)
     mixed = 0.75 * unit[1] + 0.25 * unit[2]
     assert r.shape == (3, 8) and torch.allclose(r[0].double(), mixed / mixed.norm(), atol=1e-6)
     assert torch.equal(r[0], r[2])
-    per_layer = layer_directions(harmful, harmless, params.model_copy(update={"direction_scope": "per_layer"}), 3)
+    per_layer = layer_directions(harmful - harmless, harmless,
+                                 params.model_copy(update={"direction_scope": "per_layer"}), 3)
     assert torch.allclose(per_layer.double(), unit[[1, 2, 3]], atol=1e-6)  # layer l writes into stream l + 1
-    ortho = layer_directions(harmful, harmless, params.model_copy(update={"direction_scope": "per_layer",
-                                                                          "orthogonalize": True, "position": 0}), 3)
+    ortho = layer_directions(harmful - harmless, harmless, params.model_copy(
+        update={"direction_scope": "per_layer", "orthogonalize": True, "position": 0}), 3)
     g = harmless[[1, 2, 3], 0]
     assert torch.allclose((ortho.double() * g).sum(-1), torch.zeros(3, dtype=torch.float64), atol=1e-5)
     w = (harmful - harmless)[[1, 2, 3], 0]

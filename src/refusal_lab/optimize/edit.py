@@ -33,9 +33,11 @@ class Abliteration:
     meta: dict = field(default_factory=dict)
 
     @classmethod
-    def from_params(cls, params: AbliterationParams, harmful_means: torch.Tensor, harmless_means: torch.Tensor,
+    def from_params(cls, params: AbliterationParams, differences: torch.Tensor, harmless_means: torch.Tensor,
                     n_layers: int, **meta) -> Abliteration:
-        return cls(layer_directions(harmful_means, harmless_means, params, n_layers), params.weights(n_layers),
+        """The edit ``params`` fix, given a direction table and the harmless means ``[L, P, d]``
+        (:func:`~refusal_lab.optimize.space.layer_directions`)."""
+        return cls(layer_directions(differences, harmless_means, params, n_layers), params.weights(n_layers),
                    {"params": json.loads(params.model_dump_json()), **meta})
 
     @property

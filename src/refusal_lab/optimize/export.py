@@ -12,7 +12,8 @@ import torch
 from refusal_lab.errors import RefusalLabError
 from refusal_lab.io import write_json
 from refusal_lab.optimize.edit import Abliteration
-from refusal_lab.optimize.search import OptimizeConfig, SearchData, load_means, load_study, trial_params
+from refusal_lab.optimize.search import (OptimizeConfig, SearchData, load_means, load_refined, load_study,
+                                         trial_params)
 
 
 def choose_trial(run_dir: Path, trial: int | None, max_kl: float) -> int:
@@ -36,11 +37,11 @@ def trial_ablation(lm, run_dir: Path, trial: int) -> Abliteration:
     found = [t for t in load_study(run_dir).get_trials() if t.number == trial and "params" in t.user_attrs]
     if not found:
         raise RefusalLabError(f"{run_dir} has no finished trial {trial}")
-    stored = load_means(run_dir, list(config.sources))
+    stored = load_means(run_dir, config.training_sources)
     if stored is None:
         raise RefusalLabError(f"{run_dir} has no class means (means.safetensors); rerun `refusal-lab optimize --out "
                               f"{run_dir}` to make them")
-    data = SearchData([], [], [], torch.empty(0), *stored)
+    data = SearchData([], [], [], torch.empty(0), *stored, load_refined(run_dir, config, stored[1]))
     return data.ablation(lm, trial_params(found[0]), trial=trial)
 
 

@@ -1,12 +1,14 @@
 """``refusal-lab optimize``: a refusal × KL Pareto search over abliteration parameters (:mod:`.space`).
 
 Data (train / validation only; the held-out AdvBench and generic slices are never touched): class means of
-``resid_pre`` at every layer and post-instruction position from the train split of each direction source
-(``mixed``, ``unmatched``, ``matched``), minus any scoring prompt. The scoring prompts are validation prompts: the
+``resid_pre`` at every layer and post-instruction position from the train split of each training source
+(``mixed``, ``unmatched``, ``matched``), minus any scoring prompt; and the ``refined`` source's direction: the
+``mixed`` DiM direction refined by a few gradient steps on the ``mixed`` train prompts (:mod:`.refine`; cached in
+``RUN_DIR/refined.safetensors``, its steps in ``RUN_DIR/refine.json``). The scoring prompts are validation prompts: the
 ``mixed`` source's ``n_val`` harmful ones for the survivors' generations (the first ``n_score`` of them for the
 first-token scores of every trial) and ``n_kl`` harmless ones of ``kl_source`` (default ``mixed``: topic-matched
-and generic requests; ``unmatched``: generic requests only, like the held-out assessment's KL). Every prompt used is recorded in
-``RUN_DIR/seen/optimize.json``.
+and generic requests; ``unmatched``: generic requests only, like the held-out assessment's KL). Every prompt used
+is recorded in ``RUN_DIR/seen/optimize.json``.
 
 Search (Optuna, multivariate TPE with a constant liar, journal storage ``RUN_DIR/optuna.journal``, so a rerun
 resumes and an interruption loses at most the trials in flight): ``trials_per_pass`` trials are asked at once and
@@ -44,10 +46,12 @@ from refusal_lab.errors import RefusalLabError
 from refusal_lab.io import atomic_path, write_csv, write_json, write_jsonl
 from refusal_lab.models.bundled import DEFAULT_MODEL
 from refusal_lab.optimize.edit import Abliteration
+from refusal_lab.optimize.refine import RefineSettings
 from refusal_lab.optimize.space import AbliterationParams, suggest
 
 log = Console(stderr=True, width=None if sys.stderr.isatty() else 150).log
-Source = Literal["mixed", "unmatched", "matched"]
+TrainingSource = Literal["mixed", "unmatched", "matched"]
+Source = Literal["mixed", "unmatched", "matched", "refined"]
 UNTRACKED = ("trials", "time_budget_min", "survivors")  # settings a resumed search may change
 STUDY = "abliteration"  # the study's name in RUN_DIR/optuna.journal
 
@@ -58,12 +62,12 @@ class OptimizeConfig(ConfigModel):
     model: str = DEFAULT_MODEL
     dtype: str = "auto"
     seed: int = 0
-    sources: list[Source] = ["mixed", "unmatched", "matched"]
+    sources: list[Source] = ["mixed", "unmatched", "matched", "refined"]
     n_train: int = Field(128, ge=2)
     n_val: int = Field(64, ge=2)  # harmful validation prompts the survivors generate for (refusals)
     n_score: int = Field(64, ge=2)  # of those, scored by first token in every trial
     n_kl: int = Field(32, ge=2)  # harmless validation prompts scored in every trial (KL)
-    kl_source: Source = "mixed"  # whose harmless validation prompts KL is measured on (unmatched: generic only)
+    kl_source: TrainingSource = "mixed"  # whose harmless validation prompts KL is measured on (unmatched: generic only)
     trials: PositiveInt = 160
     startup_trials: int = Field(32, ge=0)
     trials_per_pass: PositiveInt = 4
@@ -73,12 +77,19 @@ class OptimizeConfig(ConfigModel):
     max_new_tokens: PositiveInt = 24
     judge: str = "markers"
     time_budget_min: float | None = Field(None, gt=0)
+    refine: RefineSettings = RefineSettings()
+
+    @property
+    def training_sources(self) -> list[str]:
+        """The sources whose class means the search needs (``refined`` starts from ``mixed``'s)."""
+        wanted = {s for s in self.sources if s != "refined"} | ({"mixed"} if "refined" in self.sources else set())
+        return [s for s in ("mixed", "unmatched", "matched") if s in wanted]
 
 
 @dataclass
 class SearchData:
     """Validation prompts, the baseline next-token log-probs of those scored in every trial
-    (``scored + harmless``), and each source's class means ``[L, P, d]``."""
+    (``scored + harmless``), each training source's class means ``[L, P, d]`` and the refined direction ``[d]``."""
 
     harmful: list[str]
     scored: list[str]
@@ -86,10 +97,23 @@ class SearchData:
     base_logprobs: torch.Tensor
     means: dict[str, tuple[torch.Tensor, torch.Tensor]]
     data_hash: str
+    refined: torch.Tensor | None = None
+
+    def table(self, source: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``source``'s direction table ``[L, P, d]`` and the harmless means ``[L, P, d]`` its directions are
+        orthogonalised against: ``μ⁺ − μ⁻`` and ``μ⁻`` of a training source; the refined direction at every entry
+        and ``mixed``'s ``μ⁻``."""
+        if source == "refined":
+            if self.refined is None:
+                raise RefusalLabError("this search has no refined direction (refine.json); rerun optimize with "
+                                      "'refined' in sources")
+            harmless = self.means["mixed"][1]
+            return self.refined.to(harmless.dtype).expand_as(harmless), harmless
+        harmful, harmless = self.means[source]
+        return harmful - harmless, harmless
 
     def ablation(self, lm, params: AbliterationParams, **meta) -> Abliteration:
-        harmful, harmless = self.means[params.source]
-        return Abliteration.from_params(params, harmful, harmless, lm.n_layers, model=lm.name,
+        return Abliteration.from_params(params, *self.table(params.source), lm.n_layers, model=lm.name,
                                         data_hash=self.data_hash, **meta)
 
 
@@ -99,12 +123,12 @@ def search_prompts(config: OptimizeConfig) -> tuple[list[str], list[str], dict[s
     from refusal_lab.data import dataset_splits
 
     splits = {source: dataset_splits(source, n_train=config.n_train, n_val=config.n_val, seed=config.seed)
-              for source in {*config.sources, "mixed", config.kl_source}}
+              for source in {*config.training_sources, "mixed", config.kl_source}}
     harmful, harmless = splits["mixed"].val_harmful.texts, splits[config.kl_source].val_harmless.texts
     validation = set(harmful) | set(harmless)
     train = {source: ([t for t in splits[source].train_harmful.texts if t not in validation],
                       [t for t in splits[source].train_harmless.texts if t not in validation])
-             for source in config.sources}
+             for source in config.training_sources}
     return harmful, harmless, train
 
 
@@ -138,7 +162,7 @@ def prepare(lm, config: OptimizeConfig, run_dir: Path) -> SearchData:
     data_hash = hashlib.sha256(payload.encode()).hexdigest()[:16]
     record_seen(run_dir, "optimize", [*harmful, *all_harmless,
                                       *(t for pair in train.values() for side in pair for t in side)])
-    stored = load_means(run_dir, list(config.sources))
+    stored = load_means(run_dir, config.training_sources)
     if stored is None or stored[1] != data_hash:
         tensors = {}
         for source, (harm, safe) in train.items():
@@ -147,10 +171,55 @@ def prepare(lm, config: OptimizeConfig, run_dir: Path) -> SearchData:
             tensors[f"{source}.harmless"] = collect_activations(lm, safe, config.rows_per_pass // 2).mean.float()
         with atomic_path(run_dir / "means.safetensors") as tmp:
             save_file(tensors, str(tmp), metadata={"data_hash": data_hash})
-        stored = load_means(run_dir, list(config.sources))
+        stored = load_means(run_dir, config.training_sources)
+    refined = refined_direction(lm, config, run_dir, train.get("mixed"), stored[0].get("mixed"), data_hash)
     scored_harmful = harmful[: config.n_score]
     base = last_token_logprobs(lm, scored_harmful + harmless, batch_size=config.rows_per_pass)
-    return SearchData(harmful, scored_harmful, harmless, base, stored[0], data_hash)
+    return SearchData(harmful, scored_harmful, harmless, base, stored[0], data_hash, refined)
+
+
+def _refine_key(config: OptimizeConfig, data_hash: str) -> str:
+    return json.dumps({"data_hash": data_hash, "seed": config.seed, **config.refine.model_dump()}, sort_keys=True)
+
+
+def load_refined(run_dir: Path, config: OptimizeConfig, data_hash: str) -> torch.Tensor | None:
+    """The refined direction ``[d]`` stored in ``RUN_DIR/refined.safetensors`` for these data and settings, or None."""
+    from safetensors import safe_open
+
+    path = run_dir / "refined.safetensors"
+    if not path.exists():
+        return None
+    with safe_open(str(path), "pt") as stored:
+        if (stored.metadata() or {}).get("key") != _refine_key(config, data_hash):
+            return None
+        return stored.get_tensor("direction")
+
+
+def refined_direction(lm, config: OptimizeConfig, run_dir: Path, train: tuple[list[str], list[str]],
+                      mixed_means: tuple[torch.Tensor, torch.Tensor], data_hash: str) -> torch.Tensor | None:
+    """The ``refined`` source's direction (None when it is not searched): the ``mixed`` DiM direction at the last
+    post-instruction position and ``refine.init_depth`` of the depth, refined on the ``mixed`` train prompts
+    (:func:`~refusal_lab.optimize.refine.refine_direction`); stored once per data and settings."""
+    from refusal_lab.optimize.refine import refine_direction
+    from refusal_lab.optimize.space import interpolated_direction
+
+    if "refined" not in config.sources:
+        return None
+    stored = load_refined(run_dir, config, data_hash)
+    if stored is not None:
+        return stored
+    harmful_means, harmless_means = mixed_means
+    v = (harmful_means[:, -1] - harmless_means[:, -1]).double()
+    init = interpolated_direction(v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12),
+                                  config.refine.init_depth * (v.shape[0] - 1)).float()
+    log(f"refining the mixed DiM direction ({config.refine.steps} gradient steps on {len(train[0])} + "
+        f"{len(train[1])} train prompts)")
+    direction, history = refine_direction(lm, init, *train, config.refine, seed=config.seed, log=log)
+    write_json(run_dir / "refine.json", {"settings": config.refine.model_dump(), "steps": history})
+    with atomic_path(run_dir / "refined.safetensors") as tmp:
+        save_file({"direction": direction.contiguous(), "init": init.contiguous()}, str(tmp),
+                  metadata={"key": _refine_key(config, data_hash)})
+    return direction
 
 
 def _storage(run_dir: Path):
@@ -189,6 +258,16 @@ def score_pass(lm, data: SearchData, ablations: list[Abliteration], rows_per_pas
                                 data.base_logprobs, rows_per_pass)
     n = len(data.scored)
     return [(float(torch.sigmoid(s[:n]).mean()), float(k[n:].mean())) for s, k in zip(scores, kl)]
+
+
+def full_refined_trial(n_layers: int) -> dict:
+    """Search-space values of the edit the refined direction was trained under: every writer at weight 1 (a flat
+    kernel centred mid-depth reaching past both ends), the refined direction at every layer."""
+    last = n_layers - 1
+    flat = {"max_weight": 1.0, "max_weight_position": 0.5 * last, "min_weight_fraction": 1.0,
+            "min_weight_distance": max(1.0, 0.8 * last)}
+    return {"source": "refined", "position": -1, "direction_scope": "global", "direction_index": 0.5 * last,
+            "orthogonalize": False, **{f"{c}.{k}": v for c in ("attn", "mlp") for k, v in flat.items()}}
 
 
 def trial_params(trial) -> AbliterationParams:
@@ -294,6 +373,8 @@ def optimize(lm, config: OptimizeConfig, run_dir: str | Path) -> pd.DataFrame:
         write_json(timing, time.monotonic() - began)
     log(f"baseline: {baseline}/{len(data.harmful)} validation refusals ({config.judge})")
     study = open_study(run_dir, config)
+    if "refined" in config.sources and not study.trials:
+        study.enqueue_trial(full_refined_trial(lm.n_layers))  # the refined direction as it was trained
     deadline = None
     if config.time_budget_min is not None:  # leave time for the survivors' generations
         per_generation = json.loads(timing.read_text())

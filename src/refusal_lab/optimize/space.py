@@ -7,10 +7,12 @@ along ``r̂_l``; ``w ∈ (0, 1)`` shrinks it; ``w > 1`` reverses part of it.
 
 Per component, the weights over layers are a tent kernel (:class:`Kernel`): ``max_weight`` at
 ``max_weight_position``, falling linearly to ``min_weight`` at distance ``min_weight_distance`` and 0 beyond.
-The direction ``r̂_l`` (:func:`layer_directions`) comes from the difference in means of one training source at one
-post-instruction position: the same ``r̂`` at every layer, interpolated between the two residual layers around the
-fractional ``direction_index`` (``global``), or each layer's own direction (``per_layer``); optionally with its
-component along the harmless mean removed (``orthogonalize``), so harmless activations are moved less.
+The direction ``r̂_l`` (:func:`layer_directions`) comes from one source's table of directions ``[L, P, d]`` (per
+residual layer and post-instruction position; for a training source the difference in class means, for the
+``refined`` source its one gradient-refined direction at every entry, :mod:`.refine`) at one position: the same
+``r̂`` at every layer, interpolated between the two residual layers around the fractional ``direction_index``
+(``global``), or each layer's own direction (``per_layer``); optionally with its component along the harmless mean
+removed (``orthogonalize``), so harmless activations are moved less.
 """
 
 from __future__ import annotations
@@ -58,20 +60,20 @@ class AbliterationParams(ConfigModel):
         return {c: getattr(self, c).weights(n_layers) for c in COMPONENTS}
 
 
-def layer_directions(harmful_means: torch.Tensor, harmless_means: torch.Tensor, params: AbliterationParams,
+def layer_directions(differences: torch.Tensor, harmless_means: torch.Tensor, params: AbliterationParams,
                      n_layers: int) -> torch.Tensor:
-    """Unit directions ``r̂ [L, d]`` (float32), one per layer, from ``resid_pre`` class means ``[L, P, d]`` (index
-    ``i`` = the stream entering layer ``i``) at ``params.position``.
+    """Unit directions ``r̂ [L, d]`` (float32), one per layer, from a direction table ``[L, P, d]`` (index ``i`` =
+    the stream entering layer ``i``; for a training source ``μ⁺ − μ⁻`` of ``resid_pre``) and the harmless
+    class means ``[L, P, d]``, at ``params.position``.
 
-    ``v_i = μ⁺_i − μ⁻_i``; with ``orthogonalize``, ``v_i ← v_i − (v_i·ĝ_i) ĝ_i`` for ``ĝ_i = μ⁻_i/‖μ⁻_i‖``.
+    ``v_i`` = the table's entry; with ``orthogonalize``, ``v_i ← v_i − (v_i·ĝ_i) ĝ_i`` for ``ĝ_i = μ⁻_i/‖μ⁻_i‖``.
     ``global``: ``r̂ = normalize(lerp(v̂_⌊x⌋, v̂_⌈x⌉, x − ⌊x⌋))`` for ``x = direction_index``, at every layer.
     ``per_layer``: layer ``l``'s writers use the stream they write into, ``v̂_{min(l+1, L−1)}``."""
-    if harmful_means.shape != harmless_means.shape or harmful_means.ndim != 3:
-        raise RefusalLabError(f"class means must both be [L, P, d], got {tuple(harmful_means.shape)} and "
-                              f"{tuple(harmless_means.shape)}")
-    harmful = harmful_means[:, params.position].double()
+    if differences.shape != harmless_means.shape or differences.ndim != 3:
+        raise RefusalLabError(f"the direction table and the harmless means must both be [L, P, d], got "
+                              f"{tuple(differences.shape)} and {tuple(harmless_means.shape)}")
+    v = differences[:, params.position].double()
     harmless = harmless_means[:, params.position].double()
-    v = harmful - harmless
     if params.orthogonalize:
         g = harmless / harmless.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         v = v - (v * g).sum(-1, keepdim=True) * g
@@ -79,10 +81,17 @@ def layer_directions(harmful_means: torch.Tensor, harmless_means: torch.Tensor, 
     last = v.shape[0] - 1
     if params.direction_scope == "per_layer":
         return v[[min(l + 1, last) for l in range(n_layers)]].float()
-    x = min(max(params.direction_index, 0.0), float(last))
+    return interpolated_direction(v, params.direction_index).float().expand(n_layers, -1).clone()
+
+
+def interpolated_direction(v: torch.Tensor, index: float) -> torch.Tensor:
+    """``normalize(lerp(v̂_⌊x⌋, v̂_⌈x⌉, x − ⌊x⌋))`` for unit rows ``v̂ [L, d]`` and ``x = index`` clamped to
+    ``[0, L − 1]``: a direction between two adjacent layers."""
+    last = v.shape[0] - 1
+    x = min(max(index, 0.0), float(last))
     low, frac = int(math.floor(x)), x - math.floor(x)
     r = torch.lerp(v[low], v[min(low + 1, last)], frac)
-    return (r / r.norm().clamp_min(1e-12)).float().expand(n_layers, -1).clone()
+    return r / r.norm().clamp_min(1e-12)
 
 
 def suggest(trial, n_layers: int, sources: list[str], positions: list[int]) -> AbliterationParams:

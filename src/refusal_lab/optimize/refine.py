@@ -1,0 +1,120 @@
+"""A refusal direction refined by gradient descent (the ``refined`` source of the abliteration search).
+
+Difference-in-means gives a direction from activations alone; what an abliteration needs is a direction whose
+removal stops the refusal opening while leaving harmless next-token distributions alone. Following refusal
+direction optimisation (Wollschläger et al. 2025, "The Geometry of Refusal in Large Language Models"), the DiM
+direction is only the starting point: with every residual writer ablated along ``r̂ = r/‖r‖`` (attention and MLP
+outputs of every layer, ``y ↦ y − (y·r̂) r̂``, the full-weight abliteration), a few Adam steps on ``r ∈ R^d``
+minimise
+
+    L(r) = mean_harmful −log(1 − p_R) + λ · mean_harmless KL(p_base ‖ p_r)
+
+over minibatches of the *train* prompts (never validation or held-out ones), with ``p_R`` the first-token
+probability of the family's refusal openings and ``p_base`` the unedited model's first-token distribution.
+``−log(1 − p_R)`` weighs the prompts that still refuse most; the KL term keeps harmless answers where they were.
+The model's weights are frozen: only ``r`` is learned.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import torch
+
+from refusal_lab.config import ConfigModel
+from refusal_lab.errors import RefusalLabError
+from refusal_lab.forward import position_ids_for
+from refusal_lab.interventions.hooks import apply_interventions
+from refusal_lab.optimize.edit import Abliteration
+
+
+class RefineSettings(ConfigModel):
+    """Gradient refinement of the ``refined`` source's direction (see the module docstring)."""
+
+    steps: int = 4  # Adam steps on r
+    lr: float = 0.01
+    kl_weight: float = 2.0  # λ
+    batch_size: int = 16  # harmful and harmless prompts per step
+    init_depth: float = 0.55  # the DiM direction it starts from: the mixed source's, at this fraction of the depth
+
+
+def first_token_logprobs(lm, prompts: Sequence[str]) -> torch.Tensor:
+    """``log p(· | prompt)`` at the last prompt position, ``[n, vocab]`` float32, *with* autograd (one left-padded
+    batch, no cache); only that position is unembedded."""
+    batch = lm.tokenize(list(prompts))
+    mask = batch["attention_mask"]
+    body = lm.model.get_decoder()(input_ids=batch["input_ids"], attention_mask=mask,
+                                  position_ids=position_ids_for(mask), use_cache=False)
+    logits = lm.model.get_output_embeddings()(body.last_hidden_state[:, -1].contiguous())
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def full_ablation(direction: torch.Tensor, n_layers: int) -> Abliteration:
+    """Every attention and MLP writer ablated along ``direction / ‖direction‖`` with weight 1 (differentiable in
+    ``direction``)."""
+    unit = direction / direction.norm()
+    ones = torch.ones(n_layers)
+    return Abliteration(unit.expand(n_layers, -1), {"attn": ones, "mlp": ones})
+
+
+def refine_objective(lm, direction: torch.Tensor, harmful: Sequence[str], harmless: Sequence[str],
+                     base_logprobs: torch.Tensor, kl_weight: float) -> tuple[torch.Tensor, dict]:
+    """``L(r)`` of the module docstring for ``direction [d]`` (differentiable) on these prompts, with
+    ``base_logprobs [len(harmless), vocab]`` the unedited model's; and its parts (bypass term, mean ``p_R``, KL)."""
+    with apply_interventions(lm, full_ablation(direction, lm.n_layers).interventions()):
+        log_p = first_token_logprobs(lm, harmful)
+        p_refusal = torch.logsumexp(log_p[:, list(lm.refusal_token_ids)], -1).exp()
+        bypass = -torch.log1p(-p_refusal.clamp(max=1 - 1e-6)).mean()
+        log_q = first_token_logprobs(lm, harmless)
+    reference = base_logprobs.to(log_q.device)
+    kl = (reference.exp() * (reference - log_q)).sum(-1).mean()
+    parts = {"bypass": float(bypass.detach()), "p_refusal": float(p_refusal.detach().mean()),
+             "kl": float(kl.detach())}
+    return bypass + kl_weight * kl, parts
+
+
+def refine_direction(lm, init: torch.Tensor, harmful: Sequence[str], harmless: Sequence[str],
+                     settings: RefineSettings, seed: int = 0, log=None) -> tuple[torch.Tensor, list[dict]]:
+    """The unit direction ``r̂ [d]`` (float32) after ``settings.steps`` Adam steps from ``init [d]`` on minibatches
+    of ``settings.batch_size`` harmful and harmless prompts, and one record per step (the objective's parts on that
+    minibatch before the step, cosine to ``init`` after it, seconds)."""
+    from refusal_lab.scoring import last_token_logprobs
+
+    if init.shape != (lm.hidden_size,):
+        raise RefusalLabError(f"the initial direction has shape {tuple(init.shape)}; the model's hidden size is "
+                              f"{lm.hidden_size}")
+    if not torch.isfinite(init).all() or init.norm() == 0:
+        raise RefusalLabError("the initial direction is zero or not finite; check the class means it came from")
+    base = last_token_logprobs(lm, harmless, batch_size=2 * settings.batch_size)
+    start = (init / init.norm()).float().to(lm.device)
+    r = torch.nn.Parameter(start.clone())
+    optimizer = torch.optim.Adam([r], lr=settings.lr)
+    generator = torch.Generator().manual_seed(seed)
+    frozen = [p for p in lm.model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    history = []
+    try:
+        for step in range(1, settings.steps + 1):
+            began = time.monotonic()
+            rows_h = torch.randperm(len(harmful), generator=generator)[: settings.batch_size].tolist()
+            rows_s = torch.randperm(len(harmless), generator=generator)[: settings.batch_size].tolist()
+            loss, parts = refine_objective(lm, r, [harmful[i] for i in rows_h], [harmless[i] for i in rows_s],
+                                           base[rows_s], settings.kl_weight)
+            optimizer.zero_grad()
+            loss.backward()
+            if not torch.isfinite(r.grad).all():
+                raise RefusalLabError(f"refinement step {step} gave a non-finite gradient; lower refine.lr")
+            optimizer.step()
+            record = {"step": step, **parts, "cos_init": float(r.detach() @ start / r.detach().norm()),
+                      "seconds": time.monotonic() - began}
+            history.append(record)
+            if log is not None:
+                log(f"refine step {step}/{settings.steps}: p_R {record['p_refusal']:.3f}, KL {record['kl']:.3f}, "
+                    f"cos to DiM {record['cos_init']:.3f} ({record['seconds']:.1f} s)")
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    refined = r.detach()
+    return (refined / refined.norm()).float().cpu(), history
