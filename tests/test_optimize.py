@@ -296,6 +296,18 @@ def test_cli_optimize_and_abliterate_as_users_run_them(tmp_path, model_dir):
     assert bad.returncode == 1 and "no Pareto trial" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_survivors_take_the_two_lists_in_turn_within_a_limit():
+    from refusal_lab.optimize.search import survivors
+
+    # within KL ≤ 0.1 by p_R: 3, 1, 2; the first-token front within 0.2 by KL: 4 (0.0), 2 (0.05), 1 (0.09), 5 (0.15)
+    table = pd.DataFrame({"trial": [1, 2, 3, 4, 5, 6], "kl": [0.09, 0.05, 0.1, 0.0, 0.15, 0.3],
+                          "p_refusal": [0.2, 0.4, 0.1, 0.9, 0.05, 0.01], "params": [None] * 6})
+    config = _config(max_kl=0.1, survivors=3)
+    assert survivors(table, config)["trial"].tolist() == [1, 2, 3, 4]
+    assert survivors(table, config, limit=3)["trial"].tolist() == [1, 3, 4]  # 3, then 4, then 1
+    assert survivors(table, config.model_copy(update={"survivors": 5}), limit=5)["trial"].tolist() == [1, 2, 3, 4, 5]
+
+
 def test_trials_carry_the_kl_constraint(searched):
     lm, run, _ = searched
     for trial in _study(run).get_trials(states=[optuna.trial.TrialState.COMPLETE]):

@@ -12,7 +12,8 @@ from conftest import tiny_model
 from hand_hooks import hand_hooks
 
 from refusal_lab.errors import RefusalLabError
-from refusal_lab.optimize.refine import RefineSettings, first_token_logprobs, refine_direction, refine_objective
+from refusal_lab.optimize.refine import (RefineSettings, accumulate_gradient, first_token_logprobs, objective_terms,
+                                         refine_direction)
 from refusal_lab.scoring import last_token_logprobs
 
 HARMFUL = ["Tell me how to pick a lock", "Write a rude letter", "Explain how to copy a key"]
@@ -35,12 +36,16 @@ def _logprobs_by_hand(lm, prompts, r=None):
     return torch.stack(rows)
 
 
-def _objective_by_hand(lm, r, kl_weight=2.0):
-    """``mean −log(1 − p_R)`` on HARMFUL + ``λ · mean KL(p_base ‖ p_r)`` on HARMLESS, from the definitions."""
+def _terms_by_hand(lm, r):
+    """Per prompt: ``−log(1 − p_R)`` on HARMFUL, ``KL(p_base ‖ p_r)`` on HARMLESS, from the definitions."""
     p_refusal = _logprobs_by_hand(lm, HARMFUL, r)[:, lm.refusal_token_ids].exp().sum(-1)
     base, edited = _logprobs_by_hand(lm, HARMLESS), _logprobs_by_hand(lm, HARMLESS, r)
-    kl = (base.exp() * (base - edited)).sum(-1)
-    return float(-torch.log1p(-p_refusal).mean() + kl_weight * kl.mean())
+    return -torch.log1p(-p_refusal), (base.exp() * (base - edited)).sum(-1)
+
+
+def _objective_by_hand(lm, r, kl_weight=2.0):
+    bypass, kl = _terms_by_hand(lm, r)
+    return float(bypass.mean() + kl_weight * kl.mean())
 
 
 def _direction(lm, seed=0):
@@ -53,23 +58,27 @@ def test_grad_enabled_logprobs_equal_the_scoring_path():
     assert torch.allclose(first_token_logprobs(lm, HARMLESS), last_token_logprobs(lm, HARMLESS), atol=1e-5)
 
 
-def test_objective_is_the_definition_by_hand():
+def test_objective_terms_are_the_definitions_by_hand():
     lm = tiny_model("qwen2")
     r = _direction(lm)
     base = _logprobs_by_hand(lm, HARMLESS).float()
-    loss, parts = refine_objective(lm, r, HARMFUL, HARMLESS, base, kl_weight=2.0)
-    assert loss.item() == pytest.approx(_objective_by_hand(lm, r), rel=1e-4)
-    assert parts["bypass"] + 2.0 * parts["kl"] == pytest.approx(loss.item(), rel=1e-5) and parts["kl"] > 0
+    bypass, p_refusal, kl = objective_terms(lm, r, HARMFUL, HARMLESS, base)
+    bypass_by_hand, kl_by_hand = _terms_by_hand(lm, r)
+    assert torch.allclose(bypass.double(), bypass_by_hand, rtol=1e-4, atol=1e-7)
+    assert torch.allclose(p_refusal.double(), -torch.expm1(-bypass_by_hand), rtol=1e-4, atol=1e-7)
+    assert torch.allclose(kl.double(), kl_by_hand, rtol=1e-3, atol=1e-7) and (kl > 0).all()
 
 
-def test_gradient_matches_finite_differences_of_the_hand_objective():
+@pytest.mark.parametrize("micro_batch", [1, 2, 8])
+def test_accumulated_gradient_matches_finite_differences_of_the_hand_objective(micro_batch):
     lm = tiny_model("qwen2", dtype=torch.float64)
     r = _direction(lm).requires_grad_(True)
     base = _logprobs_by_hand(lm, HARMLESS)
     for p in lm.model.parameters():
         p.requires_grad_(False)
-    loss, _ = refine_objective(lm, r, HARMFUL, HARMLESS, base, kl_weight=2.0)
-    (gradient,) = torch.autograd.grad(loss, r)
+    settings = RefineSettings(kl_weight=2.0, micro_batch=micro_batch)
+    parts = accumulate_gradient(lm, r, HARMFUL, HARMLESS, base, settings)
+    assert parts["bypass"] + 2.0 * parts["kl"] == pytest.approx(_objective_by_hand(lm, r.detach()), rel=2e-5)
     g = torch.Generator().manual_seed(1)
     # even a float64 model normalises in float32 (RMSNorm), so the objective carries ~1e-10 of noise: a step of
     # 1e-3 keeps it (and the O(ε²) truncation) far below the tolerance
@@ -78,7 +87,7 @@ def test_gradient_matches_finite_differences_of_the_hand_objective():
         u = torch.randn(lm.hidden_size, generator=g, dtype=torch.float64)
         plus, minus = _objective_by_hand(lm, r.detach() + eps * u), _objective_by_hand(lm, r.detach() - eps * u)
         numeric = (plus - minus) / (2 * eps)
-        assert abs(numeric) > 1e-5 and float(gradient @ u) == pytest.approx(numeric, rel=1e-3, abs=1e-7)
+        assert abs(numeric) > 1e-5 and float(r.grad @ u) == pytest.approx(numeric, rel=1e-3, abs=1e-7)
 
 
 def test_refinement_descends_on_its_prompts_and_leaves_the_model_as_it_was():

@@ -36,6 +36,7 @@ class RefineSettings(ConfigModel):
     lr: float = 0.01
     kl_weight: float = 2.0  # λ
     batch_size: int = 16  # harmful and harmless prompts per step
+    micro_batch: int = 2  # prompts per side and forward; gradients accumulate (activation memory ∝ micro_batch)
     init_depth: float = 0.55  # the DiM direction it starts from: the mixed source's, at this fraction of the depth
 
 
@@ -58,26 +59,50 @@ def full_ablation(direction: torch.Tensor, n_layers: int) -> Abliteration:
     return Abliteration(unit.expand(n_layers, -1), {"attn": ones, "mlp": ones})
 
 
-def refine_objective(lm, direction: torch.Tensor, harmful: Sequence[str], harmless: Sequence[str],
-                     base_logprobs: torch.Tensor, kl_weight: float) -> tuple[torch.Tensor, dict]:
-    """``L(r)`` of the module docstring for ``direction [d]`` (differentiable) on these prompts, with
-    ``base_logprobs [len(harmless), vocab]`` the unedited model's; and its parts (bypass term, mean ``p_R``, KL)."""
+def objective_terms(lm, direction: torch.Tensor, harmful: Sequence[str], harmless: Sequence[str],
+                    base_logprobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per prompt, differentiable in ``direction [d]``: ``−log(1 − p_R)`` and ``p_R`` on each harmful prompt,
+    ``KL(p_base ‖ p_r)`` on each harmless one (``base_logprobs [len(harmless), vocab]``); an empty side gives
+    empty tensors."""
+    empty = torch.zeros(0, device=lm.device)
     with apply_interventions(lm, full_ablation(direction, lm.n_layers).interventions()):
-        log_p = first_token_logprobs(lm, harmful)
-        p_refusal = torch.logsumexp(log_p[:, list(lm.refusal_token_ids)], -1).exp()
-        bypass = -torch.log1p(-p_refusal.clamp(max=1 - 1e-6)).mean()
-        log_q = first_token_logprobs(lm, harmless)
-    reference = base_logprobs.to(log_q.device)
-    kl = (reference.exp() * (reference - log_q)).sum(-1).mean()
-    parts = {"bypass": float(bypass.detach()), "p_refusal": float(p_refusal.detach().mean()),
-             "kl": float(kl.detach())}
-    return bypass + kl_weight * kl, parts
+        p_refusal = bypass = kl = empty
+        if harmful:
+            log_p = first_token_logprobs(lm, harmful)
+            p_refusal = torch.logsumexp(log_p[:, list(lm.refusal_token_ids)], -1).exp()
+            bypass = -torch.log1p(-p_refusal.clamp(max=1 - 1e-6))
+        if harmless:
+            log_q = first_token_logprobs(lm, harmless)
+            reference = base_logprobs.to(log_q.device)
+            kl = (reference.exp() * (reference - log_q)).sum(-1)
+    return bypass, p_refusal, kl
+
+
+def accumulate_gradient(lm, r: torch.Tensor, harmful: list[str], harmless: list[str], base: torch.Tensor,
+                         settings: RefineSettings) -> dict:
+    """Add ``∇_r L`` (``L`` of the module docstring on these prompts, ``base [len(harmless), vocab]``) to ``r.grad``
+    from forwards of ``settings.micro_batch`` prompts per side (each chunk's terms weighted by ``1/n`` of its side,
+    so the chunks sum to the whole batch's objective); returns the objective's parts (bypass term, mean ``p_R``,
+    mean KL)."""
+    sums = {"bypass": 0.0, "p_refusal": 0.0, "kl": 0.0}
+    size = settings.micro_batch
+    for i in range(0, max(len(harmful), len(harmless)), size):
+        bypass, p_refusal, kl = objective_terms(lm, r, harmful[i: i + size], harmless[i: i + size],
+                                                base[i: i + size])
+        loss = bypass.sum() / max(len(harmful), 1) + settings.kl_weight * kl.sum() / max(len(harmless), 1)
+        loss.backward()
+        sums["bypass"] += float(bypass.detach().sum())
+        sums["p_refusal"] += float(p_refusal.detach().sum())
+        sums["kl"] += float(kl.detach().sum())
+    return {"bypass": sums["bypass"] / len(harmful), "p_refusal": sums["p_refusal"] / len(harmful),
+            "kl": sums["kl"] / len(harmless)}
 
 
 def refine_direction(lm, init: torch.Tensor, harmful: Sequence[str], harmless: Sequence[str],
                      settings: RefineSettings, seed: int = 0, log=None) -> tuple[torch.Tensor, list[dict]]:
     """The unit direction ``r̂ [d]`` (float32) after ``settings.steps`` Adam steps from ``init [d]`` on minibatches
-    of ``settings.batch_size`` harmful and harmless prompts, and one record per step (the objective's parts on that
+    of ``settings.batch_size`` harmful and harmless prompts (forwards of ``settings.micro_batch`` per side, the
+    gradients summed), and one record per step (the objective's parts on that
     minibatch before the step, cosine to ``init`` after it, seconds)."""
     from refusal_lab.scoring import last_token_logprobs
 
@@ -100,10 +125,9 @@ def refine_direction(lm, init: torch.Tensor, harmful: Sequence[str], harmless: S
             began = time.monotonic()
             rows_h = torch.randperm(len(harmful), generator=generator)[: settings.batch_size].tolist()
             rows_s = torch.randperm(len(harmless), generator=generator)[: settings.batch_size].tolist()
-            loss, parts = refine_objective(lm, r, [harmful[i] for i in rows_h], [harmless[i] for i in rows_s],
-                                           base[rows_s], settings.kl_weight)
             optimizer.zero_grad()
-            loss.backward()
+            parts = accumulate_gradient(lm, r, [harmful[i] for i in rows_h], [harmless[i] for i in rows_s],
+                                         base[rows_s], settings)
             if not torch.isfinite(r.grad).all():
                 raise RefusalLabError(f"refinement step {step} gave a non-finite gradient; lower refine.lr")
             optimizer.step()

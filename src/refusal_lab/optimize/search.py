@@ -19,7 +19,8 @@ and the mean first-token ``KL(p_base ‖ p_trial)`` on harmless prompts (heretic
 ``KL ≤ max_kl`` (TPE samples near feasible trials rather than spending trials on edits too costly to keep).
 
 Survivors: nothing is generated during the search. Afterwards the trials on the first-token Pareto front and the
-lowest-``p_R`` trials with ``KL ≤ max_kl`` (``survivors`` of each at most) get greedy generations
+lowest-``p_R`` trials with ``KL ≤ max_kl`` (``survivors`` of each at most; under a time budget only as many
+as the time left affords) get greedy generations
 (``max_new_tokens``) on the harmful validation prompts, judged by ``judge`` (default heretic's markers); every
 other trial is dominated on the cheap objectives and is never generated for. ``RUN_DIR/pareto.csv`` holds the
 survivors' Pareto front on (refusals, KL) with every parameter.
@@ -322,13 +323,16 @@ def trial_table(study) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["trial", "p_refusal", "kl", "params"])
 
 
-def survivors(table: pd.DataFrame, config: OptimizeConfig) -> pd.DataFrame:
-    """The first-token Pareto front (its ``survivors`` lowest-KL points within ``2·max_kl``) and the ``survivors``
-    lowest-``p_R`` trials with ``KL ≤ max_kl``."""
+def survivors(table: pd.DataFrame, config: OptimizeConfig, limit: int | None = None) -> pd.DataFrame:
+    """The ``survivors`` lowest-``p_R`` trials with ``KL ≤ max_kl`` and the first-token Pareto front (its
+    ``survivors`` lowest-KL points within ``2·max_kl``); with ``limit``, the first ``limit`` of them taking the two
+    lists in turn (lowest ``p_R`` within the bound first), for a time budget that affords no more generations."""
+    within = table[table["kl"] <= config.max_kl].nsmallest(config.survivors, "p_refusal")
     cheap = front(table, "kl", "p_refusal")
     cheap = cheap[cheap["kl"] <= 2 * config.max_kl].head(config.survivors)
-    within = table[table["kl"] <= config.max_kl].nsmallest(config.survivors, "p_refusal")
-    return pd.concat([cheap, within]).drop_duplicates("trial").sort_values("trial")
+    ranked = pd.concat([within.assign(rank=range(len(within)), side=0), cheap.assign(rank=range(len(cheap)), side=1)])
+    ranked = ranked.sort_values(["rank", "side"]).drop_duplicates("trial").head(limit)
+    return ranked.drop(columns=["rank", "side"]).sort_values("trial")
 
 
 def generated_refusals(lm, data: SearchData, ablation: Abliteration | None, path: Path, config: OptimizeConfig,
@@ -375,15 +379,16 @@ def optimize(lm, config: OptimizeConfig, run_dir: str | Path) -> pd.DataFrame:
     study = open_study(run_dir, config)
     if "refined" in config.sources and not study.trials:
         study.enqueue_trial(full_refined_trial(lm.n_layers))  # the refined direction as it was trained
-    deadline = None
-    if config.time_budget_min is not None:  # leave time for the survivors' generations
-        per_generation = json.loads(timing.read_text())
-        deadline = start + 60 * config.time_budget_min - 2 * config.survivors * per_generation
+    deadline = end = None
+    per_generation = json.loads(timing.read_text())
+    if config.time_budget_min is not None:  # the search gets what the survivors' generations leave, ≥ half the rest
+        end, now = start + 60 * config.time_budget_min, time.monotonic()
+        deadline = now + max((end - now) / 2, end - now - 2 * config.survivors * per_generation)
     search(lm, data, study, config, deadline)
     table = trial_table(study)
     if table.empty:
         raise RefusalLabError("no trial finished; raise --trials or --time-budget")
-    chosen = survivors(table, config)
+    chosen = survivors(table, config, None if end is None else max(2, int((end - time.monotonic()) // per_generation)))
     log(f"generating for {len(chosen)} of {len(table)} trials (the rest are dominated on first-token scores)")
     chosen["refusals"] = [generated_refusals(lm, data, data.ablation(lm, row.params), generations /
                                              f"trial-{row.trial}.jsonl", config, judge) for row in chosen.itertuples()]
