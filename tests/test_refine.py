@@ -102,12 +102,15 @@ def test_refinement_descends_on_its_prompts_and_leaves_the_model_as_it_was():
     assert all(p.requires_grad and torch.equal(p, before[name]) for name, p in lm.model.named_parameters())
 
 
-def test_refinement_rejects_a_bad_initial_direction():
+def test_refinement_rejects_a_bad_initial_direction_and_bad_settings():
     lm = tiny_model("qwen2")
     with pytest.raises(RefusalLabError, match="hidden size is 64"):
         refine_direction(lm, torch.ones(5), HARMFUL, HARMLESS, RefineSettings(steps=1))
     with pytest.raises(RefusalLabError, match="zero or not finite"):
         refine_direction(lm, torch.zeros(64), HARMFUL, HARMLESS, RefineSettings(steps=1))
+    for bad in ({"micro_batch": 0}, {"steps": 0}, {"lr": 0.0}, {"init_depth": 1.5}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            RefineSettings(**bad)
 
 
 # --- in the search -------------------------------------------------------------------------------------------

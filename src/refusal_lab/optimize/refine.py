@@ -21,6 +21,7 @@ import time
 from collections.abc import Sequence
 
 import torch
+from pydantic import Field
 
 from refusal_lab.config import ConfigModel
 from refusal_lab.errors import RefusalLabError
@@ -32,12 +33,12 @@ from refusal_lab.optimize.edit import Abliteration
 class RefineSettings(ConfigModel):
     """Gradient refinement of the ``refined`` source's direction (see the module docstring)."""
 
-    steps: int = 4  # Adam steps on r
-    lr: float = 0.01
-    kl_weight: float = 2.0  # λ
-    batch_size: int = 16  # harmful and harmless prompts per step
-    micro_batch: int = 2  # prompts per side and forward; gradients accumulate (activation memory ∝ micro_batch)
-    init_depth: float = 0.55  # the DiM direction it starts from: the mixed source's, at this fraction of the depth
+    steps: int = Field(4, ge=1)  # Adam steps on r
+    lr: float = Field(0.01, gt=0)
+    kl_weight: float = Field(2.0, ge=0)  # λ
+    batch_size: int = Field(16, ge=1)  # harmful and harmless prompts per step
+    micro_batch: int = Field(2, ge=1)  # prompts per side and forward; gradients accumulate (memory ∝ micro_batch)
+    init_depth: float = Field(0.55, ge=0, le=1)  # the DiM start: the mixed source's, at this fraction of the depth
 
 
 def first_token_logprobs(lm, prompts: Sequence[str]) -> torch.Tensor:
