@@ -229,12 +229,12 @@ def test_search_prompts_are_validation_rows_kept_out_of_every_training_set():
     from refusal_lab.data.packaged import load_generic_harmless
     from refusal_lab.optimize.search import search_prompts
 
-    harmful, harmless, train = search_prompts(_config())
+    harmful, harmless, train = search_prompts(_config(kl_source="mixed"))
     assert harmful == dataset_splits("mixed", n_train=8, n_val=6).val_harmful.texts
     assert harmless == dataset_splits("mixed", n_train=8, n_val=6).val_harmless.texts
     assert set(train) == {"mixed", "unmatched"} and all(train[s][0] and train[s][1] for s in train)
     assert not (set(harmful) | set(harmless)) & {t for pair in train.values() for side in pair for t in side}
-    harmful_generic, generic, train_generic = search_prompts(_config(kl_source="unmatched"))
+    harmful_generic, generic, train_generic = search_prompts(_config())  # the default: unmatched
     assert harmful_generic == harmful and generic == dataset_splits("unmatched", n_train=8, n_val=6).val_harmless.texts
     assert set(generic) <= set(load_generic_harmless().texts)  # KL on generic requests only
     assert not set(generic) & {t for pair in train_generic.values() for side in pair for t in side}
@@ -305,9 +305,25 @@ def test_survivors_take_the_two_lists_in_turn_within_a_limit():
     table = pd.DataFrame({"trial": [1, 2, 3, 4, 5, 6], "kl": [0.09, 0.05, 0.1, 0.0, 0.15, 0.3],
                           "p_refusal": [0.2, 0.4, 0.1, 0.9, 0.05, 0.01], "params": [None] * 6})
     config = _config(max_kl=0.1, survivors=3)
-    assert survivors(table, config)["trial"].tolist() == [1, 2, 3, 4]
-    assert survivors(table, config, limit=3)["trial"].tolist() == [1, 3, 4]  # 3, then 4, then 1
-    assert survivors(table, config.model_copy(update={"survivors": 5}), limit=5)["trial"].tolist() == [1, 2, 3, 4, 5]
+    assert survivors(table, config)["trial"].tolist() == [3, 4, 1, 2]  # within: 3, 1, 2; front: 4, 2, 1
+    assert survivors(table, config, limit=3)["trial"].tolist() == [3, 4, 1]
+    assert survivors(table, config.model_copy(update={"survivors": 5}), limit=5)["trial"].tolist() == [3, 4, 1, 2, 5]
+
+
+def test_a_spent_time_budget_generates_only_the_first_survivor(searched, tmp_path, monkeypatch):
+    import shutil
+
+    from refusal_lab.optimize.search import optimize
+
+    lm, run, _ = searched
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    for cached in (copy / "generations").glob("trial-*.jsonl"):
+        cached.unlink()
+    monkeypatch.setenv("REFUSAL_LAB_CACHE", str(tmp_path / "cache"))
+    pareto = optimize(lm, _config(time_budget_min=0.001), copy)  # resumed: every trial done, the budget spent
+    assert json.loads((copy / "search.json").read_text())["generated"] == 1 and len(pareto) == 1
+    assert len(list((copy / "generations").glob("trial-*.jsonl"))) == 1
 
 
 def test_trials_carry_the_kl_constraint(searched):

@@ -35,7 +35,7 @@ class RefineSettings(ConfigModel):
 
     steps: int = Field(4, ge=1)  # Adam steps on r
     lr: float = Field(0.01, gt=0)
-    kl_weight: float = Field(2.0, ge=0)  # λ
+    kl_weight: float = Field(1.0, ge=0)  # λ
     batch_size: int = Field(16, ge=1)  # harmful and harmless prompts per step
     micro_batch: int = Field(2, ge=1)  # prompts per side and forward; gradients accumulate (memory ∝ micro_batch)
     init_depth: float = Field(0.55, ge=0, le=1)  # the DiM start: the mixed source's, at this fraction of the depth

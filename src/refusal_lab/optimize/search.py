@@ -4,11 +4,11 @@ Data (train / validation only; the held-out AdvBench and generic slices are neve
 ``resid_pre`` at every layer and post-instruction position from the train split of each training source
 (``mixed``, ``unmatched``, ``matched``), minus any scoring prompt; and the ``refined`` source's direction: the
 ``mixed`` DiM direction refined by a few gradient steps on the ``mixed`` train prompts (:mod:`.refine`; cached in
-``RUN_DIR/refined.safetensors``, its steps in ``RUN_DIR/refine.json``). The scoring prompts are validation prompts: the
-``mixed`` source's ``n_val`` harmful ones for the survivors' generations (the first ``n_score`` of them for the
-first-token scores of every trial) and ``n_kl`` harmless ones of ``kl_source`` (default ``mixed``: topic-matched
-and generic requests; ``unmatched``: generic requests only, like the held-out assessment's KL). Every prompt used
-is recorded in ``RUN_DIR/seen/optimize.json``.
+``RUN_DIR/refined.safetensors``, its steps in ``RUN_DIR/refine.json``). The scoring prompts are validation
+prompts: the ``mixed`` source's ``n_val`` harmful ones for the survivors' generations (the first ``n_score`` of them
+for the first-token scores of every trial) and ``n_kl`` harmless ones of ``kl_source`` (default ``unmatched``:
+generic requests, the kind heretic's KL and the held-out assessment use; ``mixed``: topic-matched and generic
+requests). Every prompt used is recorded in ``RUN_DIR/seen/optimize.json``.
 
 Search (Optuna, multivariate TPE with a constant liar, journal storage ``RUN_DIR/optuna.journal``, so a rerun
 resumes and an interruption loses at most the trials in flight): ``trials_per_pass`` trials are asked at once and
@@ -68,7 +68,7 @@ class OptimizeConfig(ConfigModel):
     n_val: int = Field(64, ge=2)  # harmful validation prompts the survivors generate for (refusals)
     n_score: int = Field(64, ge=2)  # of those, scored by first token in every trial
     n_kl: int = Field(32, ge=2)  # harmless validation prompts scored in every trial (KL)
-    kl_source: TrainingSource = "mixed"  # whose harmless validation prompts KL is measured on (unmatched: generic only)
+    kl_source: TrainingSource = "unmatched"  # whose harmless validation prompts KL is measured on (generic only)
     trials: PositiveInt = 160
     startup_trials: int = Field(32, ge=0)
     trials_per_pass: PositiveInt = 4
@@ -325,14 +325,14 @@ def trial_table(study) -> pd.DataFrame:
 
 def survivors(table: pd.DataFrame, config: OptimizeConfig, limit: int | None = None) -> pd.DataFrame:
     """The ``survivors`` lowest-``p_R`` trials with ``KL ≤ max_kl`` and the first-token Pareto front (its
-    ``survivors`` lowest-KL points within ``2·max_kl``); with ``limit``, the first ``limit`` of them taking the two
-    lists in turn (lowest ``p_R`` within the bound first), for a time budget that affords no more generations."""
+    ``survivors`` lowest-KL points within ``2·max_kl``), in priority order: the two lists in turn, lowest ``p_R``
+    within the bound first; with ``limit``, the first ``limit`` (a time budget that affords no more generations)."""
     within = table[table["kl"] <= config.max_kl].nsmallest(config.survivors, "p_refusal")
     cheap = front(table, "kl", "p_refusal")
     cheap = cheap[cheap["kl"] <= 2 * config.max_kl].head(config.survivors)
     ranked = pd.concat([within.assign(rank=range(len(within)), side=0), cheap.assign(rank=range(len(cheap)), side=1)])
     ranked = ranked.sort_values(["rank", "side"]).drop_duplicates("trial").head(limit)
-    return ranked.drop(columns=["rank", "side"]).sort_values("trial")
+    return ranked.drop(columns=["rank", "side"])
 
 
 def generated_refusals(lm, data: SearchData, ablation: Abliteration | None, path: Path, config: OptimizeConfig,
@@ -389,9 +389,16 @@ def optimize(lm, config: OptimizeConfig, run_dir: str | Path) -> pd.DataFrame:
     if table.empty:
         raise RefusalLabError("no trial finished; raise --trials or --time-budget")
     chosen = survivors(table, config, None if end is None else max(2, int((end - time.monotonic()) // per_generation)))
-    log(f"generating for {len(chosen)} of {len(table)} trials (the rest are dominated on first-token scores)")
-    chosen["refusals"] = [generated_refusals(lm, data, data.ablation(lm, row.params), generations /
-                                             f"trial-{row.trial}.jsonl", config, judge) for row in chosen.itertuples()]
+    log(f"generating for up to {len(chosen)} of {len(table)} trials (the rest are dominated on first-token scores)")
+    refusals, longest = {}, per_generation
+    for row in chosen.itertuples():  # in priority order; under a budget, none that would end past it (but the first)
+        if end is not None and refusals and time.monotonic() + longest > end:
+            break
+        began = time.monotonic()
+        refusals[row.trial] = generated_refusals(lm, data, data.ablation(lm, row.params),
+                                                 generations / f"trial-{row.trial}.jsonl", config, judge)
+        longest = max(longest, time.monotonic() - began)
+    chosen = chosen[chosen["trial"].isin(list(refusals))].assign(refusals=lambda f: f["trial"].map(refusals))
     result = front(chosen, "refusals", "kl")
     rows = [{"trial": r.trial, "refusals": r.refusals, "n": len(data.harmful), "kl": r.kl,
              "p_refusal": r.p_refusal, **flatten(r.params)} for r in result.itertuples()]
