@@ -27,6 +27,7 @@ from refusal_lab.config import ConfigModel
 from refusal_lab.errors import RefusalLabError
 from refusal_lab.forward import position_ids_for
 from refusal_lab.interventions.hooks import apply_interventions
+from refusal_lab.memory import release_freed_memory
 from refusal_lab.optimize.edit import Abliteration
 
 
@@ -132,6 +133,7 @@ def refine_direction(lm, init: torch.Tensor, harmful: Sequence[str], harmless: S
             if not torch.isfinite(r.grad).all():
                 raise RefusalLabError(f"refinement step {step} gave a non-finite gradient; lower refine.lr")
             optimizer.step()
+            release_freed_memory()  # the step's saved activations, before the next step's land on top
             record = {"step": step, **parts, "cos_init": float(r.detach() @ start / r.detach().norm()),
                       "seconds": time.monotonic() - began}
             history.append(record)

@@ -45,6 +45,7 @@ from safetensors.torch import save_file
 from refusal_lab.config import ConfigModel
 from refusal_lab.errors import RefusalLabError
 from refusal_lab.io import atomic_path, write_csv, write_json, write_jsonl
+from refusal_lab.memory import release_freed_memory
 from refusal_lab.models.bundled import DEFAULT_MODEL
 from refusal_lab.optimize.edit import Abliteration
 from refusal_lab.optimize.refine import RefineSettings
@@ -72,7 +73,8 @@ class OptimizeConfig(ConfigModel):
     trials: PositiveInt = 160
     startup_trials: int = Field(32, ge=0)
     trials_per_pass: PositiveInt = 4
-    rows_per_pass: PositiveInt = 64
+    rows_per_pass: PositiveInt = 32  # batch rows per scoring forward (trials × prompts) and per activation batch
+    generate_batch: PositiveInt = 32  # prompts per greedy-generation batch
     max_kl: float = Field(0.1, gt=0)
     survivors: PositiveInt = 8
     max_new_tokens: PositiveInt = 24
@@ -168,14 +170,16 @@ def prepare(lm, config: OptimizeConfig, run_dir: Path) -> SearchData:
         tensors = {}
         for source, (harm, safe) in train.items():
             log(f"class means of {source} ({len(harm)} + {len(safe)} train prompts)")
-            tensors[f"{source}.harmful"] = collect_activations(lm, harm, config.rows_per_pass // 2).mean.float()
-            tensors[f"{source}.harmless"] = collect_activations(lm, safe, config.rows_per_pass // 2).mean.float()
+            tensors[f"{source}.harmful"] = collect_activations(lm, harm, config.rows_per_pass).mean.float()
+            tensors[f"{source}.harmless"] = collect_activations(lm, safe, config.rows_per_pass).mean.float()
+            release_freed_memory()
         with atomic_path(run_dir / "means.safetensors") as tmp:
             save_file(tensors, str(tmp), metadata={"data_hash": data_hash})
         stored = load_means(run_dir, config.training_sources)
     refined = refined_direction(lm, config, run_dir, train.get("mixed"), stored[0].get("mixed"), data_hash)
     scored_harmful = harmful[: config.n_score]
     base = last_token_logprobs(lm, scored_harmful + harmless, batch_size=config.rows_per_pass)
+    release_freed_memory()
     return SearchData(harmful, scored_harmful, harmless, base, stored[0], data_hash, refined)
 
 
@@ -257,6 +261,7 @@ def score_pass(lm, data: SearchData, ablations: list[Abliteration], rows_per_pas
 
     scores, kl = batched_scores(lm, data.scored + data.harmless, [a.interventions(dense=True) for a in ablations],
                                 data.base_logprobs, rows_per_pass)
+    release_freed_memory()  # each pass's activations, so that the next lands on the steady footprint
     n = len(data.scored)
     return [(float(torch.sigmoid(s[:n]).mean()), float(k[n:].mean())) for s, k in zip(scores, kl)]
 
@@ -343,8 +348,9 @@ def generated_refusals(lm, data: SearchData, ablation: Abliteration | None, path
     if path.exists():
         return sum(json.loads(line)["refused"] for line in path.read_text().splitlines())
     interventions = ablation.interventions() if ablation is not None else []
-    completions = generate(lm, data.harmful, interventions, config.max_new_tokens, config.rows_per_pass // 2,
+    completions = generate(lm, data.harmful, interventions, config.max_new_tokens, config.generate_batch,
                            description=path.stem)
+    release_freed_memory()
     refused = [judge.refuses(c) for c in completions]
     write_jsonl(path, ({"prompt": p, "response": c, "refused": r} for p, c, r in zip(data.harmful, completions,
                                                                                      refused)))
