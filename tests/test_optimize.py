@@ -151,7 +151,7 @@ def test_search_improves_on_its_first_trial_on_a_planted_objective(tmp_path, mon
     MLP weight 0.7, KL growing with both), TPE must find trials far better than its random first one."""
     import refusal_lab.optimize.search as search
 
-    def planted(lm, data, ablations, rows_per_pass):
+    def planted(lm, data, ablations, config):
         values = []
         for a in ablations:
             attn, mlp = a.meta["params"]["attn"]["max_weight"], a.meta["params"]["mlp"]["max_weight"]
@@ -359,3 +359,56 @@ def test_export_only_reads_the_run(searched, tmp_path):
     from refusal_lab.optimize.search import load_study
 
     assert load_study(copy).trials[running.number].state == optuna.trial.TrialState.RUNNING
+
+
+def test_front_keeps_the_rows_no_other_row_dominates():
+    from refusal_lab.optimize.search import front
+
+    # by hand: b ≤ c in every column (c dropped); d equals a (the later duplicate dropped); e is dominated by a
+    table = pd.DataFrame({"name": list("abcdef"), "x": [1, 2, 2, 1, 3, 0], "y": [5, 1, 3, 5, 6, 9],
+                          "z": [1.0, 2.0, 2.0, 1.0, 1.0, 3.0]})
+    assert sorted(front(table, "x", "y", "z")["name"]) == ["a", "b", "f"]
+    assert sorted(front(table, "x", "y")["name"]) == ["a", "b", "f"]
+    table.loc[2, "z"] = 0.5  # c now has the lowest z: no longer dominated in three columns, still in two
+    assert sorted(front(table, "x", "y", "z")["name"]) == ["a", "b", "c", "f"]
+    assert sorted(front(table, "x", "y")["name"]) == ["a", "b", "f"]
+
+
+def _nll_by_hand(model, tokenizer, texts, window):
+    """Token-averaged NLL over disjoint windows of ``window`` tokens, each scoring the tokens after its first."""
+    total, count = 0.0, 0
+    for text in texts:
+        ids = tokenizer(text)["input_ids"]
+        for begin in range(0, len(ids), window):
+            chunk = torch.tensor(ids[begin : begin + window])
+            if len(chunk) < 2:
+                continue
+            logp = torch.log_softmax(model(input_ids=chunk[None]).logits[0].double(), -1)
+            total -= float(logp[:-1].gather(-1, chunk[1:, None]).sum())
+            count += len(chunk) - 1
+    return total / count
+
+
+def test_the_capability_objective_is_the_edits_nll_on_raw_text(tmp_path, monkeypatch):
+    from refusal_lab.evaluation.texts import load_texts
+    from refusal_lab.optimize.export import trial_ablation
+    from refusal_lab.optimize.search import load_study, optimize
+
+    monkeypatch.setenv("REFUSAL_LAB_CACHE", str(tmp_path / "cache"))
+    config = _config(trials=8, capability_texts=3, capability_window=16)
+    pareto = optimize(tiny_model("qwen2"), config, tmp_path / "run")
+    texts = load_texts("lambada", 3, 0)[1]
+    reference = tiny_model("qwen2")
+    with torch.no_grad():
+        base = _nll_by_hand(reference.model, reference.tokenizer, texts, 16)
+        assert json.loads((tmp_path / "run" / "search.json").read_text())["baseline_nll"] == pytest.approx(base,
+                                                                                                           rel=1e-4)
+        study = load_study(tmp_path / "run")
+        assert len(study.directions) == 3 and {"nll", "nll_change"} <= set(pareto.columns)
+        for row in pareto.head(2).itertuples():
+            edited = tiny_model("qwen2")
+            trial_ablation(edited, tmp_path / "run", row.trial).apply_to_weights(edited)
+            nll = _nll_by_hand(edited.model, edited.tokenizer, texts, 16)
+            assert row.nll == pytest.approx(nll, rel=1e-4) and row.nll_change == pytest.approx(nll - base, rel=1e-3)
+            assert study.trials[row.trial].values[2] == pytest.approx(nll, rel=1e-4)
+    assert abs(pareto["nll_change"]).max() > 1e-3  # the edits move it

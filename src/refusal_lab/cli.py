@@ -276,7 +276,8 @@ def optimize(
                            model=model, trials=trials, max_kl=max_kl, time_budget_min=time_budget)
     lm = _load(cfg)
     pareto = optimize_job(lm, cfg, out)
-    shown = pareto[["trial", "refusals", "n", "kl", "p_refusal", "source", "direction_scope"]]
+    shown = pareto[[c for c in ("trial", "refusals", "n", "kl", "nll_change", "p_refusal", "source",
+                                "direction_scope") if c in pareto]]
     _print_table(shown, f"Pareto front (validation refusals × KL) → {out / 'pareto.csv'}")
     if heldout:
         from refusal_lab.io import write_csv

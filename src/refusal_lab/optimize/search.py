@@ -17,13 +17,16 @@ scored in one batched forward over the validation prompts, each trial owning a b
 both minimised: the mean first-token refusal probability ``p_R`` on harmful prompts (refusal openings "I", "As")
 and the mean first-token ``KL(p_base ‖ p_trial)`` on harmless prompts (heretic's KL), with the constraint
 ``KL ≤ max_kl`` (TPE samples near feasible trials rather than spending trials on edits too costly to keep).
+Optionally (``capability_texts > 0``) a third, a cheap capability proxy: the token-averaged NLL of that many raw
+texts of ``capability_corpus`` under the edit (:func:`capability_nll`; the unedited model's in ``search.json``).
 
 Survivors: nothing is generated during the search. Afterwards the trials on the first-token Pareto front and the
 lowest-``p_R`` trials with ``KL ≤ max_kl`` (``survivors`` of each at most; under a time budget only as many
 as the time left affords) get greedy generations
 (``max_new_tokens``) on the harmful validation prompts, judged by ``judge`` (default heretic's markers); every
 other trial is dominated on the cheap objectives and is never generated for. ``RUN_DIR/pareto.csv`` holds the
-survivors' Pareto front on (refusals, KL) with every parameter.
+survivors' Pareto front on (refusals, KL[, NLL]) with every parameter (and ``nll_change``, the NLL's change from the
+unedited model's).
 """
 
 from __future__ import annotations
@@ -79,6 +82,9 @@ class OptimizeConfig(ConfigModel):
     survivors: PositiveInt = 8
     max_new_tokens: PositiveInt = 24
     judge: str = "markers"
+    capability_texts: int = Field(0, ge=0)  # > 0: a third objective, NLL on this many texts of capability_corpus
+    capability_corpus: str = "lambada"
+    capability_window: int = Field(128, ge=2)  # tokens per scored window of a text (disjoint windows)
     time_budget_min: float | None = Field(None, gt=0)
     refine: RefineSettings = RefineSettings()
 
@@ -101,6 +107,12 @@ class SearchData:
     means: dict[str, tuple[torch.Tensor, torch.Tensor]]
     data_hash: str
     refined: torch.Tensor | None = None
+    capability: list[str] | None = None  # texts of the capability objective (None: two objectives)
+    base_nll: float | None = None  # the unedited model's NLL on them (nats per token)
+
+    @property
+    def objectives(self) -> list[str]:
+        return ["p_refusal", "kl"] + (["nll"] if self.capability else [])
 
     def table(self, source: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``source``'s direction table ``[L, P, d]`` and the harmless means ``[L, P, d]`` its directions are
@@ -179,8 +191,24 @@ def prepare(lm, config: OptimizeConfig, run_dir: Path) -> SearchData:
     refined = refined_direction(lm, config, run_dir, train.get("mixed"), stored[0].get("mixed"), data_hash)
     scored_harmful = harmful[: config.n_score]
     base = last_token_logprobs(lm, scored_harmful + harmless, batch_size=config.rows_per_pass)
+    data = SearchData(harmful, scored_harmful, harmless, base, stored[0], data_hash, refined)
+    if config.capability_texts:
+        from refusal_lab.evaluation.texts import load_texts
+
+        data.capability = load_texts(config.capability_corpus, config.capability_texts, config.seed)[1]
+        data.base_nll = capability_nll(lm, data, None, config)
     release_freed_memory()
-    return SearchData(harmful, scored_harmful, harmless, base, stored[0], data_hash, refined)
+    return data
+
+
+def capability_nll(lm, data: SearchData, ablation: Abliteration | None, config: OptimizeConfig) -> float:
+    """Token-averaged NLL (nats) of the capability texts under ``ablation`` (None: unedited): raw text in disjoint
+    windows of ``capability_window`` tokens (:func:`refusal_lab.evaluation.perplexity.text_losses`)."""
+    from refusal_lab.evaluation.perplexity import text_losses
+
+    interventions = ablation.interventions() if ablation is not None else []
+    return text_losses(lm, data.capability, interventions=interventions, window=config.capability_window,
+                       stride=config.capability_window, batch_size=config.rows_per_pass).mean_nll
 
 
 def _refine_key(config: OptimizeConfig, data_hash: str) -> str:
@@ -242,7 +270,7 @@ def open_study(run_dir: Path, config: OptimizeConfig):
     sampler = optuna.samplers.TPESampler(multivariate=True, constant_liar=True, seed=config.seed,
                                          n_startup_trials=config.startup_trials)
     study = optuna.create_study(study_name=STUDY, storage=_storage(run_dir), sampler=sampler,
-                                directions=["minimize", "minimize"], load_if_exists=True)
+                                directions=["minimize"] * (3 if config.capability_texts else 2), load_if_exists=True)
     for trial in study.get_trials(states=[optuna.trial.TrialState.RUNNING]):
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
     return study
@@ -255,15 +283,19 @@ def load_study(run_dir: Path):
     return optuna.load_study(study_name=STUDY, storage=_storage(run_dir))
 
 
-def score_pass(lm, data: SearchData, ablations: list[Abliteration], rows_per_pass: int) -> list[tuple[float, float]]:
-    """(mean first-token refusal probability on harmful, mean first-token KL on harmless) per ablation."""
+def score_pass(lm, data: SearchData, ablations: list[Abliteration], config: OptimizeConfig) -> list[tuple[float, ...]]:
+    """(mean first-token refusal probability on harmful, mean first-token KL on harmless[, capability NLL]) per
+    ablation; the first two from one batched forward per ``rows_per_pass`` rows, the NLL one ablation at a time."""
     from refusal_lab.batched import batched_scores
 
     scores, kl = batched_scores(lm, data.scored + data.harmless, [a.interventions(dense=True) for a in ablations],
-                                data.base_logprobs, rows_per_pass)
-    release_freed_memory()  # each pass's activations, so that the next lands on the steady footprint
+                                data.base_logprobs, config.rows_per_pass)
     n = len(data.scored)
-    return [(float(torch.sigmoid(s[:n]).mean()), float(k[n:].mean())) for s, k in zip(scores, kl)]
+    values = [(float(torch.sigmoid(s[:n]).mean()), float(k[n:].mean())) for s, k in zip(scores, kl)]
+    if data.capability:
+        values = [v + (capability_nll(lm, data, a, config),) for v, a in zip(values, ablations)]
+    release_freed_memory()  # each pass's activations, so that the next lands on the steady footprint
+    return values
 
 
 def full_refined_trial(n_layers: int) -> dict:
@@ -296,7 +328,7 @@ def search(lm, data: SearchData, study, config: OptimizeConfig, deadline: float 
             began = time.monotonic()
             trials = [study.ask() for _ in range(min(config.trials_per_pass, config.trials - done))]
             params = [suggest(t, lm.n_layers, list(config.sources), positions) for t in trials]
-            values = score_pass(lm, data, [data.ablation(lm, p) for p in params], config.rows_per_pass)
+            values = score_pass(lm, data, [data.ablation(lm, p) for p in params], config)
             for trial, p, value in zip(trials, params, values):
                 trial.set_user_attr("params", json.loads(p.model_dump_json()))
                 trial.set_constraint("kl", value[1] - config.max_kl)  # feasible: KL ≤ max_kl
@@ -309,23 +341,24 @@ def search(lm, data: SearchData, study, config: OptimizeConfig, deadline: float 
                 log(f"{complete()}/{config.trials} trials, {progress.tasks[0].elapsed:.0f} s; {note}")
 
 
-def front(frame: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
-    """Rows of ``frame`` not dominated on (``x``, ``y``), both minimised, sorted by ``x``."""
-    ordered = frame.sort_values([x, y])
-    keep, best_y = [], float("inf")
-    for index, value in ordered[y].items():
-        if value < best_y:
-            keep.append(index)
-            best_y = value
-    return ordered.loc[keep]
+def front(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
+    """Rows of ``frame`` not dominated on ``columns`` (all minimised), sorted by them; of equal rows, the first.
+
+    Row ``i`` is dropped when a row before it in that order is ≤ it in every column (any row that dominates it sorts
+    before it)."""
+    ordered = frame.sort_values(list(columns))
+    values = ordered[list(columns)].to_numpy(dtype=float)
+    keep = [i for i in range(len(values)) if not (values[:i] <= values[i]).all(axis=1).any()]
+    return ordered.iloc[keep]
 
 
 def trial_table(study) -> pd.DataFrame:
     import optuna
 
-    rows = [{"trial": t.number, "p_refusal": t.values[0], "kl": t.values[1], "params": trial_params(t)}
+    rows = [{"trial": t.number, "p_refusal": t.values[0], "kl": t.values[1],
+             "nll": t.values[2] if len(t.values) > 2 else float("nan"), "params": trial_params(t)}
             for t in study.get_trials(states=[optuna.trial.TrialState.COMPLETE])]
-    return pd.DataFrame(rows, columns=["trial", "p_refusal", "kl", "params"])
+    return pd.DataFrame(rows, columns=["trial", "p_refusal", "kl", "nll", "params"])
 
 
 def survivors(table: pd.DataFrame, config: OptimizeConfig, limit: int | None = None) -> pd.DataFrame:
@@ -405,12 +438,13 @@ def optimize(lm, config: OptimizeConfig, run_dir: str | Path) -> pd.DataFrame:
                                                  generations / f"trial-{row.trial}.jsonl", config, judge)
         longest = max(longest, time.monotonic() - began)
     chosen = chosen[chosen["trial"].isin(list(refusals))].assign(refusals=lambda f: f["trial"].map(refusals))
-    result = front(chosen, "refusals", "kl")
+    result = front(chosen, "refusals", *data.objectives[1:])
     rows = [{"trial": r.trial, "refusals": r.refusals, "n": len(data.harmful), "kl": r.kl,
+             **({"nll": r.nll, "nll_change": r.nll - data.base_nll} if data.capability else {}),
              "p_refusal": r.p_refusal, **flatten(r.params)} for r in result.itertuples()]
     pareto = pd.DataFrame(rows)
     write_csv(pareto, run_dir / "pareto.csv")
     write_json(run_dir / "search.json", {"baseline_refusals": baseline, "n": len(data.harmful),
-                                         "trials": len(table), "generated": len(chosen),
+                                         "trials": len(table), "generated": len(chosen), "baseline_nll": data.base_nll,
                                          "seconds": time.monotonic() - start})
     return pareto
