@@ -141,17 +141,24 @@ def run_heretic(venv: Path, run: Path, model_dir: str, work: Path, trials: int,
 
 def heretic_params(params: dict):
     """One heretic trial as refusal-lab's :class:`AbliterationParams`: the same tent kernels (``o_proj`` → attention,
-    ``down_proj`` → MLP) and the same directions (difference of means of its direction prompts — the ``mixed``
-    source's train prompts — at the last position; ``global``: interpolated at ``direction_index``; per layer: the
-    stream a layer writes into)."""
+    ``down_proj`` → MLP), the same directions (difference of means of its direction prompts — the ``mixed``
+    source's train prompts — at the last position, orthogonalised against the harmless mean: heretic's default
+    ``orthogonalize_direction``; ``global``: interpolated at its ``direction_index``, which counts the embeddings as
+    stream 0, so it is refusal-lab's ``direction_index + 1``, clamped at the last layer's input; per layer: the
+    stream a layer writes into) and the same edit, norm-preserving (heretic's default ``row_normalization =
+    "full"``, which it stores as a rank-3 SVD approximation; refusal-lab applies it exactly). heretic samples
+    ``min_weight`` as a fraction of ``max_weight``."""
     from refusal_lab.optimize.space import AbliterationParams, Kernel
 
-    kernel = {c: Kernel(**{k: params[f"{module}.{k}"] for k in ("max_weight", "max_weight_position", "min_weight",
-                                                               "min_weight_distance")})
+    kernel = {c: Kernel(max_weight=params[f"{module}.max_weight"],
+                        max_weight_position=params[f"{module}.max_weight_position"],
+                        min_weight=params[f"{module}.min_weight"] * params[f"{module}.max_weight"],  # a fraction
+                        min_weight_distance=params[f"{module}.min_weight_distance"])
               for c, module in (("attn", "attn.o_proj"), ("mlp", "mlp.down_proj"))}
     scope = "per_layer" if params["direction_scope"] == "per layer" else "global"
     return AbliterationParams(source="mixed", position=-1, direction_scope=scope,
-                              direction_index=params["direction_index"], **kernel)
+                              direction_index=params["direction_index"] + 1, orthogonalize=True,
+                              norm_preserving=True, **kernel)
 
 
 def heretic_heldout(model: str, run: Path, front_h: pd.DataFrame, max_kl: float, n: int) -> pd.DataFrame:

@@ -175,11 +175,10 @@ def test_search_stops_before_a_pass_would_end_past_its_deadline(searched, tmp_pa
     lm, run, _ = searched
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
-    real = search.score_pass
 
-    def slow(*args, **kwargs):
+    def slow(lm, data, ablations, config):  # passes of 1 s, whatever the machine's load
         time.sleep(1.0)
-        return real(*args, **kwargs)
+        return [(0.5, 0.0)] * len(ablations)
 
     monkeypatch.setattr(search, "score_pass", slow)
     data = search.prepare(lm, _config(), copy)
@@ -187,7 +186,7 @@ def test_search_stops_before_a_pass_would_end_past_its_deadline(searched, tmp_pa
     deadline = time.monotonic() + 2.5
     search.search(lm, data, study, _config(trials=100), deadline)
     # passes of ~1 s: the third would start at ~2 s and end past 2.5 s, so it never starts; a pass may run a little
-    # longer than the one before it (sampler, load), hence the slack, far below the 0.5 s a started third pass costs
+    # longer than the one before it (sampler), hence the slack, far below the 0.5 s a started third pass costs
     assert time.monotonic() <= deadline + 0.25
     assert len(study.get_trials(states=[optuna.trial.TrialState.COMPLETE])) >= 12 + 4
 
@@ -412,3 +411,115 @@ def test_the_capability_objective_is_the_edits_nll_on_raw_text(tmp_path, monkeyp
             assert row.nll == pytest.approx(nll, rel=1e-4) and row.nll_change == pytest.approx(nll - base, rel=1e-3)
             assert study.trials[row.trial].values[2] == pytest.approx(nll, rel=1e-4)
     assert abs(pareto["nll_change"]).max() > 1e-3  # the edits move it
+
+
+# --- the norm-preserving ("biprojected") edit ---------------------------------------------------------------
+
+def _row_renormalised_by_hand(W, r, w):
+    """heretic's row_normalization = "full", literally: normalise the rows, ablate, renormalise, restore the norms."""
+    norms = W.norm(dim=1, keepdim=True)
+    normalized = W / norms
+    edited = normalized - w * torch.outer(r, r @ normalized)
+    return edited / edited.norm(dim=1, keepdim=True) * norms
+
+
+def test_norm_preserving_write_map_is_the_row_renormalised_weight_edit():
+    from refusal_lab.optimize.edit import RowNormalizedAblation, row_norm_scales
+
+    g = torch.Generator().manual_seed(0)
+    W, b, x = (torch.randn(*shape, generator=g, dtype=torch.float64) for shape in ((6, 9), (6,), (4, 9)))
+    r = torch.randn(6, generator=g, dtype=torch.float64)
+    r /= r.norm()
+    for w in (0.0, 0.7, 1.0, 1.4):
+        expected = _row_renormalised_by_hand(W, r, w)
+        assert torch.allclose(expected.norm(dim=1), W.norm(dim=1))  # what "norm-preserving" preserves
+        s_in, s_out = row_norm_scales(W, r, w)
+        mapped = RowNormalizedAblation(r.float(), w, s_in.float(), s_out.float(), b.float())((x @ W.T + b).float())
+        assert torch.allclose(mapped.double(), x @ expected.T + b, atol=1e-5)  # bias kept, weights edited
+    assert not torch.allclose(_row_renormalised_by_hand(W, r, 1.0), W - torch.outer(r, r @ W), atol=1e-2)
+
+
+def test_norm_preserving_hooks_weights_and_batched_scores_agree(tmp_path):
+    from refusal_lab.optimize.export import lora_adapter
+
+    lm = tiny_model("qwen2")
+    plain, ablation = _ablation(lm), _ablation(lm)
+    ablation.norm_preserving = True
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with pytest.raises(Exception, match="needs the model"):
+        ablation.interventions()
+    with apply_interventions(lm, ablation.interventions(lm=lm)):
+        hooked = lm.model(input_ids=ids).logits
+    with apply_interventions(lm, plain.interventions()):
+        hooked_plain = lm.model(input_ids=ids).logits
+    base = last_token_logprobs(lm, PROMPTS)
+    scores, kl = batched_scores(lm, PROMPTS, [a.interventions(dense=True, lm=lm) for a in (ablation, plain)], base)
+    with apply_interventions(lm, ablation.interventions(lm=lm)):
+        one = last_token_logprobs(lm, PROMPTS)
+    assert torch.allclose(scores[0], refusal_scores(one, lm.refusal_token_ids), atol=1e-4)
+    assert torch.allclose(kl[0], (base.exp() * (base - one)).sum(-1), atol=1e-5)
+    with pytest.raises(Exception, match="no exact LoRA form"):
+        lora_adapter(lm, ablation, tmp_path / "lora")
+    mlp = lm.adapter.mlp_out_proj(lm.adapter.layers(lm.model)[1])
+    W = mlp.weight.detach().clone().double()
+    ablation.apply_to_weights(lm)
+    assert torch.allclose(mlp.weight.double(), _row_renormalised_by_hand(W, ablation.directions[1].double(), 1.0),
+                          atol=1e-5)
+    edited = lm.model(input_ids=ids).logits
+    assert torch.allclose(edited, hooked, atol=1e-4) and not torch.allclose(edited, hooked_plain, atol=1e-3)
+    loaded = Abliteration.load(ablation.save(tmp_path / "a"))
+    assert loaded.norm_preserving and loaded.meta == {"model": lm.name}
+
+
+def test_search_over_both_edits_exports_the_norm_preserving_trials_it_scored(tmp_path, monkeypatch):
+    from refusal_lab.optimize.export import export_trial
+    from refusal_lab.optimize.search import load_study, optimize, trial_params
+
+    monkeypatch.setenv("REFUSAL_LAB_CACHE", str(tmp_path / "cache"))
+    optimize(tiny_model("qwen2"), _config(trials=8, norm_preserving=[False, True]), tmp_path / "run")
+    trials = load_study(tmp_path / "run").get_trials(states=[optuna.trial.TrialState.COMPLETE])
+    kinds = {t.number: trial_params(t).norm_preserving for t in trials}
+    assert set(kinds.values()) == {False, True}
+    number = next(n for n, kind in kinds.items() if kind)
+    out = export_trial(tiny_model("qwen2"), tmp_path / "run", tmp_path / "model", trial=number)
+    from transformers import AutoModelForCausalLM
+
+    from refusal_lab.data import dataset_splits
+    from refusal_lab.models import wrap_model
+
+    lm = tiny_model("qwen2")
+    edited = wrap_model(AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32), lm.tokenizer, "edited")
+    harmless = dataset_splits("unmatched", n_train=8, n_val=6).val_harmless.texts
+    base = last_token_logprobs(lm, harmless)
+    kl = (base.exp() * (base - last_token_logprobs(edited, harmless))).sum(-1).mean()
+    assert float(kl) == pytest.approx(trials[number].values[1], abs=1e-4)
+    assert json.loads((out / "abliteration.json").read_text())["norm_preserving"] is True
+
+
+def test_heretic_trials_rebuild_as_heretic_defines_them(monkeypatch):
+    """benchmarks/bench_optimize.py scores heretic's trials held out as refusal-lab edits: heretic 1.4.0's kernel
+    (min_weight sampled as a fraction of max_weight), its direction (embeddings = stream 0, so its index x reads
+    resid_pre ⌊x⌋+1 and ⌊x⌋+2; orthogonalised against the harmless mean) and its default norm-preserving edit."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    from bench_optimize import heretic_params
+
+    trial = {"direction_scope": "global", "direction_index": 1.25}
+    for module, (top, position, fraction, distance) in (("attn.o_proj", (1.2, 2.0, 0.5, 1.5)),
+                                                        ("mlp.down_proj", (0.9, 3.0, 0.25, 2.0))):
+        trial |= {f"{module}.max_weight": top, f"{module}.max_weight_position": position,
+                  f"{module}.min_weight": fraction, f"{module}.min_weight_distance": distance}
+    params = heretic_params(trial)
+    # heretic: weight = max + (d / distance)·(min − max) for d = |l − position| ≤ distance, else 0; min = fraction·max
+    attn = [0.0, 1.2 + (1 / 1.5) * (0.6 - 1.2), 1.2, 1.2 + (1 / 1.5) * (0.6 - 1.2)]
+    assert torch.allclose(params.attn.weights(4), torch.tensor(attn), atol=1e-6)
+    assert params.mlp.weights(5)[1].item() == pytest.approx(0.9 + 1.0 * (0.225 - 0.9))
+    assert params.norm_preserving and params.orthogonalize
+    harmful, harmless = _means(L=5)
+    v = (harmful - harmless)[:, -1]
+    v = v / v.norm(dim=-1, keepdim=True)
+    g = harmless[:, -1] / harmless[:, -1].norm(dim=-1, keepdim=True)
+    v = v - (v * g).sum(-1, keepdim=True) * g
+    v = v / v.norm(dim=-1, keepdim=True)
+    expected = torch.lerp(v[2], v[3], 0.25)
+    r = layer_directions(harmful - harmless, harmless, params, n_layers=5)
+    assert torch.allclose(r[0].double(), expected / expected.norm(), atol=1e-6)

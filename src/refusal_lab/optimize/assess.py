@@ -26,7 +26,7 @@ def heldout_scores(lm, ablation: Abliteration | None, harmful: list[str], harmle
     from refusal_lab.evaluation.generate import generate
     from refusal_lab.scoring import kl_divergence, last_token_logprobs
 
-    interventions = ablation.interventions() if ablation is not None else []
+    interventions = ablation.interventions(lm=lm) if ablation is not None else []
     completions = generate(lm, harmful, interventions, config.max_new_tokens, config.generate_batch,
                            description="held-out generations")
     kl = kl_divergence(base_logprobs, last_token_logprobs(lm, harmless, interventions, config.rows_per_pass))

@@ -50,6 +50,10 @@ def lora_adapter(lm, ablation: Abliteration, out: Path) -> Path:
     ``A = r̂ᵀ W`` ``[1, d_in]`` (``lora_alpha = r = 1``), so ``W + B A`` is the edited weight."""
     from peft import LoraConfig, get_peft_model
 
+    if ablation.norm_preserving:
+        raise RefusalLabError("a norm-preserving edit changes each weight matrix by more than rank 1, so it has no "
+                              "exact LoRA form; export the merged model (drop --lora)")
+
     names = {id(module): name for name, module in lm.model.named_modules()}
     edits = {names[id(linear)]: (r, w) for _, _, linear, r, w in ablation.writers(lm)}
     config = LoraConfig(r=1, lora_alpha=1, lora_dropout=0.0, bias="none", target_modules=sorted(edits))

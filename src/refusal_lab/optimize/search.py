@@ -82,6 +82,7 @@ class OptimizeConfig(ConfigModel):
     survivors: PositiveInt = 8
     max_new_tokens: PositiveInt = 24
     judge: str = "markers"
+    norm_preserving: list[bool] = Field([False], min_length=1)  # edits searched: plain, norm-preserving or both
     capability_texts: int = Field(0, ge=0)  # > 0: a third objective, NLL on this many texts of capability_corpus
     capability_corpus: str = "lambada"
     capability_window: int = Field(128, ge=2)  # tokens per scored window of a text (disjoint windows)
@@ -206,7 +207,7 @@ def capability_nll(lm, data: SearchData, ablation: Abliteration | None, config: 
     windows of ``capability_window`` tokens (:func:`refusal_lab.evaluation.perplexity.text_losses`)."""
     from refusal_lab.evaluation.perplexity import text_losses
 
-    interventions = ablation.interventions() if ablation is not None else []
+    interventions = ablation.interventions(lm=lm) if ablation is not None else []
     return text_losses(lm, data.capability, interventions=interventions, window=config.capability_window,
                        stride=config.capability_window, batch_size=config.rows_per_pass).mean_nll
 
@@ -288,7 +289,7 @@ def score_pass(lm, data: SearchData, ablations: list[Abliteration], config: Opti
     ablation; the first two from one batched forward per ``rows_per_pass`` rows, the NLL one ablation at a time."""
     from refusal_lab.batched import batched_scores
 
-    scores, kl = batched_scores(lm, data.scored + data.harmless, [a.interventions(dense=True) for a in ablations],
+    scores, kl = batched_scores(lm, data.scored + data.harmless, [a.interventions(dense=True, lm=lm) for a in ablations],
                                 data.base_logprobs, config.rows_per_pass)
     n = len(data.scored)
     values = [(float(torch.sigmoid(s[:n]).mean()), float(k[n:].mean())) for s, k in zip(scores, kl)]
@@ -327,7 +328,8 @@ def search(lm, data: SearchData, study, config: OptimizeConfig, deadline: float 
         while (done := complete()) < config.trials and (deadline is None or time.monotonic() + last_pass < deadline):
             began = time.monotonic()
             trials = [study.ask() for _ in range(min(config.trials_per_pass, config.trials - done))]
-            params = [suggest(t, lm.n_layers, list(config.sources), positions) for t in trials]
+            params = [suggest(t, lm.n_layers, list(config.sources), positions, config.norm_preserving)
+                      for t in trials]
             values = score_pass(lm, data, [data.ablation(lm, p) for p in params], config)
             for trial, p, value in zip(trials, params, values):
                 trial.set_user_attr("params", json.loads(p.model_dump_json()))
@@ -380,7 +382,7 @@ def generated_refusals(lm, data: SearchData, ablation: Abliteration | None, path
 
     if path.exists():
         return sum(json.loads(line)["refused"] for line in path.read_text().splitlines())
-    interventions = ablation.interventions() if ablation is not None else []
+    interventions = ablation.interventions(lm=lm) if ablation is not None else []
     completions = generate(lm, data.harmful, interventions, config.max_new_tokens, config.generate_batch,
                            description=path.stem)
     release_freed_memory()

@@ -53,6 +53,7 @@ class AbliterationParams(ConfigModel):
     direction_scope: Literal["global", "per_layer"] = "global"
     direction_index: float = 0.0
     orthogonalize: bool = False
+    norm_preserving: bool = False  # the row-renormalised weight edit (:mod:`.edit`)
     attn: Kernel
     mlp: Kernel
 
@@ -94,9 +95,10 @@ def interpolated_direction(v: torch.Tensor, index: float) -> torch.Tensor:
     return r / r.norm().clamp_min(1e-12)
 
 
-def suggest(trial, n_layers: int, sources: list[str], positions: list[int]) -> AbliterationParams:
+def suggest(trial, n_layers: int, sources: list[str], positions: list[int],
+            norm_preserving: tuple[bool, ...] | list[bool] = (False,)) -> AbliterationParams:
     """Sample :class:`AbliterationParams` from an Optuna trial. Every parameter is always sampled (multivariate TPE
-    needs a fixed space). Ranges, with ``L' = L − 1``: ``direction_index ∈ [0.2 L', 0.95 L']``, ``max_weight ∈
+    needs a fixed space), ``norm_preserving`` only where it offers both choices. Ranges, with ``L' = L − 1``: ``direction_index ∈ [0.2 L', 0.95 L']``, ``max_weight ∈
     [0.5, 1.6]``, ``max_weight_position ∈ [0.3 L', L']``, ``min_weight`` a fraction ``[0, 1]`` of ``max_weight``,
     ``min_weight_distance ∈ [1, 0.8 L']``: heretic's ranges widened on every side."""
     last = n_layers - 1
@@ -114,5 +116,7 @@ def suggest(trial, n_layers: int, sources: list[str], positions: list[int]) -> A
         direction_scope=trial.suggest_categorical("direction_scope", ["global", "per_layer"]),
         direction_index=trial.suggest_float("direction_index", 0.2 * last, 0.95 * last),
         orthogonalize=trial.suggest_categorical("orthogonalize", [False, True]),
+        norm_preserving=(trial.suggest_categorical("norm_preserving", [False, True]) if len(set(norm_preserving)) > 1
+                         else bool(norm_preserving[0])),
         **kernels)
 
