@@ -289,8 +289,8 @@ def score_pass(lm, data: SearchData, ablations: list[Abliteration], config: Opti
     ablation; the first two from one batched forward per ``rows_per_pass`` rows, the NLL one ablation at a time."""
     from refusal_lab.batched import batched_scores
 
-    scores, kl = batched_scores(lm, data.scored + data.harmless, [a.interventions(dense=True, lm=lm) for a in ablations],
-                                data.base_logprobs, config.rows_per_pass)
+    candidates = [a.interventions(dense=True, lm=lm) for a in ablations]
+    scores, kl = batched_scores(lm, data.scored + data.harmless, candidates, data.base_logprobs, config.rows_per_pass)
     n = len(data.scored)
     values = [(float(torch.sigmoid(s[:n]).mean()), float(k[n:].mean())) for s, k in zip(scores, kl)]
     if data.capability:
