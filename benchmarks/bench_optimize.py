@@ -31,8 +31,8 @@ from _common import Report, add_run_args, readme_figures, setup
 README = {
     "qwen2.5-coder-0.5b-instruct": {"refusal-lab": "1 @ 0.035 · 7 @ 0.020 (val), 3 @ 0.039 (held out); 18.7 min, "
                                                    "2.7 GB",
-                                    "heretic": "18 @ 0.075 · 20 @ 0.064 (val; 20 trials, earlier machine); 24.3 min, "
-                                               "10.5 GB"},
+                                    "heretic": "22 @ 0.035 · 25 @ 0.026 (val), 36 @ 0.049 (held out); 8 trials, "
+                                               "24.8 min, 10.1 GB"},
     "qwen2.5-coder-1.5b-instruct": {"refusal-lab": "2 @ 0.028 · 39 @ 0.015 (val), 2 @ 0.025 (held out); 21.2 min, "
                                                    "4.9 GB",
                                     "heretic": "1 @ 0.086 (val), 2 @ 0.062 (held out); 4 trials, 40.6 min, "
