@@ -98,9 +98,10 @@ def interpolated_direction(v: torch.Tensor, index: float) -> torch.Tensor:
 def suggest(trial, n_layers: int, sources: list[str], positions: list[int],
             norm_preserving: tuple[bool, ...] | list[bool] = (False,)) -> AbliterationParams:
     """Sample :class:`AbliterationParams` from an Optuna trial. Every parameter is always sampled (multivariate TPE
-    needs a fixed space), ``norm_preserving`` only where it offers both choices. Ranges, with ``L' = L − 1``: ``direction_index ∈ [0.2 L', 0.95 L']``, ``max_weight ∈
-    [0.5, 1.6]``, ``max_weight_position ∈ [0.3 L', L']``, ``min_weight`` a fraction ``[0, 1]`` of ``max_weight``,
-    ``min_weight_distance ∈ [1, 0.8 L']``: heretic's ranges widened on every side."""
+    needs a fixed space), ``norm_preserving`` only where it offers both choices. Ranges, with ``L' = L − 1``:
+    ``direction_index ∈ [0.2 L', 0.95 L']``, ``max_weight ∈ [0.5, 1.6]``, ``max_weight_position ∈ [0.3 L', L']``,
+    ``min_weight`` a fraction ``[0, 1]`` of ``max_weight``, ``min_weight_distance ∈ [1, 0.8 L']``: heretic's ranges
+    widened on every side."""
     last = n_layers - 1
     kernels = {}
     for c in COMPONENTS:
