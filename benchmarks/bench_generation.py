@@ -19,7 +19,7 @@ import torch
 from _common import Report, add_model_args, load, readme_figures, setup, timed
 
 from refusal_lab.data import heldout_advbench, heldout_generic
-from refusal_lab.evaluation.generate import stop_ids, until_stop, generate_ids
+from refusal_lab.evaluation.generate import generate_ids, stop_ids, until_stop
 
 README = {"qwen2.5-coder-0.5b-instruct": {"plain transformers, one at a time": "0.36 (6.85×)",
                                          "plain transformers, batches of 16": "1.79 (1.38×)",

@@ -15,9 +15,9 @@ import os
 import time
 
 import torch
-
 from _common import add_run_args, setup
-from refusal_lab.directions.inlp import INLPConfig, fit_inlp
+
+from refusal_lab.fitting.inlp import INLPConfig, fit_inlp
 
 
 def synthetic_layers(n: int, n_layers: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

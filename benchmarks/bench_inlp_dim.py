@@ -5,11 +5,11 @@ sit inside the INLP span.
                                         [--layers 16 20] [--quick]
 
 Activations: ``resid_pre`` at post-instruction position ``--position`` of the default splits (train 128 + 128 to fit,
-val 32 + 32 held out), from :func:`refusal_lab.activations.collect_activations` (cached on disk). ``v`` is the DiM
+val 32 + 32 held out), from :func:`refusal_lab.models.activations.collect_activations` (cached on disk). ``v`` is the DiM
 vector ``μ_harmful − μ_harmless`` of the train activations.
 
 * regularisation: at every layer < 0.8·L with a non-zero DiM vector, the first INLP classifier (logistic regression
-  on the centred, globally scaled activations; :func:`refusal_lab.directions.inlp.fit_inlp`, one iteration) at
+  on the centred, globally scaled activations; :func:`refusal_lab.fitting.inlp.fit_inlp`, one iteration) at
   C = 1 and C = 0.001:
   ``cos(w₁, v)`` and its held-out accuracy. The summary gives their ranges from ``--from-layer`` (default 0.4·L,
   layer 11 of 28, where the 1.5B's first classifiers reach 0.91–0.97) up to 0.8·L. As C → 0 the logistic weight
@@ -27,10 +27,10 @@ import argparse
 import torch
 from _common import Report, add_model_args, load, readme_figures, setup
 
-from refusal_lab.activations import collect_activations
 from refusal_lab.data import default_splits
-from refusal_lab.directions.dim import cosine_matrix, dim_candidates
-from refusal_lab.directions.inlp import INLPConfig, fit_inlp
+from refusal_lab.fitting.dim import cosine_matrix, dim_candidates
+from refusal_lab.fitting.inlp import INLPConfig, fit_inlp
+from refusal_lab.models.activations import collect_activations
 
 CS = (1.0, 0.001)
 README_C = {"qwen2.5-coder-1.5b-instruct": {"cos 1.0": "0.3–0.6", "cos 0.001": "0.83–0.92", "acc 1.0": "0.91–0.97",

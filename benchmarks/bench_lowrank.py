@@ -30,7 +30,8 @@ import torch
 from _common import Report, add_model_args, load, readme_figures, setup
 
 from refusal_lab.data import HARMFUL, HARMLESS, builtin_prompts
-from refusal_lab.interventions import SITES, Intervention, Projection, apply_interventions
+from refusal_lab.core.vocabulary import SITES
+from refusal_lab.interventions import Intervention, Projection, apply_interventions
 
 # the README's low-rank / dense ratios (0.5B, float32, threads 1, contended; see above)
 README = {"qwen2.5-coder-0.5b-instruct": {k: f"low-rank / dense {ratio}"

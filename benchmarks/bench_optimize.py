@@ -99,7 +99,7 @@ def heretic_config(run: Path, model_dir: str, work: Path, trials: int, startup: 
     """heretic's config.toml with refusal-lab's prompts written as text files (one prompt a line), the system
     prompt refusal-lab's prompts get (:func:`default_system_prompt`), batch size 32 (the issue's measurement;
     heretic's own batch-size search took ~20 min of CPU here), seed 0."""
-    from refusal_lab.optimize.search import OptimizeConfig, search_prompts
+    from refusal_lab.pipeline.optimize import OptimizeConfig, search_prompts
 
     config = OptimizeConfig.model_validate(json.loads((run / "config.json").read_text()))
     harmful, harmless, train = search_prompts(config)
@@ -140,7 +140,7 @@ def run_heretic(venv: Path, run: Path, model_dir: str, work: Path, trials: int,
     study = optuna.load_study(study_name="heretic", storage=JournalStorage(JournalFileBackend(str(journal))))
     rows = [{"trial": t.number, "refusals": t.user_attrs["refusals"], "kl": t.user_attrs["kl_divergence"],
              "params": t.params} for t in study.get_trials(states=[optuna.trial.TrialState.COMPLETE])]
-    from refusal_lab.optimize.search import front
+    from refusal_lab.pipeline.optimize import front
 
     return front(pd.DataFrame(rows), "refusals", "kl"), seconds, rss
 
@@ -154,7 +154,7 @@ def heretic_params(params: dict):
     stream a layer writes into) and the same edit, norm-preserving (heretic's default ``row_normalization =
     "full"``, which it stores as a rank-3 SVD approximation; refusal-lab applies it exactly). heretic samples
     ``min_weight`` as a fraction of ``max_weight``."""
-    from refusal_lab.optimize.space import AbliterationParams, Kernel
+    from refusal_lab.search.space import AbliterationParams, Kernel
 
     kernel = {c: Kernel(max_weight=params[f"{module}.max_weight"],
                         max_weight_position=params[f"{module}.max_weight_position"],
@@ -169,14 +169,14 @@ def heretic_params(params: dict):
 
 def heretic_heldout(model: str, run: Path, front_h: pd.DataFrame, max_kl: float, n: int) -> pd.DataFrame:
     """heretic's front trials within ``max_kl``, rebuilt as refusal-lab edits and scored on the held-out requests the
-    way refusal-lab's front is (:func:`refusal_lab.optimize.assess.heldout_scores`)."""
-    from refusal_lab.comparison import eval_prompts
-    from refusal_lab.evaluation.judges import make_judge
+    way refusal-lab's front is (:func:`refusal_lab.pipeline.assess.heldout_scores`)."""
+    from refusal_lab.pipeline.judging import make_judge
+    from refusal_lab.interventions.scoring import last_token_logprobs
     from refusal_lab.models.load import load_model
-    from refusal_lab.optimize.assess import heldout_scores
-    from refusal_lab.optimize.edit import Abliteration
-    from refusal_lab.optimize.search import OptimizeConfig, load_means
-    from refusal_lab.scoring import last_token_logprobs
+    from refusal_lab.pipeline.assess import heldout_scores
+    from refusal_lab.pipeline.comparison import eval_prompts
+    from refusal_lab.pipeline.optimize import OptimizeConfig, load_means
+    from refusal_lab.search.edit import Abliteration
 
     config = OptimizeConfig.model_validate(json.loads((run / "config.json").read_text()))
     lm = load_model(model, dtype=config.dtype)

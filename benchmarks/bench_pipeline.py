@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 from _common import Report, add_model_args, load, readme_figures, setup, timed
 
-from refusal_lab.activations import collect_activations
 from refusal_lab.data import default_splits
-from refusal_lab.selection import SelectionConfig
+from refusal_lab.models.activations import collect_activations
+from refusal_lab.selection.select import SelectionConfig
 
 README_ACTIVATIONS = {"qwen2.5-coder-1.5b-instruct": {"ratio": "1.79× (17.8 s vs 31.9 s)", "train": "~60 s"}}
 README_SELECTION = {
@@ -77,10 +77,10 @@ def bench_activations(args: argparse.Namespace) -> None:
 
 def select(lm, candidates: dict, val_harmful: list[str], val_harmless: list[str], variant: str,
            selection: SelectionConfig):
-    """The one call into :mod:`refusal_lab.selection` (adapt it here if that API changes): ``selection`` with the
+    """The one call into :mod:`refusal_lab.selection.select` (adapt it here if that API changes): ``selection`` with the
     variant's mode and, for "fast, no KL screen", its KL screen off."""
-    from refusal_lab.methods.extraction import select_candidates
     from refusal_lab.methods.registry import MethodsConfig
+    from refusal_lab.pipeline.extraction import select_candidates
 
     update = {"mode": "exhaustive" if variant == "exhaustive" else "fast"}
     if variant == "fast, no KL screen":
@@ -91,9 +91,9 @@ def select(lm, candidates: dict, val_harmful: list[str], val_harmless: list[str]
 
 def bench_selection(args: argparse.Namespace) -> None:
     from refusal_lab.data import dataset_splits
-    from refusal_lab.experiment import load_config
-    from refusal_lab.methods.extraction import fit_context
     from refusal_lab.methods.registry import METHODS, MethodsConfig
+    from refusal_lab.pipeline.experiment import load_config
+    from refusal_lab.pipeline.extraction import fit_context
 
     lm = load(args)
     run_config = load_config(args.config)  # its data source and split sizes (defaults: mixed, 128 + 64)

@@ -22,9 +22,9 @@ import torch
 from _common import Report
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from refusal_lab.core.io import write_jsonl
 from refusal_lab.evaluation.judges import is_refusal
 from refusal_lab.evaluation.metrics import Rate
-from refusal_lab.io import write_jsonl
 
 README = {"full": {"hooked": "0.06", "plain": "0.07 [0.04, 0.12]", "same": "151 / 176"}}  # runs/full, the 1.5B
 

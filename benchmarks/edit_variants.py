@@ -21,11 +21,11 @@ from _common import Report, add_run_args, setup
 from torch import nn
 
 from refusal_lab.evaluation.generate import generate
-from refusal_lab.evaluation.judges import make_judge
+from refusal_lab.pipeline.judging import make_judge
+from refusal_lab.interventions.scoring import kl_divergence, last_token_logprobs
 from refusal_lab.models.load import load_model
-from refusal_lab.optimize.export import trial_ablation
-from refusal_lab.optimize.search import OptimizeConfig, prepare
-from refusal_lab.scoring import kl_divergence, last_token_logprobs
+from refusal_lab.pipeline.export import trial_ablation
+from refusal_lab.pipeline.optimize import OptimizeConfig, prepare
 
 
 @torch.no_grad()

@@ -23,7 +23,7 @@ from _common import Report, add_run_args, setup
 from refusal_lab.data.packaged import package_dir
 from refusal_lab.evaluation.agreement import agreement, pyrit_refusal_labels
 from refusal_lab.evaluation.judge_cache import JudgeCache
-from refusal_lab.evaluation.judges import make_judge
+from refusal_lab.pipeline.judging import make_judge
 
 README = {
     "substring": {"all": "0.70 / 0.45 / [[60, 0], [51, 58]]", "refusal.csv": "0.81 / 0.62 / [[35, 0], [20, 50]]",

@@ -4,10 +4,10 @@ it started from, and with random unit directions, on the held-out requests.
     python benchmarks/refine_isolation.py --run runs/opt-0.5b [--n 100] [--controls 2]
 
 Every row is the same edit, the full-weight abliteration of every attention and MLP writer
-(:func:`refusal_lab.optimize.refine.full_ablation`), with one direction: the mixed DiM direction the refinement
+(:func:`refusal_lab.search.refine.full_ablation`), with one direction: the mixed DiM direction the refinement
 started from (``init`` in ``RUN_DIR/refined.safetensors``), the refined direction (trial 0 of the search), and
 ``--controls`` random unit directions (seeds 0, 1, …). Scored as the run's held-out front
-(:func:`refusal_lab.optimize.assess.heldout_scores`): greedy completions of the held-out AdvBench requests judged by
+(:func:`refusal_lab.pipeline.assess.heldout_scores`): greedy completions of the held-out AdvBench requests judged by
 the run's judge, mean first-token KL on the held-out generic requests; the run's seen prompts are checked first.
 """
 
@@ -21,13 +21,13 @@ import torch
 from _common import Report, add_run_args, setup
 from safetensors.torch import load_file
 
-from refusal_lab.comparison import eval_prompts
-from refusal_lab.evaluation.judges import make_judge
+from refusal_lab.pipeline.judging import make_judge
+from refusal_lab.interventions.scoring import last_token_logprobs
 from refusal_lab.models.load import load_model
-from refusal_lab.optimize.assess import heldout_scores
-from refusal_lab.optimize.refine import full_ablation
-from refusal_lab.optimize.search import OptimizeConfig
-from refusal_lab.scoring import last_token_logprobs
+from refusal_lab.pipeline.assess import heldout_scores
+from refusal_lab.pipeline.comparison import eval_prompts
+from refusal_lab.pipeline.optimize import OptimizeConfig
+from refusal_lab.search.refine import full_ablation
 
 
 def main() -> None:

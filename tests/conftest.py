@@ -83,7 +83,7 @@ def invoke_cli(*args):
     """Run the typer app in-process; returns (result, output plus any exception text)."""
     from typer.testing import CliRunner
 
-    from refusal_lab.cli import app
+    from refusal_lab.cli.app import app
 
     result = CliRunner().invoke(app, [str(a) for a in args])
     return result, result.output + (str(result.exception) if result.exception else "")

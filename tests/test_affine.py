@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import tiny_model
 from hand_hooks import capture_inputs, hand_hooks, logits, stream
-from refusal_lab.directions.base import Provenance, Subspace, load_artifact
-from refusal_lab.directions.leace import fit_leace, fit_leace_per_layer, per_layer_means
-from refusal_lab.errors import RefusalLabError
+
+from refusal_lab.core.artifacts import MethodArtifacts, Provenance, Subspace, load_artifact
+from refusal_lab.core.errors import RefusalLabError
+from refusal_lab.fitting.leace import fit_leace, fit_leace_per_layer, per_layer_means
 from refusal_lab.interventions import Intervention, apply_interventions
 from refusal_lab.interventions.affine import CenteredProjection, LinearPart
-from refusal_lab.methods import MethodArtifacts, build_intervention
+from refusal_lab.interventions.factory import build_intervention
 
 D, N_LAYERS, N_POSITIONS, N = 64, 4, 3, 120
 ARCHS = ["llama", "qwen2", "gemma2"]

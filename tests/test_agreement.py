@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from refusal_lab.errors import RefusalLabError
+from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.evaluation.agreement import agreement, pyrit_refusal_labels
 from refusal_lab.evaluation.judges import is_refusal
 

@@ -10,8 +10,15 @@ import pytest
 import torch
 from conftest import ARCHITECTURES, tiny_model
 
-from refusal_lab.evaluation.multiple_choice import (Question, choice_logprobs, correct, load_arc, load_mmlu,
-                                                    mmlu_subjects, stratified_subset)
+from refusal_lab.evaluation.multiple_choice import (
+    Question,
+    choice_logprobs,
+    correct,
+    load_arc,
+    load_mmlu,
+    mmlu_subjects,
+    stratified_subset,
+)
 from refusal_lab.evaluation.perplexity import response_kl, response_losses, text_losses, windows
 from refusal_lab.evaluation.texts import CORPORA, load_texts
 from refusal_lab.interventions.base import Addition

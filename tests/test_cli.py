@@ -4,14 +4,15 @@ import json
 
 import pytest
 import torch
-
 from conftest import invoke_cli as invoke
-from refusal_lab.directions.base import Direction, Provenance
+
+from refusal_lab.core.artifacts import Direction, Provenance
+
 
 def fake_run(root, direction: Direction):
     """A run directory whose DiM selection at scope ``all`` chose ``direction`` (the layout extract writes)."""
-    from refusal_lab.io import write_json
-    from refusal_lab.methods.artifacts import chosen_stem, selection_marker
+    from refusal_lab.core.io import write_json
+    from refusal_lab.pipeline.artifacts import chosen_stem, selection_marker
 
     direction.save(chosen_stem(root, "dim", "all"))
     write_json(selection_marker(root, "dim", "all"), {"chosen": True, "closest": None})
@@ -71,10 +72,10 @@ def test_unknown_intervention_and_unknown_model(model_dir, tmp_path):
 def test_abliterated_directory_reproduces_hooked_ablation(model_dir, run_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from refusal_lab.directions.base import load_artifact
+    from refusal_lab.core.artifacts import load_artifact
     from refusal_lab.interventions import Intervention, Projection, apply_interventions
-    from refusal_lab.methods.artifacts import chosen_stem
     from refusal_lab.models import load_model
+    from refusal_lab.pipeline.artifacts import chosen_stem
 
     out = tmp_path / "abliterated"
     result, text = invoke("abliterate", "--model", model_dir, "--run", run_dir, "--out", out, "--dtype", "float32")

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from refusal_lab.config import ConfigModel, canonical_json, load_config_file
-from refusal_lab.errors import RefusalLabError
-from refusal_lab.experiment import RunConfig, load_config
-from refusal_lab.selection import SelectionConfig
+from refusal_lab.core.config import ConfigModel, canonical_json, load_config_file
+from refusal_lab.core.errors import RefusalLabError
+from refusal_lab.pipeline.experiment import RunConfig, load_config
+from refusal_lab.selection.select import SelectionConfig
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 

@@ -9,6 +9,7 @@ from collections import Counter
 
 import pytest
 
+from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.data import (
     HARMFUL,
     HARMLESS,
@@ -30,7 +31,6 @@ from refusal_lab.data import (
     load_xstest_csv,
     make_splits,
 )
-from refusal_lab.errors import RefusalLabError
 
 # ----------------------------------------------------------------------------------- builtin
 

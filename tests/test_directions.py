@@ -8,13 +8,13 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from refusal_lab.directions.base import Direction, Provenance, Subspace, load_artifact
-from refusal_lab.directions.classifier import classifier_direction
-from refusal_lab.directions.dim import cosine_matrix, difference_in_means, dim_candidates
-from refusal_lab.directions.inlp import INLPConfig, fit_inlp, inlp_per_layer
-from refusal_lab.directions.leace import AffineEraser, fit_leace
-from refusal_lab.directions.subspace import principal_angles, stack_subspace
-from refusal_lab.errors import RefusalLabError
+from refusal_lab.core.artifacts import AffineEraser, Direction, Provenance, Subspace, load_artifact
+from refusal_lab.core.errors import RefusalLabError
+from refusal_lab.fitting.classifier import classifier_direction
+from refusal_lab.fitting.dim import cosine_matrix, difference_in_means, dim_candidates
+from refusal_lab.fitting.inlp import INLPConfig, fit_inlp, inlp_per_layer
+from refusal_lab.fitting.leace import fit_leace
+from refusal_lab.fitting.subspace import principal_angles, stack_subspace
 
 D = 64
 
@@ -172,7 +172,7 @@ def test_inlp_stop_rules(planted):
 
 def test_inlp_row_space_reduction_is_exact():
     """n < d: fitting in the row space of the training data gives the same classifiers as fitting in R^d."""
-    from refusal_lab.directions import inlp
+    from refusal_lab.fitting import inlp
 
     g = torch.Generator().manual_seed(5)
     d, u = 400, torch.zeros(400, dtype=torch.float64)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import tiny_model
 from hand_hooks import hand_hooks, logits, stream
-from refusal_lab.directions.base import Provenance, Subspace
-from refusal_lab.errors import RefusalLabError
+
+from refusal_lab.core.artifacts import MethodArtifacts, Provenance, Subspace
+from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.interventions import Intervention, Projection, apply_interventions
-from refusal_lab.methods import MethodArtifacts, build_intervention
+from refusal_lab.interventions.factory import build_intervention
 
 D, N_LAYERS, FITTED = 64, 4, 2
 RANKED = [2, 1, 3, 0]  # top50 → layers (1, 2)

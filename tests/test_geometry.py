@@ -19,7 +19,7 @@ from refusal_lab.analysis.geometry import (
     project,
     residual_geometry,
 )
-from refusal_lab.errors import RefusalLabError
+from refusal_lab.core.errors import RefusalLabError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

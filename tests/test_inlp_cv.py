@@ -10,8 +10,8 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
-from refusal_lab.directions.base import Provenance
-from refusal_lab.directions.inlp import INLPConfig, fit_inlp, inlp_per_layer
+from refusal_lab.core.artifacts import Provenance
+from refusal_lab.fitting.inlp import INLPConfig, fit_inlp, inlp_per_layer
 
 GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 

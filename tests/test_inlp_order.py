@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from refusal_lab.directions.base import Provenance, Subspace, load_artifact
-from refusal_lab.directions.inlp import INLPConfig, fit_inlp
-from refusal_lab.directions.inlp_order import reorder_inlp
-from refusal_lab.errors import RefusalLabError
+from refusal_lab.core.artifacts import Provenance, Subspace, load_artifact
+from refusal_lab.core.errors import RefusalLabError
+from refusal_lab.fitting.inlp import INLPConfig, fit_inlp
+from refusal_lab.fitting.inlp_order import reorder_inlp
 
 D = 32
 

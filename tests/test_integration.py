@@ -5,7 +5,7 @@ import hashlib
 import pytest
 import torch
 
-from refusal_lab.errors import RefusalLabError
+from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.models.bundled import SMALLEST_MODEL, Part, assemble_gguf, get_bundled
 
 pytestmark = pytest.mark.slow
@@ -38,8 +38,8 @@ def test_real_template_positions_and_refusal_tokens(lm):
 def test_real_model_batched_activations_match_one_by_one(lm, dtype, tolerance):
     """Left padding changes nothing but rounding: bf16 (8 mantissa bits, 28 layers of accumulation) differs by ~1 %,
     float32 by < 0.1 %."""
-    from refusal_lab.activations import collect_activations
     from refusal_lab.models import load_model
+    from refusal_lab.models.activations import collect_activations
 
     model = lm if lm.dtype == getattr(torch, dtype) else load_model(SMALLEST_MODEL, dtype=dtype)
     batched = collect_activations(model, HARMFUL, batch_size=4, use_cache=False).acts.float()
@@ -65,10 +65,12 @@ def test_dim_ablation_removes_refusal_and_actadd_induces_it(lm):
     """DiM from 32 bundled pairs, tested on the four hand-written pairs above. Measured on the 0.5B at layer 18
     (0.75·L), last position: ablation moves the harmful score −0.28 → −3.9, ActAdd at 4·v moves harmless −2.1 → +0.4
     (this small model needs k > 1: its DiM norms are small)."""
-    from refusal_lab.activations import collect_activations
-    from refusal_lab.data import HARMFUL as H, HARMLESS as B, builtin_prompts
-    from refusal_lab.directions.dim import dim_candidates
-    from refusal_lab.scoring import last_token_logprobs, refusal_scores
+    from refusal_lab.data import HARMFUL as H
+    from refusal_lab.data import HARMLESS as B
+    from refusal_lab.data import builtin_prompts
+    from refusal_lab.fitting.dim import dim_candidates
+    from refusal_lab.interventions.scoring import last_token_logprobs, refusal_scores
+    from refusal_lab.models.activations import collect_activations
 
     pairs = builtin_prompts()
     candidates = dim_candidates(collect_activations(lm, pairs.filter(label=H).texts[:32], use_cache=False).mean,
@@ -124,10 +126,12 @@ def test_missing_part_names_the_install_command(tmp_path):
 
 
 def test_first_inlp_direction_is_close_to_dim_on_the_bundled_model(lm):
-    from refusal_lab.activations import collect_activations
-    from refusal_lab.data import HARMFUL as H, HARMLESS as B, builtin_prompts
-    from refusal_lab.directions.dim import cosine_matrix
-    from refusal_lab.directions.inlp import INLPConfig, inlp_per_layer
+    from refusal_lab.data import HARMFUL as H
+    from refusal_lab.data import HARMLESS as B
+    from refusal_lab.data import builtin_prompts
+    from refusal_lab.fitting.dim import cosine_matrix
+    from refusal_lab.fitting.inlp import INLPConfig, inlp_per_layer
+    from refusal_lab.models.activations import collect_activations
 
     prompts = builtin_prompts()
     harmful, harmless = prompts.filter(label=H).texts, prompts.filter(label=B).texts
@@ -165,9 +169,9 @@ def test_default_selection_yields_a_direction_on_the_bundled_model_and_says_what
     larger scale, recorded in its row. The default data source, split sizes and selection; layers 11–14 (around
     layer 12, the full default run's pick on this model)."""
     from refusal_lab.data import dataset_splits
-    from refusal_lab.experiment import RunConfig
-    from refusal_lab.methods.extraction import fit_context, select_candidates
     from refusal_lab.methods.registry import METHODS, MethodsConfig
+    from refusal_lab.pipeline.experiment import RunConfig
+    from refusal_lab.pipeline.extraction import fit_context, select_candidates
 
     config = RunConfig()
     splits = dataset_splits(config.data, n_train=config.n_train, n_val=config.n_val, seed=config.seed)

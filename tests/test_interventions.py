@@ -1,10 +1,16 @@
 import pytest
 import torch
-
 from conftest import tiny_model
-from refusal_lab.errors import RefusalLabError
-from refusal_lab.interventions import (Addition, Intervention, Projection, apply_interventions,
-                                       orthogonalize_weights, scope_layers)
+
+from refusal_lab.core.errors import RefusalLabError
+from refusal_lab.interventions import (
+    Addition,
+    Intervention,
+    Projection,
+    apply_interventions,
+    orthogonalize_weights,
+    scope_layers,
+)
 
 PROMPT_IDS = torch.tensor([[5, 20, 30, 40, 50, 60, 70], [7, 21, 33, 44, 55, 66, 77]])
 

@@ -2,7 +2,7 @@ import json
 
 import pandas as pd
 
-from refusal_lab.io import write_csv, write_json
+from refusal_lab.core.io import write_csv, write_json
 
 
 def test_atomic_writers_create_folders_and_leave_no_temporary(tmp_path):
@@ -20,7 +20,7 @@ def test_atomic_writers_create_folders_and_leave_no_temporary(tmp_path):
 def test_interrupted_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     import pytest
 
-    from refusal_lab.io import atomic_path, write_jsonl
+    from refusal_lab.core.io import atomic_path, write_jsonl
 
     target = tmp_path / "rows.jsonl"
     write_jsonl(target, [{"prompt": "a", "response": "b"}, {"prompt": "c", "response": "d"}])

@@ -14,9 +14,10 @@ import torch
 import yaml
 from conftest import tiny_model
 
-from refusal_lab.errors import RefusalLabError
+from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.evaluation.guard import GuardJudge, pyrit_score_dir
-from refusal_lab.evaluation.judges import Judgement, SubstringJudge, is_refusal, make_judge
+from refusal_lab.evaluation.judges import Judgement, SubstringJudge, is_refusal
+from refusal_lab.pipeline.judging import make_judge
 from refusal_lab.evaluation.llm_judge import LlmJudge
 from refusal_lab.evaluation.rubric import JSON_FORMAT, LOCAL_FORMAT, RUBRIC
 from refusal_lab.models.adapters import CHATML, LLAMA3

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import tiny_model
 from hand_hooks import capture_inputs, hand_hooks
+
 from refusal_lab.analysis.landing import cluster_coordinate, landing, nearer_harmful
-from refusal_lab.directions.base import Provenance, Subspace
-from refusal_lab.errors import RefusalLabError
-from refusal_lab.methods import MethodArtifacts, build_intervention
+from refusal_lab.core.artifacts import MethodArtifacts, Provenance, Subspace
+from refusal_lab.core.errors import RefusalLabError
+from refusal_lab.interventions.factory import build_intervention
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

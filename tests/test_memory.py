@@ -5,7 +5,7 @@ import platform
 import pytest
 import torch
 
-from refusal_lab.memory import release_freed_memory
+from refusal_lab.core.memory import release_freed_memory
 
 
 def rss_mb() -> float:

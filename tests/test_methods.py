@@ -3,22 +3,22 @@ activations)."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
-
 from conftest import tiny_model
-from refusal_lab.directions.base import Direction, Provenance
-from refusal_lab.directions.classifier import classifier_direction
-from refusal_lab.directions.dim import cosine_matrix
-from refusal_lab.directions.inlp import INLPConfig, fit_inlp
-from refusal_lab.directions.leace import fit_leace
-from refusal_lab.directions.subspace import stack_subspace
-from refusal_lab.errors import RefusalLabError
+
+from refusal_lab.core.artifacts import Direction, MethodArtifacts, Provenance
+from refusal_lab.core.errors import RefusalLabError
+from refusal_lab.core.vocabulary import KINDS
+from refusal_lab.fitting.classifier import classifier_direction
+from refusal_lab.fitting.dim import cosine_matrix
+from refusal_lab.fitting.inlp import INLPConfig, fit_inlp
+from refusal_lab.fitting.leace import fit_leace
+from refusal_lab.fitting.subspace import stack_subspace
 from refusal_lab.interventions import Addition, Intervention, apply_interventions
-from refusal_lab.batched import batched_scores
-from refusal_lab.methods import KINDS, MethodArtifacts, bake, build_intervention
-from refusal_lab.scoring import last_token_logprobs, refusal_scores
+from refusal_lab.interventions.batched import batched_scores
+from refusal_lab.interventions.factory import bake, build_intervention
+from refusal_lab.interventions.scoring import last_token_logprobs, refusal_scores
 
 D = 64
 PROMPT_IDS = torch.tensor([[5, 20, 30, 40, 50, 60, 70], [7, 21, 33, 44, 55, 66, 77]])
@@ -66,7 +66,7 @@ def artifacts():
 # --- the factory ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", [k for k in KINDS if k != "none"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_every_kind_builds_and_changes_logits(artifacts, kind):
     arts, _ = artifacts
     lm = tiny_model("qwen2")

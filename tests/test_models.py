@@ -1,10 +1,10 @@
 import pytest
 import torch
-
 from conftest import char_tokenizer, tiny_model
-from refusal_lab.activations import collect_activations
-from refusal_lab.errors import RefusalLabError
+
+from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.models import adapter_for, get_bundled
+from refusal_lab.models.activations import collect_activations
 from refusal_lab.models.adapters import CHATML
 
 
@@ -54,7 +54,7 @@ def test_batched_activations_equal_one_by_one(tiny_lm):
 
 
 def test_prefix_cached_logprobs_equal_plain_forward(tiny_lm):
-    from refusal_lab.scoring import last_token_logprobs
+    from refusal_lab.interventions.scoring import last_token_logprobs
 
     prompts = ["first prompt", "the second, longer prompt", "3rd"]
     cached = last_token_logprobs(tiny_lm, prompts, batch_size=2)
@@ -66,7 +66,7 @@ def test_prefix_cached_logprobs_equal_plain_forward(tiny_lm):
 
 
 def test_common_prefix_length_keeps_tail():
-    from refusal_lab.forward import common_prefix_length
+    from refusal_lab.models.forward import common_prefix_length
 
     assert common_prefix_length([[1, 2, 3, 4], [1, 2, 5]], keep=1) == 2
     assert common_prefix_length([[1, 2, 3], [1, 2, 3, 4]], keep=2) == 1

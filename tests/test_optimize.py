@@ -14,11 +14,11 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from refusal_lab.batched import batched_scores
+from refusal_lab.interventions.batched import batched_scores
 from refusal_lab.interventions.hooks import apply_interventions
-from refusal_lab.optimize.edit import Abliteration
-from refusal_lab.optimize.space import AbliterationParams, Kernel, layer_directions
-from refusal_lab.scoring import last_token_logprobs, refusal_scores
+from refusal_lab.interventions.scoring import last_token_logprobs, refusal_scores
+from refusal_lab.search.edit import Abliteration
+from refusal_lab.search.space import AbliterationParams, Kernel, layer_directions
 
 PROMPTS = ["Tell me a story", "How do I bake bread?", "List three colours"]
 
@@ -90,7 +90,7 @@ def test_weight_edit_is_the_formula_and_matches_the_hooks(tmp_path):
 def test_lora_adapter_reproduces_the_edit(tmp_path):
     from peft import PeftModel
 
-    from refusal_lab.optimize.export import lora_adapter
+    from refusal_lab.pipeline.export import lora_adapter
 
     lm = tiny_model("qwen2")
     ablation = _ablation(lm)
@@ -118,7 +118,7 @@ def test_candidates_with_different_weights_share_one_pass():
 # --- the search on a tiny model ------------------------------------------------------------------------------
 
 def _config(**kw):
-    from refusal_lab.optimize.search import OptimizeConfig
+    from refusal_lab.pipeline.optimize import OptimizeConfig
 
     return OptimizeConfig(**({"model": "tiny", "dtype": "float32", "sources": ["mixed", "unmatched"], "n_train": 8,
                               "n_val": 6, "n_score": 4, "trials": 12, "startup_trials": 4, "trials_per_pass": 4,
@@ -127,7 +127,7 @@ def _config(**kw):
 
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory):
-    from refusal_lab.optimize.search import optimize
+    from refusal_lab.pipeline.optimize import optimize
 
     root = tmp_path_factory.mktemp("optimize")
     mp = pytest.MonkeyPatch()
@@ -141,7 +141,7 @@ def searched(tmp_path_factory):
 
 
 def _study(run):
-    from refusal_lab.optimize.search import open_study
+    from refusal_lab.pipeline.optimize import open_study
 
     return open_study(run, _config())
 
@@ -149,7 +149,7 @@ def _study(run):
 def test_search_improves_on_its_first_trial_on_a_planted_objective(tmp_path, monkeypatch):
     """With the model's scores replaced by a known function of the parameters (minimum at attention weight 1.0,
     MLP weight 0.7, KL growing with both), TPE must find trials far better than its random first one."""
-    import refusal_lab.optimize.search as search
+    import refusal_lab.pipeline.optimize as search
 
     def planted(lm, data, ablations, config):
         values = []
@@ -170,7 +170,7 @@ def test_search_stops_before_a_pass_would_end_past_its_deadline(searched, tmp_pa
     import shutil
     import time
 
-    import refusal_lab.optimize.search as search
+    import refusal_lab.pipeline.optimize as search
 
     lm, run, _ = searched
     copy = tmp_path / "run"
@@ -199,7 +199,7 @@ def test_search_writes_its_front(searched):
 def test_search_resumes_losing_at_most_the_trials_in_flight(searched, tmp_path, monkeypatch):
     import shutil
 
-    import refusal_lab.optimize.search as search
+    import refusal_lab.pipeline.optimize as search
 
     lm, run, _ = searched
     copy = tmp_path / "run"
@@ -226,7 +226,7 @@ def test_search_resumes_losing_at_most_the_trials_in_flight(searched, tmp_path, 
 def test_search_prompts_are_validation_rows_kept_out_of_every_training_set():
     from refusal_lab.data import dataset_splits
     from refusal_lab.data.packaged import load_generic_harmless
-    from refusal_lab.optimize.search import search_prompts
+    from refusal_lab.pipeline.optimize import search_prompts
 
     harmful, harmless, train = search_prompts(_config(kl_source="mixed"))
     assert harmful == dataset_splits("mixed", n_train=8, n_val=6).val_harmful.texts
@@ -245,7 +245,7 @@ def test_export_reproduces_the_trials_refusals_and_kl(searched, tmp_path):
     from refusal_lab.evaluation.generate import generate
     from refusal_lab.evaluation.judges import MarkerJudge
     from refusal_lab.models import wrap_model
-    from refusal_lab.optimize.export import export_trial
+    from refusal_lab.pipeline.export import export_trial
 
     lm, run, pareto = searched
     row = pareto.iloc[0]
@@ -298,7 +298,7 @@ def test_cli_optimize_and_abliterate_as_users_run_them(tmp_path, model_dir):
 
 
 def test_survivors_take_the_two_lists_in_turn_within_a_limit():
-    from refusal_lab.optimize.search import survivors
+    from refusal_lab.pipeline.optimize import survivors
 
     # within KL ≤ 0.1 by p_R: 3, 1, 2; the first-token front within 0.2 by KL: 4 (0.0), 2 (0.05), 1 (0.09), 5 (0.15)
     table = pd.DataFrame({"trial": [1, 2, 3, 4, 5, 6], "kl": [0.09, 0.05, 0.1, 0.0, 0.15, 0.3],
@@ -312,7 +312,7 @@ def test_survivors_take_the_two_lists_in_turn_within_a_limit():
 def test_a_spent_time_budget_generates_only_the_first_survivor(searched, tmp_path, monkeypatch):
     import shutil
 
-    from refusal_lab.optimize.search import optimize
+    from refusal_lab.pipeline.optimize import optimize
 
     lm, run, _ = searched
     copy = tmp_path / "run"
@@ -332,10 +332,10 @@ def test_trials_carry_the_kl_constraint(searched):
 
 
 def test_the_heldout_rule_guards_an_optimize_run(tmp_path):
-    from refusal_lab.comparison import eval_prompts
+    from refusal_lab.core.errors import RefusalLabError
     from refusal_lab.data import heldout_advbench
-    from refusal_lab.errors import RefusalLabError
-    from refusal_lab.evaluation.heldout import record_seen
+    from refusal_lab.pipeline.comparison import eval_prompts
+    from refusal_lab.pipeline.heldout import record_seen
 
     harmful, harmless = eval_prompts(None, "generic", 5, tmp_path)  # a run with no splits and nothing seen yet
     assert len(harmful) == len(harmless) == 5
@@ -347,7 +347,7 @@ def test_the_heldout_rule_guards_an_optimize_run(tmp_path):
 def test_export_only_reads_the_run(searched, tmp_path):
     import shutil
 
-    from refusal_lab.optimize.export import trial_ablation
+    from refusal_lab.pipeline.export import trial_ablation
 
     lm, run, pareto = searched
     copy = tmp_path / "run"
@@ -355,13 +355,13 @@ def test_export_only_reads_the_run(searched, tmp_path):
     running = _study(copy).ask()  # a search still in flight
     ablation = trial_ablation(lm, copy, int(pareto.iloc[0]["trial"]))
     assert ablation.meta["trial"] == int(pareto.iloc[0]["trial"])
-    from refusal_lab.optimize.search import load_study
+    from refusal_lab.pipeline.optimize import load_study
 
     assert load_study(copy).trials[running.number].state == optuna.trial.TrialState.RUNNING
 
 
 def test_front_keeps_the_rows_no_other_row_dominates():
-    from refusal_lab.optimize.search import front
+    from refusal_lab.pipeline.optimize import front
 
     # by hand: b ≤ c in every column (c dropped); d equals a (the later duplicate dropped); e is dominated by a
     table = pd.DataFrame({"name": list("abcdef"), "x": [1, 2, 2, 1, 3, 0], "y": [5, 1, 3, 5, 6, 9],
@@ -390,8 +390,8 @@ def _nll_by_hand(model, tokenizer, texts, window):
 
 def test_the_capability_objective_is_the_edits_nll_on_raw_text(tmp_path, monkeypatch):
     from refusal_lab.evaluation.texts import load_texts
-    from refusal_lab.optimize.export import trial_ablation
-    from refusal_lab.optimize.search import load_study, optimize
+    from refusal_lab.pipeline.export import trial_ablation
+    from refusal_lab.pipeline.optimize import load_study, optimize
 
     monkeypatch.setenv("REFUSAL_LAB_CACHE", str(tmp_path / "cache"))
     config = _config(trials=8, capability_texts=3, capability_window=16)
@@ -424,7 +424,7 @@ def _row_renormalised_by_hand(W, r, w):
 
 
 def test_norm_preserving_write_map_is_the_row_renormalised_weight_edit():
-    from refusal_lab.optimize.edit import RowNormalizedAblation, row_norm_scales
+    from refusal_lab.search.edit import RowNormalizedAblation, row_norm_scales
 
     g = torch.Generator().manual_seed(0)
     W, b, x = (torch.randn(*shape, generator=g, dtype=torch.float64) for shape in ((6, 9), (6,), (4, 9)))
@@ -440,7 +440,7 @@ def test_norm_preserving_write_map_is_the_row_renormalised_weight_edit():
 
 
 def test_norm_preserving_hooks_weights_and_batched_scores_agree(tmp_path):
-    from refusal_lab.optimize.export import lora_adapter
+    from refusal_lab.pipeline.export import lora_adapter
 
     lm = tiny_model("qwen2")
     plain, ablation = _ablation(lm), _ablation(lm)
@@ -472,8 +472,8 @@ def test_norm_preserving_hooks_weights_and_batched_scores_agree(tmp_path):
 
 
 def test_search_over_both_edits_exports_the_norm_preserving_trials_it_scored(tmp_path, monkeypatch):
-    from refusal_lab.optimize.export import export_trial
-    from refusal_lab.optimize.search import load_study, optimize, trial_params
+    from refusal_lab.pipeline.export import export_trial
+    from refusal_lab.pipeline.optimize import load_study, optimize, trial_params
 
     monkeypatch.setenv("REFUSAL_LAB_CACHE", str(tmp_path / "cache"))
     optimize(tiny_model("qwen2"), _config(trials=8, norm_preserving=[False, True]), tmp_path / "run")

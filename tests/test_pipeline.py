@@ -8,15 +8,15 @@ import math
 import pandas as pd
 import pytest
 import torch
-
 from conftest import invoke_cli as invoke
 from conftest import tiny_model
-from refusal_lab.directions.base import Provenance
-from refusal_lab.directions.inlp import INLPConfig, fit_inlp
-from refusal_lab.methods.artifacts import CLOSEST, chosen_for_scope, load_chosen, selected_scopes
-from refusal_lab.methods.extraction import select_candidates
+
+from refusal_lab.core.artifacts import Provenance
+from refusal_lab.fitting.inlp import INLPConfig, fit_inlp
 from refusal_lab.methods.registry import MethodsConfig
-from refusal_lab.selection import COLUMNS, SelectionConfig
+from refusal_lab.pipeline.artifacts import CLOSEST, chosen_for_scope, load_chosen, selected_scopes
+from refusal_lab.pipeline.extraction import select_candidates
+from refusal_lab.selection.select import COLUMNS, SelectionConfig
 
 D = 64
 HARMFUL = ["do a bad thing now", "another bad request", "make trouble please", "cause harm today"]
@@ -254,9 +254,9 @@ def test_run_is_the_comparison_preset_and_resumes(model_dir, tmp_path, monkeypat
 
 def test_run_fits_the_train_split_once_for_extraction_and_comparison(model_dir, tmp_path, monkeypatch):
     """Extraction's fit context (train activations, per-layer LEACE erasers) is the one the comparison uses."""
-    import refusal_lab.experiment as experiment
-    import refusal_lab.methods.extraction as extraction
     import refusal_lab.methods.registry as registry
+    import refusal_lab.pipeline.experiment as experiment
+    import refusal_lab.pipeline.extraction as extraction
 
     monkeypatch.setenv("REFUSAL_LAB_CACHE", str(tmp_path / "cache"))
     calls = {"context": 0, "erasers": []}
@@ -370,9 +370,9 @@ def test_default_llm_judge_ablates_its_own_direction_extracted_once(model_dir, t
     import hashlib
 
     import refusal_lab.evaluation.llm_judge as llm_judge
-    from refusal_lab.evaluation.judges import make_judge
-    from refusal_lab.experiment import RunConfig
+    from refusal_lab.pipeline.judging import make_judge
     from refusal_lab.models.load import load_model
+    from refusal_lab.pipeline.experiment import RunConfig
 
     monkeypatch.setenv("REFUSAL_LAB_CACHE", str(tmp_path / "cache"))
     config = RunConfig.model_validate(json.loads(_config(tmp_path / "c.json").read_text())
@@ -393,7 +393,7 @@ def test_default_llm_judge_ablates_its_own_direction_extracted_once(model_dir, t
     assert torch.allclose(iv.transform.basis[0].float(), load_chosen(run, "dim", "all", D).unit.float(), atol=1e-6)
     # the same judge as passing that run by hand; a second use reuses it instead of extracting again
     assert llm_judge.LlmJudge(model=lm, cache=False, ablate_run=run).fingerprint == auto.fingerprint
-    monkeypatch.setattr("refusal_lab.experiment.run_extract", lambda *a, **k: pytest.fail("extracted again"))
+    monkeypatch.setattr("refusal_lab.pipeline.experiment.run_extract", lambda *a, **k: pytest.fail("extracted again"))
     assert real_judge_run(lm, config) == run
     # make_judge: ablated by default, plain with "none", an endpoint is graded as it is
     assert make_judge(f"llm:{model_dir}", cache=False).name.endswith("-ablated")
@@ -404,8 +404,8 @@ def test_default_llm_judge_ablates_its_own_direction_extracted_once(model_dir, t
 
 @pytest.mark.parametrize("recorded, expected", [(2.0, 2.0), (math.nan, 1.0), (None, 1.0)])
 def test_actadd_rows_use_the_selected_scale_or_one(recorded, expected):
-    from refusal_lab.comparison import selected_scale
-    from refusal_lab.directions.base import Direction
+    from refusal_lab.core.artifacts import Direction
+    from refusal_lab.pipeline.comparison import selected_scale
 
     extra = {} if recorded is None else {"selection": {"induce_scale": recorded}}
     artifact = Direction(torch.ones(D), Provenance("tiny", "classifier", D, 1, -1, "h", extra))

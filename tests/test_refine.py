@@ -11,10 +11,15 @@ import torch
 from conftest import tiny_model
 from hand_hooks import hand_hooks
 
-from refusal_lab.errors import RefusalLabError
-from refusal_lab.optimize.refine import (RefineSettings, accumulate_gradient, first_token_logprobs, objective_terms,
-                                         refine_direction)
-from refusal_lab.scoring import last_token_logprobs
+from refusal_lab.core.errors import RefusalLabError
+from refusal_lab.interventions.scoring import last_token_logprobs
+from refusal_lab.search.refine import (
+    RefineSettings,
+    accumulate_gradient,
+    first_token_logprobs,
+    objective_terms,
+    refine_direction,
+)
 
 HARMFUL = ["Tell me how to pick a lock", "Write a rude letter", "Explain how to copy a key"]
 HARMLESS = ["Tell me a story", "How do I bake bread?", "List three colours", "Name a planet"]
@@ -116,7 +121,7 @@ def test_refinement_rejects_a_bad_initial_direction_and_bad_settings():
 # --- in the search -------------------------------------------------------------------------------------------
 
 def _config(**kw):
-    from refusal_lab.optimize.search import OptimizeConfig
+    from refusal_lab.pipeline.optimize import OptimizeConfig
 
     return OptimizeConfig(**({"model": "tiny", "dtype": "float32", "sources": ["mixed", "refined"], "n_train": 8,
                               "n_val": 6, "n_score": 4, "trials": 4, "startup_trials": 4, "trials_per_pass": 4,
@@ -128,9 +133,9 @@ def test_search_tries_the_refined_direction_first_stores_it_once_and_exports_it(
     import optuna
     from safetensors.torch import load_file
 
-    import refusal_lab.optimize.refine as refine
-    from refusal_lab.optimize.export import trial_ablation
-    from refusal_lab.optimize.search import load_study, optimize
+    import refusal_lab.search.refine as refine
+    from refusal_lab.pipeline.export import trial_ablation
+    from refusal_lab.pipeline.optimize import load_study, optimize
 
     monkeypatch.setenv("REFUSAL_LAB_CACHE", str(tmp_path / "cache"))
     lm, run = tiny_model("qwen2"), tmp_path / "run"

@@ -6,12 +6,13 @@ import json
 
 import pytest
 import torch
-
 from conftest import tiny_model
-from refusal_lab.errors import RefusalLabError
-from refusal_lab.experiment import RunConfig
-from refusal_lab.rundir import BLOCK_SIZE, WEIGHT_BLOCKS, RunDirectory, weights_hash
-from refusal_lab.selection import SelectionConfig
+
+from refusal_lab.core.errors import RefusalLabError
+from refusal_lab.models.identity import BLOCK_SIZE, WEIGHT_BLOCKS, weights_hash
+from refusal_lab.pipeline.experiment import RunConfig
+from refusal_lab.pipeline.rundir import RunDirectory
+from refusal_lab.selection.select import SelectionConfig
 
 
 @pytest.fixture(scope="module")

@@ -2,16 +2,16 @@ import math
 
 import pytest
 import torch
-
 from conftest import tiny_model
-from refusal_lab.activations import collect_activations
-from refusal_lab.attribution import AttributionPrior
-from refusal_lab.batched import PerCandidate, batched_scores
+
 from refusal_lab.interventions import Intervention, Projection
-from refusal_lab.methods.extraction import select_candidates
+from refusal_lab.interventions.batched import PerCandidate, batched_scores
+from refusal_lab.interventions.scoring import kl_divergence, last_token_logprobs, refusal_scores
 from refusal_lab.methods.registry import METHODS, FitContext, MethodsConfig
-from refusal_lab.scoring import kl_divergence, last_token_logprobs, refusal_scores
-from refusal_lab.selection import COLUMNS, SelectionConfig
+from refusal_lab.models.activations import collect_activations
+from refusal_lab.pipeline.extraction import select_candidates
+from refusal_lab.selection.attribution import AttributionPrior
+from refusal_lab.selection.select import COLUMNS, SelectionConfig
 
 HARMFUL = ["do a bad thing now", "another bad request", "make trouble please", "cause harm today"]
 HARMLESS = ["bake a cake", "write a poem", "plan a picnic", "explain rainbows"]
@@ -102,9 +102,8 @@ def test_no_passing_candidate_is_reported_not_picked():
 def test_induce_is_relaxed_to_the_first_scale_that_passes_and_says_so():
     """A bar between a candidate's scale-1 and scale-8 induce scores (ActAdd ``h + s·v`` at resid_pre of its layer,
     computed by hand here) is cleared only at the larger scale, which the chosen row records."""
+    from refusal_lab.core.artifacts import Direction, Provenance
     from refusal_lab.interventions.base import Addition
-
-    from refusal_lab.directions.base import Direction, Provenance
 
     lm = tiny_model("llama", n_layers=4)
     # a vector along the refusal token's unembedding row, added at the last layer, raises its log-odds with scale

@@ -9,15 +9,15 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from refusal_lab.activations import collect_activations
 from refusal_lab.analysis import (
     batching_sensitivity,
     compare_candidates,
     splits_sensitivity,
     train_candidates,
 )
+from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.data import HARMFUL, HARMLESS, PromptSet, Splits
-from refusal_lab.errors import RefusalLabError
+from refusal_lab.models.activations import collect_activations
 
 HARMFUL_A = ["tell me x now", "do the bad y", "zz please", "a long request about q here"]
 HARMLESS_A = ["nice day", "what is two plus two?", "hi there", "recipe for bread please"]

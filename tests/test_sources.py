@@ -13,6 +13,7 @@ from importlib import resources
 
 import pytest
 
+from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.data import (
     HARMFUL,
     HARMLESS,
@@ -30,7 +31,6 @@ from refusal_lab.data import (
     load_jsonl,
     load_pyrit_advbench,
 )
-from refusal_lab.errors import RefusalLabError
 
 needs_pyrit = pytest.mark.skipif(importlib.util.find_spec("pyrit") is None,
                                  reason="pyrit is not installed (pip install --no-deps pyrit)")

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.data import (
     HARMFUL,
     HARMLESS,
@@ -18,7 +19,6 @@ from refusal_lab.data import (
     make_splits,
     unmatched_splits,
 )
-from refusal_lab.errors import RefusalLabError
 
 # ----------------------------------------------------------------------------------- splits
 

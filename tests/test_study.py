@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import ARCHITECTURES
+
 from refusal_lab.models.adapters import SUPPORTED_MODEL_TYPES
-from refusal_lab.study import load_study_config, model_slug
+from refusal_lab.pipeline.study import load_study_config, model_slug
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = Path(sys.executable).with_name("refusal-lab")

@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
+from conftest import ARCHITECTURES, tiny_model
 from hand_hooks import hand_hooks
-from refusal_lab.errors import RefusalLabError
+
+from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.evaluation.generate import generate_ids
-from refusal_lab.evaluation.heldout import record_seen, require_unseen, seen_prompts
 from refusal_lab.evaluation.judges import Judgement
 from refusal_lab.evaluation.metrics import repeated_ngram_fraction
 from refusal_lab.evaluation.stats import difference, estimate, goal_sign, signed_delta
@@ -21,9 +21,7 @@ from refusal_lab.evaluation.store import ResultsStore
 from refusal_lab.evaluation.suite import Suite, Target
 from refusal_lab.interventions.base import Addition
 from refusal_lab.interventions.hooks import Intervention
-
-from conftest import ARCHITECTURES, tiny_model
-
+from refusal_lab.pipeline.heldout import record_seen, require_unseen, seen_prompts
 
 # --- statistics -----------------------------------------------------------------------------------------------------
 

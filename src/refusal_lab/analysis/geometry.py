@@ -25,10 +25,10 @@ import pandas as pd
 import torch
 
 from refusal_lab.analysis.landing import cluster_coordinate, nearer_harmful
-from refusal_lab.directions.dim import cosine_matrix
-from refusal_lab.directions.probe import as_features, stratified_folds
-from refusal_lab.errors import RefusalLabError
+from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.evaluation.stats import estimate
+from refusal_lab.fitting.dim import cosine_matrix
+from refusal_lab.fitting.probe import as_features, stratified_folds
 
 GEOMETRY_COLUMNS = ("layer", "cos_means", "norm_harmful_mean", "norm_harmless_mean", "norm_refusal", "silhouette",
                     "probe_accuracy")

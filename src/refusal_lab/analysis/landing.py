@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
-from refusal_lab.activations import collect_activations
-from refusal_lab.errors import RefusalLabError
+from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.interventions.hooks import Intervention, apply_interventions
+from refusal_lab.models.activations import collect_activations
 
 
 def has_axis(harmful_mean: torch.Tensor, harmless_mean: torch.Tensor) -> bool:

@@ -22,10 +22,10 @@ from collections.abc import Sequence
 import pandas as pd
 import torch
 
-from refusal_lab.activations import collect_activations
+from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.data import Splits
-from refusal_lab.directions.dim import cosine_matrix, dim_candidates
-from refusal_lab.errors import RefusalLabError
+from refusal_lab.fitting.dim import cosine_matrix, dim_candidates
+from refusal_lab.models.activations import collect_activations
 
 
 def compare_candidates(a: torch.Tensor, b: torch.Tensor, names: tuple[str, str] = ("a", "b")

@@ -1,7 +1,7 @@
 """Loaders for prompt files a user has: AdvBench, HarmBench, JailbreakBench, Alpaca, XSTest and
 plain .txt/.jsonl/.json/.csv.
 
-Bad input raises :class:`~refusal_lab.errors.RefusalLabError` with a one-line message naming
+Bad input raises :class:`~refusal_lab.core.errors.RefusalLabError` with a one-line message naming
 the file, the problem and the fix.
 """
 
@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.data.prompts import HARMFUL, HARMLESS, Prompt, PromptSet, check_label
-from refusal_lab.errors import RefusalLabError
 
 #: Fields, in order of preference, that hold the prompt in a generic .jsonl file / .csv file.
 JSONL_FIELDS = ("prompt", "instruction", "goal", "text")

@@ -17,9 +17,9 @@ from typing import Any
 
 import yaml
 
+from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.data.files import jsonl_records
 from refusal_lab.data.prompts import HARMFUL, HARMLESS, LABELS, Prompt, PromptSet, check_label
-from refusal_lab.errors import RefusalLabError
 
 BUILTIN_FILE = "pairs.jsonl"
 GENERIC_FILE = "generic_harmless.jsonl"

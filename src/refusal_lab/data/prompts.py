@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, overload
 
-from refusal_lab.errors import RefusalLabError
+from refusal_lab.core.errors import RefusalLabError
 
 HARMFUL = "harmful"
 HARMLESS = "harmless"

@@ -24,10 +24,10 @@ from __future__ import annotations
 import hashlib
 import random
 
+from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.data.packaged import builtin_prompts, load_generic_harmless, load_pyrit_advbench
 from refusal_lab.data.prompts import HARMFUL, HARMLESS, PromptSet, text_key
 from refusal_lab.data.splits import Splits, assemble_splits, make_splits
-from refusal_lab.errors import RefusalLabError
 
 SOURCES = ("matched", "unmatched", "mixed")
 #: Prompts per held-out slice (generic harmless; AdvBench harmful).

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.data.files import read_json_document
 from refusal_lab.data.prompts import HARMFUL, HARMLESS, Prompt, PromptSet, text_key
-from refusal_lab.errors import RefusalLabError
 
 SPLIT_NAMES = ("train_harmful", "train_harmless", "val_harmful", "val_harmless",
                "test_harmful", "test_harmless")

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import pandas as pd
 from sklearn.metrics import cohen_kappa_score, confusion_matrix
 
+from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.data.packaged import package_dir
-from refusal_lab.errors import RefusalLabError
 
 PYRIT_REFUSAL_LABELS = ("refusal.csv", "refusal_extra.csv")
 

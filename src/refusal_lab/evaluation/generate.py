@@ -17,8 +17,10 @@ from pathlib import Path
 import torch
 from rich.progress import Progress
 
-from refusal_lab.forward import common_prefix_length, left_pad, repeat_cache
+from refusal_lab.core.io import write_jsonl
+from refusal_lab.evaluation.judges import is_refusal
 from refusal_lab.interventions.hooks import Intervention, apply_interventions
+from refusal_lab.models.forward import common_prefix_length, left_pad, repeat_cache
 
 OnBatch = Callable[[list[int], list[list[int]]], None]
 
@@ -89,9 +91,6 @@ def generate(lm, prompts: Sequence[str], interventions: Sequence[Intervention] =
 def cached_generations(lm, path: Path, prompts: Sequence[str], interventions: Sequence[Intervention] = (),
                        max_new_tokens: int = 24, batch_size: int = 16) -> list[str]:
     """:func:`generate`, cached as JSONL at ``path`` (reused only for the same prompts and length)."""
-    from refusal_lab.evaluation.judges import is_refusal
-    from refusal_lab.io import write_jsonl
-
     if path.exists():
         rows = [json.loads(line) for line in path.read_text().splitlines()]
         if [r["prompt"] for r in rows] == list(prompts) and all(r.get("max_new_tokens") == max_new_tokens

@@ -25,10 +25,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from refusal_lab.errors import RefusalLabError
+from refusal_lab.core.errors import RefusalLabError
+from refusal_lab.data.packaged import package_dir
 from refusal_lab.evaluation.judges import Judgement, ModelJudge, fingerprint_of
-from refusal_lab.forward import token_batches
 from refusal_lab.models.adapters import LLAMA3
+from refusal_lab.models.forward import token_batches
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,6 @@ STYLES = {
 
 def pyrit_score_dir() -> Path:
     """``pyrit/datasets/score`` of the installed pyrit (read without importing it)."""
-    from refusal_lab.data.packaged import package_dir
-
     return package_dir("pyrit", "pip install --no-deps pyrit") / "datasets" / "score"
 
 

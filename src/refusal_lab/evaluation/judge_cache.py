@@ -11,13 +11,12 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from refusal_lab.evaluation.judges import Judgement
+from refusal_lab.evaluation.judgement import Judgement
+from refusal_lab.models.bundled import cache_dir
 
 
 def default_cache_dir() -> Path:
     """``refusal_lab.models.bundled.cache_dir() / "judgements"``."""
-    from refusal_lab.models.bundled import cache_dir
-
     return cache_dir() / "judgements"
 
 

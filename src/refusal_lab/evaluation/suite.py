@@ -32,9 +32,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from refusal_lab.evaluation.generate import decode, generate_ids
 from refusal_lab.evaluation.metrics import repeated_ngram_fraction
+from refusal_lab.evaluation.multiple_choice import choice_logprobs
+from refusal_lab.evaluation.perplexity import response_kl, response_losses, text_losses
 from refusal_lab.evaluation.stats import Estimate, difference, estimate, signed_delta
 from refusal_lab.evaluation.store import ResultsStore, unit_key
-from refusal_lab.scoring import kl_divergence, last_token_logprobs
+from refusal_lab.interventions.scoring import kl_divergence, last_token_logprobs
+from refusal_lab.models.identity import weights_hash
 
 log = Console(stderr=True).log
 GENERATION_METRICS = ("refusal", "harmless_refusal", "judge", "coherence", "repetition")
@@ -104,8 +107,6 @@ class Suite:
     def __init__(self, lm, store: ResultsStore, harmful: list[str], harmless: list[str], *, metrics: Sequence[str],
                  judges: Sequence, lengths: Sequence[int] = (24, 128), texts: dict[str, list[str]] | None = None,
                  questions: dict[str, list] | None = None, guard=None, batch_size: int = 16, chunk: int = 64):
-        from refusal_lab.rundir import weights_hash
-
         self.lm, self.store, self.metrics = lm, store, list(metrics)
         self.prompts = {"harmful": harmful, "harmless": harmless}
         self.judges = {judge.name: judge for judge in judges}  # results name judges by .name (llm:<model>)
@@ -233,8 +234,6 @@ class Suite:
         return values
 
     def _perplexity(self, target, docs):
-        from refusal_lab.evaluation.perplexity import text_losses
-
         def values(rows):
             losses = text_losses(self.lm, [docs[i] for i in rows], interventions=target.interventions,
                                  batch_size=self.batch_size)
@@ -242,8 +241,6 @@ class Suite:
         return values
 
     def _instruction_perplexity(self, target, baseline):
-        from refusal_lab.evaluation.perplexity import response_losses
-
         def values(rows):
             harmless, responses = self.prompts["harmless"], self.responses(baseline, "harmless", self.lengths[-1])
             losses = response_losses(self.lm, [harmless[i] for i in rows], [responses[i] for i in rows],
@@ -253,8 +250,6 @@ class Suite:
         return values
 
     def _response_kl(self, target, baseline):
-        from refusal_lab.evaluation.perplexity import response_kl
-
         def values(rows):
             harmless, responses = self.prompts["harmless"], self.responses(baseline, "harmless", self.lengths[-1])
             kl = response_kl(self.lm, [harmless[i] for i in rows], [responses[i] for i in rows],
@@ -263,8 +258,6 @@ class Suite:
         return values
 
     def _choices(self, target, questions):
-        from refusal_lab.evaluation.multiple_choice import choice_logprobs
-
         def values(rows):
             chosen = [questions[i] for i in rows]
             logprobs = choice_logprobs(self.lm, chosen, target.interventions, batch_size=self.batch_size)

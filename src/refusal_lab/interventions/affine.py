@@ -11,7 +11,7 @@ several) and is valid only there:
   sequence — every prompt token and every generated token. Only at ``valid_positions`` does the map do what it
   was fitted to do (e.g. LEACE's equal class means); elsewhere it is an extrapolation.
 
-LEACE. The eraser ``E(h) = h − ((h − b) Rᵀ) Lᵀ`` (:class:`~refusal_lab.directions.leace.AffineEraser`) is fit on
+LEACE. The eraser ``E(h) = h − ((h − b) Rᵀ) Lᵀ`` (:class:`~refusal_lab.fitting.leace.AffineEraser`) is fit on
 residual *states*: the right map at ``resid_pre``. A block's *write* ``Δ`` (``attn_out`` / ``mlp_out``) is a
 difference of states, so it gets the linear part ``Δ ↦ Δ − (Δ Rᵀ) Lᵀ`` (:class:`LinearPart`). With both at layer
 ``j``, the residual after layer ``j`` is ``E_j(h + Δ_attn + Δ_mlp)``: it stays on ``{h : R_j (h − b_j) = 0}``.
@@ -29,7 +29,8 @@ from typing import ClassVar
 import torch
 
 from refusal_lab.interventions.base import Projection
-from refusal_lab.interventions.hooks import SITES, Intervention, Placement, Site
+from refusal_lab.core.vocabulary import SITES, Placement, Site
+from refusal_lab.interventions.hooks import Intervention
 
 
 @dataclass

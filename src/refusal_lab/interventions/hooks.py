@@ -33,19 +33,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
-from refusal_lab.errors import RefusalLabError
+from refusal_lab.core.errors import RefusalLabError
+from refusal_lab.core.vocabulary import PLACEMENTS, SCOPES, SITES, Placement, Site
 from refusal_lab.interventions.base import Transform
-
-Site = Literal["resid_pre", "attn_out", "mlp_out"]
-SITES: tuple[Site, ...] = ("resid_pre", "attn_out", "mlp_out")
-SCOPES = ("layer", "top50", "all")
-Placement = Literal["each", "input", "writes"]
-PLACEMENTS: tuple[Placement, ...] = ("each", "input", "writes")
-FLIP_VARIANTS: tuple[Placement, ...] = ("input", "writes")  # the placements a flip may use, by name
 
 PER_LAYER_FIX = ("fit one per layer: directions.leace.fit_leace_per_layer for LEACE (build_intervention(..., "
                  "erasers=...)), each layer's own training mean for a centred map (build_intervention(..., "

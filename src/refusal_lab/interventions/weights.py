@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from refusal_lab.errors import RefusalLabError
+from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.interventions.base import Projection
 
 

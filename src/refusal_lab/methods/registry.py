@@ -1,7 +1,7 @@
 """The ``Method`` interface and its implementations: DiM, INLP (nullspace), flip, classifier, LEACE, subspace.
 
 A method *fits* candidate artifacts from the train activations (keyed ``(layer, position, k)``) and says, through
-:meth:`Method.plan`, what selection applies to one candidate at one scope (:class:`~refusal_lab.selection.Plan`).
+:meth:`Method.plan`, what selection applies to one candidate at one scope (:class:`~refusal_lab.selection.select.Plan`).
 Everything else — selection, storage, the comparison, baking — is shared.
 
 ========== ======================== ================================ =============================== ============
@@ -26,24 +26,24 @@ from typing import Literal
 
 import torch
 
-from refusal_lab.config import ConfigModel
-from refusal_lab.directions.base import Direction, Provenance
-from refusal_lab.directions.classifier import classifier_direction
-from refusal_lab.directions.dim import dim_candidates
-from refusal_lab.directions.inlp import INLPConfig, inlp_per_layer
-from refusal_lab.directions.leace import fit_leace, fit_leace_per_layer
-from refusal_lab.directions.subspace import stack_subspace
-from refusal_lab.errors import RefusalLabError
-from refusal_lab.methods.artifacts import MethodArtifacts
-from refusal_lab.methods.factory import build_intervention
-from refusal_lab.selection import Plan
+from refusal_lab.core.artifacts import Direction, MethodArtifacts, Provenance
+from refusal_lab.core.config import ConfigModel
+from refusal_lab.core.errors import RefusalLabError
+from refusal_lab.core.vocabulary import ARTIFACT_OF, FlipVariant
+from refusal_lab.fitting.classifier import classifier_direction
+from refusal_lab.fitting.dim import dim_candidates
+from refusal_lab.fitting.inlp import INLPConfig, inlp_per_layer
+from refusal_lab.fitting.leace import fit_leace, fit_leace_per_layer
+from refusal_lab.fitting.subspace import stack_subspace
+from refusal_lab.interventions.factory import build_intervention
+from refusal_lab.selection.select import Plan
 
 
 class MethodsConfig(ConfigModel):
     """The methods' own settings (``[methods]`` in a run config)."""
 
     flip_alpha: float = 2.0
-    flip_variant: Literal["input", "writes"] = "input"
+    flip_variant: FlipVariant = "input"
     center: bool = False  # nullspace / flip through the training mean (per-layer fits at multi-layer scopes)
     subspace_k: int = 4
     inlp_max_iterations: int = 20
@@ -153,22 +153,18 @@ class Method:
     name: str = ""
     fitted_by: str = ""  # the method whose fit provides the candidates (flip reuses INLP's)
     inlp_derived: bool = False
-    kind: str = ""  # the intervention kind (refusal_lab.methods.factory) that applies the artifact
+    kind: str = ""  # the intervention kind (refusal_lab.interventions.factory) that applies the artifact
 
     def fit(self, ctx: FitContext, config: MethodsConfig) -> dict[tuple, object]:
         raise NotImplementedError
 
     def build(self, kind: str, artifact, layer: int | None, scope: str, env: PlanEnv, **params):
-        return build_intervention(kind, MethodArtifacts(**{_SLOT[kind]: artifact}), layer=layer, scope=scope,
+        return build_intervention(kind, MethodArtifacts(**{ARTIFACT_OF[kind]: artifact}), layer=layer, scope=scope,
                                   n_layers=env.n_layers, ranked_layers=env.ranked_layers, **params)
 
     def plan(self, artifact, layer: int | None, scope: str, env: PlanEnv) -> Plan:
         ivs = self.build(self.kind, artifact, layer, scope, env)
         return Plan(bypass=ivs, kl=ivs)
-
-
-_SLOT = {"ablate": "dim", "actadd": "dim", "nullspace": "inlp", "flip": "inlp", "rank-k": "inlp", "leace": "leace",
-         "subspace": "subspace", "classifier-actadd": "classifier"}
 
 
 class DiM(Method):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from refusal_lab.errors import RefusalLabError
+from refusal_lab.core.errors import RefusalLabError
 
 _SENTINEL = "\u2063INSTRUCTION\u2063"
 

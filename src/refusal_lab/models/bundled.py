@@ -20,7 +20,7 @@ from pathlib import Path
 
 from rich.progress import Progress
 
-from refusal_lab.errors import RefusalLabError
+from refusal_lab.core.errors import RefusalLabError
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from refusal_lab.errors import RefusalLabError
+from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.models.adapters import Adapter, adapter_for
 from refusal_lab.models.bundled import BUNDLED, cache_dir, convert_gguf, ensure_cached
 

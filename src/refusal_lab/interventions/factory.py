@@ -1,0 +1,169 @@
+"""The intervention factory: one intervention kind and a method's artifact → hooks (see :func:`build_intervention`).
+
+Every map acts on residual-stream row vectors ``h [..., d]`` from the right: a projection onto the orthogonal
+complement of the orthonormal rows ``V [k, d]`` is ``h ↦ h − α (h Vᵀ) V = h P_α``, ``P = I − VᵀV``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from refusal_lab.core.artifacts import AffineEraser, MethodArtifacts
+from refusal_lab.core.errors import RefusalLabError
+from refusal_lab.core.vocabulary import (
+    ADDITIVE_KINDS,
+    ARTIFACT_OF,
+    CENTERABLE_KINDS,
+    DEFAULT_SCOPE,
+    DEFAULT_SITES,
+    check_kind,
+)
+from refusal_lab.interventions.affine import CenteredProjection, centered_interventions, eraser_interventions
+from refusal_lab.interventions.base import Addition, Projection
+from refusal_lab.core.vocabulary import FLIP_VARIANTS, SCOPES, SITES
+from refusal_lab.interventions.hooks import Intervention, scope_layers
+from refusal_lab.interventions.weights import orthogonalize_weights
+
+
+def _finite(name: str, value: float) -> float:
+    if not math.isfinite(value):
+        raise RefusalLabError(f"--{name} must be a finite number, got {value}")
+    return float(value)
+
+
+def build_intervention(kind: str, artifacts: MethodArtifacts, layer: int | None = None, scope: str | None = None,
+                       sites: Sequence[str] | None = None, alpha: float | None = None, k: int | None = None,
+                       scale: float | None = None, ranked_layers: Sequence[int] | None = None,
+                       n_layers: int | None = None, center: bool = False, *, flip_variant: str | None = None,
+                       erasers: Mapping[int, AffineEraser] | None = None,
+                       centers: Mapping[int, torch.Tensor] | None = None,
+                       center_positions: Sequence[int] | None = None) -> list[Intervention]:
+    """The hooks for one intervention kind (the single factory behind the CLI, selection and the comparison).
+
+    ``kind``: ``none`` → ``[]``; ``ablate`` → ``Projection(r̂_DiM)``; ``actadd`` → ``Addition(v_DiM, scale)``;
+    ``nullspace`` → ``Projection(V, 1)``; ``flip`` → ``Projection(V, alpha)`` (default α = 2); ``rank-k`` →
+    ``Projection(V_k)`` (default k = 1); ``leace`` → per scoped layer, that layer's affine eraser at ``resid_pre``
+    and its linear part at the write sites (:mod:`refusal_lab.interventions.affine`); ``subspace`` →
+    ``Projection(QR basis)`` (leading k rows when ``k`` is given); ``classifier-actadd`` → ``Addition(v_clf,
+    scale)`` with ``‖v_clf‖ = ‖v_DiM‖``. ``scale`` (default 1) signs ActAdd: > 0 induces refusal, < 0 bypasses it.
+
+    ``layer`` defaults to the artifact's extraction layer. ``scope`` (``layer``/``top50``/``all``; default ``all``
+    for ablate and subspace, as in the seed pipeline, else ``layer``) expands it via
+    :func:`~refusal_lab.interventions.hooks.scope_layers` with ``ranked_layers`` (default: recorded with the
+    artifacts). ``sites`` default: ``resid_pre`` for the ActAdd kinds and the ``input`` flip, all three otherwise.
+
+    ``flip_variant`` (flip only; default ``input``; recorded in the name, ``flip(alpha=2,variant=input)``):
+    ``input`` reflects the residual stream once, at ``resid_pre`` of the first scoped layer, and nothing else;
+    ``writes`` also reflects every ``attn_out`` / ``mlp_out`` write of the scoped layers (so it also negates the
+    model's response to the reflected state). They differ at every scope, ``layer`` included.
+
+    ``center=True`` (nullspace, flip, rank-k): project / reflect through a training mean ``c``, ``h ↦ c + (h −
+    c) P_α`` (:class:`~refusal_lab.interventions.affine.CenteredProjection`), instead of through the origin. On
+    the 0.5B model the linear flip moved harmless activations *away* from the harmful cluster (span(V) holds ~20 %
+    of the activations' common offset); the centred flip swaps the clusters.
+
+    Affine maps are placed only at the layer they were fitted at (else a ``RefusalLabError``): ``leace`` uses
+    ``erasers[j]`` (:func:`~refusal_lab.fitting.leace.fit_leace_per_layer`) at each scoped layer ``j`` that has
+    one (a layer without one has nothing to erase and is left alone), else the artifact's eraser, which fits only
+    its own layer. A centred map uses ``centers[j]`` (each layer's own training
+    mean, e.g. :func:`~refusal_lab.fitting.leace.per_layer_means`; ``center_positions``: the positions they
+    were taken at, recorded as ``valid_positions``), else the artifact's recorded centre at its own layer. Centred
+    nullspace / rank-k need a centre at every scoped layer, a centred flip at the first scoped layer only.
+    """
+    kind = check_kind(kind)
+    if kind == "none":
+        return []
+    artifact = artifacts.get(ARTIFACT_OF[kind])
+    scope = scope or DEFAULT_SCOPE.get(kind, "layer")
+    if scope not in SCOPES:
+        raise RefusalLabError(f"unknown scope {scope!r}; scopes are {', '.join(SCOPES)}")
+    if flip_variant is not None and kind != "flip":
+        raise RefusalLabError(f"flip_variant applies to flip only, not {kind}")
+    variant = flip_variant or "input"
+    if variant not in FLIP_VARIANTS:
+        raise RefusalLabError(f"unknown flip variant {variant!r}; variants are {', '.join(FLIP_VARIANTS)}")
+    placement = variant if kind == "flip" else "each"
+    default_sites = ("resid_pre",) if placement == "input" else DEFAULT_SITES.get(kind, SITES)
+    sites = tuple(sites) if sites else default_sites
+    bad = [s for s in sites if s not in SITES]
+    if bad:
+        raise RefusalLabError(f"unknown site(s) {bad}; sites are {', '.join(SITES)}")
+    sites = tuple(dict.fromkeys(sites))
+    n_layers = n_layers or artifacts.n_layers()
+    if n_layers is None and scope == "all":
+        raise RefusalLabError("scope 'all' needs the model's number of layers (n_layers)")
+    if layer is None:
+        layer = artifact.provenance.layer
+        if layer is None and kind == "subspace":
+            layer = (artifact.provenance.extra.get("layers") or [None])[0]
+        if layer is None and scope == "layer":
+            raise RefusalLabError(f"the {kind} artifact records no layer; pass one (--layer) or use --scope all")
+    if n_layers is not None and layer is not None and not 0 <= layer < n_layers:
+        raise RefusalLabError(f"layer {layer} is out of range for a model with {n_layers} layers")
+    ranked = list(ranked_layers) if ranked_layers is not None else artifacts.ranked_layers()
+    layers = tuple(sorted(scope_layers(scope, layer if layer is not None else 0, n_layers or 0, ranked)))
+
+    if center and kind not in CENTERABLE_KINDS:
+        raise RefusalLabError(f"center applies to nullspace, flip and rank-k, not {kind}")
+    if centers is not None and not center:
+        raise RefusalLabError("centers= gives the centres of a centred map; pass center=True with it")
+    if erasers is not None and kind != "leace":
+        raise RefusalLabError(f"erasers= applies to leace only, not {kind}")
+
+    def centred(basis: torch.Tensor, a: float, j: int) -> CenteredProjection:
+        """Layer j's own centre if given, else the artifact's (fitted at its layer; refused elsewhere)."""
+        if centers is not None and j in centers:
+            positions = None if center_positions is None else tuple(center_positions)
+            return CenteredProjection(basis, a, centers[j].float(), j, positions)
+        recorded, p = artifact.provenance.extra.get("center"), artifact.provenance
+        if recorded is None:
+            raise RefusalLabError("this INLP artifact records no centre (training mean); re-extract it with "
+                                  "`refusal-lab extract --method inlp` or pass centers= to use center=True")
+        return CenteredProjection(basis, a, torch.tensor(recorded, dtype=torch.float32), p.layer,
+                                  None if p.position is None else (p.position,))
+
+    def projection(basis: torch.Tensor, a: float, name: str) -> list[Intervention]:
+        if center:
+            maps = {j: centred(basis, a, j) for j in (layers if placement == "each" else layers[:1])}
+            return centered_interventions(maps, layers, sites, placement, name=f"centered-{name}")
+        return [Intervention(Projection(basis, a), layers=layers, sites=sites, name=name, placement=placement)]
+
+    if kind == "ablate":
+        return projection(artifact.unit[None, :], 1.0, "ablation")
+    if kind in ADDITIVE_KINDS:
+        s = _finite("scale", 1.0 if scale is None else scale)
+        return [Intervention(Addition(artifact.vector, s), layers=layers, sites=sites, name=f"{kind}({s:+g})")]
+    if kind == "nullspace":
+        return projection(artifact.basis, 1.0, "nullspace")
+    if kind == "flip":
+        a = _finite("alpha", 2.0 if alpha is None else alpha)
+        return projection(artifact.basis, a, f"flip(alpha={a:g},variant={variant})")
+    if kind == "rank-k":
+        kk = 1 if k is None else k
+        return projection(artifact.truncate(kk).basis, 1.0, f"rank-{kk}")
+    if kind == "subspace":
+        basis = artifact.basis if k is None else artifact.truncate(k).basis
+        return projection(basis, 1.0, f"subspace(k={basis.shape[0]})")
+    if kind == "leace":
+        chosen = {j: artifact for j in layers} if erasers is None else {j: erasers[j] for j in layers if j in erasers}
+        if not chosen:
+            raise RefusalLabError(f"no LEACE eraser was fitted at any of layers {list(layers)}")
+        return eraser_interventions(chosen, sites)
+    raise AssertionError(kind)  # pragma: no cover
+
+
+def bake(lm, interventions: Sequence[Intervention]) -> None:
+    """Bake a factory-built idempotent projection at every layer and site into the weights (see
+    :func:`~refusal_lab.interventions.weights.orthogonalize_weights`); anything else is a clear error."""
+    single = len(interventions) == 1 and isinstance(interventions[0].transform, Projection)
+    if not single or not interventions[0].transform.idempotent or interventions[0].placement != "each":
+        raise RefusalLabError("only a single projection (ablate, nullspace, rank-k, subspace) can be baked into "
+                              "weights; flips, ActAdd and LEACE must be applied with hooks")
+    intervention = interventions[0]
+    if intervention.layers != tuple(range(lm.n_layers)) or set(intervention.sites) != set(SITES):
+        raise RefusalLabError("baking into weights is equivalent to the projection at every layer and site only; "
+                              "build the intervention with scope 'all' and all sites")
+    orthogonalize_weights(lm, intervention.transform)

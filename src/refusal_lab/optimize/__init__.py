@@ -1,1 +1,0 @@
-"""Automatic abliteration: a refusal × KL Pareto search (``optimize``) and the export of one trial."""

@@ -1,0 +1,100 @@
+"""Where a run directory keeps each method's artifacts, and what each intervention kind reads.
+
+    RUN_DIR/methods/<fit>/candidates/lLLL_pP.*      a fitted candidate (layer, negative position; ``kK`` for k)
+    RUN_DIR/methods/<fit>/fit.json                   the fit finished (stage marker)
+    RUN_DIR/methods/<method>/selection-<scope>.csv   every candidate at that scope, scores and status, best first
+    RUN_DIR/methods/<method>/selection-<scope>.json  the selection finished (stage marker): chosen row, timings
+    RUN_DIR/methods/<method>/chosen-<scope>.*        the chosen artifact (scores in ``provenance.extra["selection"]``)
+    RUN_DIR/ranking.json                             DiM's layer ranking, best first (``top50``, subspace stacking)
+
+``<fit>`` is the method whose fit provides the candidates (``flip`` reuses ``inlp``'s).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from refusal_lab.core.artifacts import MethodArtifacts, load_artifact
+from refusal_lab.methods.registry import get_method
+
+CLOSEST = "closest: no candidate passed the filters"
+
+
+def methods_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "methods"
+
+
+def candidate_stem(root: Path, layer: int | None, position: int | None, k: int | None = None) -> Path:
+    """Where a fit (``root = RUN_DIR/methods/<fit>``) keeps its candidate ``(layer, position, k)``."""
+    name = f"k{k:03d}" if layer is None else f"l{layer:03d}_p{position}"
+    return root / "candidates" / name
+
+
+def save_candidates(root: Path, candidates: dict[tuple, object]) -> None:
+    for (layer, position, k), artifact in candidates.items():
+        artifact.save(candidate_stem(root, layer, position, k))
+
+
+def load_candidates(root: Path, hidden_size: int | None = None) -> dict[tuple, object]:
+    found = {}
+    for meta in sorted((root / "candidates").glob("*.json")):
+        artifact = load_artifact(meta, hidden_size=hidden_size)
+        p = artifact.provenance
+        k = int(meta.stem[1:]) if meta.stem.startswith("k") else None
+        found[(p.layer if k is None else None, p.position if k is None else None, k)] = artifact
+    return found
+
+
+def chosen_stem(run_dir: str | Path, method: str, scope: str) -> Path:
+    return methods_dir(run_dir) / method / f"chosen-{scope}"
+
+
+def selection_marker(run_dir: str | Path, method: str, scope: str) -> Path:
+    return methods_dir(run_dir) / method / f"selection-{scope}.json"
+
+
+def load_chosen(run_dir: str | Path, method: str, scope: str, hidden_size: int | None = None,
+                closest: bool = False):
+    """The artifact ``method`` chose at ``scope``; with ``closest``, where its selection chose nothing, its
+    best-bypass candidate marked ``provenance.extra["selection"]["status"] = CLOSEST``. None if neither exists."""
+    stem = chosen_stem(run_dir, method, scope)
+    if stem.with_suffix(".json").exists():
+        return load_artifact(stem, hidden_size=hidden_size)
+    marker = selection_marker(run_dir, method, scope)
+    if not closest or not marker.exists():
+        return None
+    record = json.loads(marker.read_text()).get("closest")
+    if record is None:
+        return None
+    fit_root = methods_dir(run_dir) / get_method(method).fitted_by
+    artifact = load_artifact(candidate_stem(fit_root, record["layer"], record["position"], record["k"]), hidden_size)
+    artifact.provenance.extra["selection"] = {**record, "status": CLOSEST}
+    return artifact
+
+
+def load_artifacts(run_dir: str | Path, scope: str, hidden_size: int | None = None,
+                   names: Sequence[str] | None = None, closest: bool = False) -> MethodArtifacts:
+    """The chosen artifact of each method (``names``, default all) at ``scope``; missing ones stay None."""
+    artifacts = MethodArtifacts(source=str(run_dir))
+    for name in names or ("dim", "inlp", "flip", "classifier", "leace", "subspace"):
+        setattr(artifacts, name, load_chosen(run_dir, name, scope, hidden_size, closest))
+    return artifacts
+
+
+def selected_scopes(run_dir: str | Path, method: str) -> list[str]:
+    """The scopes ``method`` was selected at in ``run_dir`` (finished selections only)."""
+    root = methods_dir(run_dir) / method
+    return sorted(p.stem.removeprefix("selection-") for p in root.glob("selection-*.json"))
+
+
+def chosen_for_scope(run_dir: str | Path, method: str, scope: str, hidden_size: int | None = None):
+    """``(artifact, selected_at)``: what ``method`` chose at ``scope``, else at its first selected scope, else (a
+    selection that chose nothing) its closest candidate; ``(None, None)`` if it was never selected."""
+    scopes = selected_scopes(run_dir, method)
+    for at in ([scope] if scope in scopes else []) + scopes:
+        artifact = load_chosen(run_dir, method, at, hidden_size, closest=True)
+        if artifact is not None:
+            return artifact, at
+    return None, None

@@ -1,0 +1,47 @@
+"""The rule that scores come only from rows no extraction, selection or search has seen, enforced in one place:
+:func:`refusal_lab.pipeline.comparison.eval_prompts`, which both ``compare`` and ``evaluate`` take their prompts from.
+
+What counts as seen: every train and validation prompt of the run's splits (``RUN_DIR/splits.json``), plus every
+prompt a search listed in ``RUN_DIR/seen/*.json`` (a JSON list of prompt texts, written by any step that chooses
+something from prompts). Texts are compared case- and whitespace-insensitively.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from refusal_lab.core.errors import RefusalLabError
+from refusal_lab.core.io import write_json
+from refusal_lab.data import Splits
+from refusal_lab.data.prompts import text_key
+
+
+def seen_prompts(splits: Splits | None, run_dir: str | Path | None = None) -> set[str]:
+    """Normalised texts of every prompt that extraction, selection or a search used (``splits`` None: a run with no
+    splits, such as an ``optimize`` run, whose searches list everything they saw in ``RUN_DIR/seen``)."""
+    seen = set() if splits is None else {text_key(p.text) for name in ("train_harmful", "train_harmless",
+                                                                        "val_harmful", "val_harmless")
+                                         for p in getattr(splits, name)}
+    if run_dir is not None:
+        for path in sorted((Path(run_dir) / "seen").glob("*.json")):
+            seen |= {text_key(text) for text in json.loads(path.read_text())}
+    return seen
+
+
+def record_seen(run_dir: str | Path, step: str, prompts: Iterable[str]) -> Path:
+    """Record that ``step`` (a search, a selection) chose something using ``prompts``."""
+    path = Path(run_dir) / "seen" / f"{step}.json"
+    write_json(path, sorted(set(prompts)))
+    return path
+
+
+def require_unseen(prompts: Sequence[str], seen: set[str], what: str) -> None:
+    """Raise :class:`RefusalLabError` if any of ``prompts`` was seen by extraction, selection or a search."""
+    overlap = [p for p in prompts if text_key(p) in seen]
+    if overlap:
+        example = overlap[0] if len(overlap[0]) <= 60 else overlap[0][:57] + "..."
+        raise RefusalLabError(f"{len(overlap)} of the {len(prompts)} {what} were used to extract, select or search "
+                              f"(e.g. {example!r}); scores must come from held-out rows: evaluate on the run's test "
+                              "split (--eval-set test) or the generic held-out set")
