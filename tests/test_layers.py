@@ -154,7 +154,8 @@ def test_the_checks_catch_a_deliberate_violation(tmp_path):
         "cli/app.py": "",
     })
     graph, hidden = import_graph(root)
-    assert violations(graph) == ["refusal_lab.core.low (layer 0) imports refusal_lab.pipeline.high (layer 4)"]
+    assert violations(graph) == ["refusal_lab.core.low (layer 0) imports refusal_lab.pipeline.high (layer 4)",
+                                 "refusal_lab.pipeline.high (layer 4) imports refusal_lab.cli.app (layer 5)"]
     assert hidden == ["refusal_lab.pipeline.high:4 from refusal_lab.cli import app"]
     assert cycle(graph) == ["refusal_lab.core.low", "refusal_lab.pipeline.high", "refusal_lab.core.low"]
     assert cycle(package_graph(graph)) == ["core", "pipeline", "core"]

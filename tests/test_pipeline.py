@@ -11,6 +11,7 @@ import torch
 from conftest import invoke_cli as invoke
 from conftest import tiny_model
 
+from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.core.artifacts import Provenance
 from refusal_lab.fitting.inlp import INLPConfig, fit_inlp
 from refusal_lab.methods.registry import MethodsConfig
@@ -350,10 +351,11 @@ def test_evaluate_scores_an_intervention_beside_its_controls_and_resumes(extract
 def test_llm_judge_can_grade_with_its_own_refusal_direction_ablated(extracted_run, model_dir):
     from refusal_lab.evaluation.llm_judge import LlmJudge
     from refusal_lab.models.load import load_model
+    from refusal_lab.pipeline.judging import RunAblation
 
     lm = load_model(str(model_dir), dtype="float32")
     plain = LlmJudge(model=lm, cache=False)
-    ablated = LlmJudge(model=lm, cache=False, ablate_run=extracted_run)
+    ablated = LlmJudge(model=lm, cache=False, ablation=RunAblation(extracted_run))
     assert plain.fingerprint != ablated.fingerprint and plain.interventions == []
     (iv,) = ablated.interventions
     chosen = load_chosen(extracted_run, "dim", "all", D)
@@ -369,22 +371,22 @@ def test_llm_judge_can_grade_with_its_own_refusal_direction_ablated(extracted_ru
 def test_default_llm_judge_ablates_its_own_direction_extracted_once(model_dir, tmp_path, monkeypatch):
     import hashlib
 
-    import refusal_lab.evaluation.llm_judge as llm_judge
-    from refusal_lab.pipeline.judging import make_judge
+    import refusal_lab.pipeline.judging as judging
+    from refusal_lab.evaluation.llm_judge import LlmJudge
     from refusal_lab.models.load import load_model
     from refusal_lab.pipeline.experiment import RunConfig
+    from refusal_lab.pipeline.judging import RunAblation, make_judge
 
     monkeypatch.setenv("REFUSAL_LAB_CACHE", str(tmp_path / "cache"))
     config = RunConfig.model_validate(json.loads(_config(tmp_path / "c.json").read_text())
                                       | {"model": str(model_dir), "extract_methods": ["dim"],
                                          "selection": {**LOOSE, "scopes": ["all"], "finalists": 4}})
-    real_judge_run = llm_judge.judge_run
-    monkeypatch.setattr(llm_judge, "judge_run", lambda lm: real_judge_run(lm, config))
     lm = load_model(str(model_dir), dtype="float32")
-    auto = llm_judge.LlmJudge(model=lm, cache=False, ablate_run="auto")
-    assert auto.name.endswith("-ablated")
+    resolver = RunAblation("auto", config)
+    auto = LlmJudge(model=lm, cache=False, ablation=resolver)
+    assert auto.name.endswith("-ablated") and resolver.run_dir is None  # nothing extracted before first use
     auto.fingerprint
-    run = auto.ablate_run
+    run = resolver.run_dir
     assert run.parent == tmp_path / "cache" / "judge-runs" and (run / "methods" / "dim" / "chosen-all.json").exists()
     files = sorted((run / "methods" / "dim").rglob("*.safetensors"))
     assert auto.ablation[1] == hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
@@ -392,14 +394,16 @@ def test_default_llm_judge_ablates_its_own_direction_extracted_once(model_dir, t
     assert iv.layers == tuple(range(lm.n_layers))
     assert torch.allclose(iv.transform.basis[0].float(), load_chosen(run, "dim", "all", D).unit.float(), atol=1e-6)
     # the same judge as passing that run by hand; a second use reuses it instead of extracting again
-    assert llm_judge.LlmJudge(model=lm, cache=False, ablate_run=run).fingerprint == auto.fingerprint
-    monkeypatch.setattr("refusal_lab.pipeline.experiment.run_extract", lambda *a, **k: pytest.fail("extracted again"))
-    assert real_judge_run(lm, config) == run
+    assert LlmJudge(model=lm, cache=False, ablation=RunAblation(run)).fingerprint == auto.fingerprint
+    monkeypatch.setattr(judging, "run_extract", lambda *a, **k: pytest.fail("extracted again"))
+    assert judging.judge_run(lm, config) == run
     # make_judge: ablated by default, plain with "none", an endpoint is graded as it is
     assert make_judge(f"llm:{model_dir}", cache=False).name.endswith("-ablated")
     assert not make_judge(f"llm:{model_dir}", cache=False, ablate_run="none").name.endswith("-ablated")
     endpoint = make_judge("llm:some-model", url="http://127.0.0.1:9", cache=False)
-    assert endpoint.ablate_run is None and endpoint.name == "llm:some-model"
+    assert endpoint.ablation is None and endpoint.name == "llm:some-model"
+    with pytest.raises(RefusalLabError, match="no DiM direction selected at scope all"):
+        RunAblation(tmp_path)  # a run given by hand is checked at once
 
 
 @pytest.mark.parametrize("recorded, expected", [(2.0, 2.0), (math.nan, 1.0), (None, 1.0)])

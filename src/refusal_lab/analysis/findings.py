@@ -1,4 +1,4 @@
-"""The seven findings of DESIGN.md, decided from one model's :class:`~refusal_lab.analysis.evidence.ModelEvidence`.
+"""The seven findings of the seed study, decided from one model's :class:`~refusal_lab.analysis.evidence.ModelEvidence`.
 
 Every finding is a conjunction of *parts*; a part is True (shown), False (contradicted) or None (its rows are missing,
 or its 95 % interval straddles the threshold). Verdict: "supported" when every part is True, "not supported" when any
