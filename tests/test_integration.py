@@ -46,20 +46,25 @@ def test_real_template_positions_and_refusal_tokens(lm):
     assert [lm.tokenizer.decode([i]) for i in lm.refusal_token_ids] == ["I", "As"]
 
 
+def model_in(dtype: str, lm, request):
+    """The bundled 0.5B in ``dtype``: the module's ``lm``, its float32 twin ``lm32``, or a fresh load."""
+    from refusal_lab.models import load_model
+
+    if lm.dtype == getattr(torch, dtype):
+        return lm
+    if dtype == "float32":
+        return request.getfixturevalue("lm32")
+    return load_model(SMALLEST_MODEL, dtype=dtype)
+
+
 @pytest.mark.parametrize("dtype, tolerance", [("bfloat16", 8 * BF16_U), ("float32", 1e-4)])
 def test_real_model_batched_activations_match_one_by_one(lm, request, dtype, tolerance):
     """Left padding changes nothing but rounding (other matmul shapes, other summation orders). Measured with
     transformers 5.19.0: bf16 1.1 % (~3 u), float32 1.7e-6 (~30 u, u = 2^-24); the bounds are 8 u for bf16 and
     1e-4 (~1,700 u) for float32, the same as for the weight edit below."""
     from refusal_lab.models.activations import collect_activations
-    from refusal_lab.models import load_model
 
-    if lm.dtype == getattr(torch, dtype):
-        model = lm
-    elif dtype == "float32":
-        model = request.getfixturevalue("lm32")
-    else:
-        model = load_model(SMALLEST_MODEL, dtype=dtype)
+    model = model_in(dtype, lm, request)
     batched = collect_activations(model, HARMFUL, batch_size=4, use_cache=False).acts.float()
     singles = torch.cat([collect_activations(model, [p], batch_size=1, use_cache=False).acts for p in HARMFUL]).float()
     relative = (batched - singles).norm(dim=-1) / singles.norm(dim=-1)
@@ -121,14 +126,8 @@ def test_weight_orthogonalization_matches_hooks_on_real_model(lm, request, dtype
 
     from refusal_lab.interventions import Projection, orthogonalize_weights
     from refusal_lab.interventions.hooks import apply_interventions
-    from refusal_lab.models import load_model
 
-    if lm.dtype == getattr(torch, dtype):
-        model = lm
-    elif dtype == "float32":
-        model = request.getfixturevalue("lm32")
-    else:
-        model = load_model(SMALLEST_MODEL, dtype=dtype)
+    model = model_in(dtype, lm, request)
     unit = torch.nn.functional.normalize(torch.randn(model.hidden_size, generator=torch.Generator().manual_seed(1)),
                                          dim=0)
     batch = model.tokenize(HARMFUL[:2])
