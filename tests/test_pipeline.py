@@ -402,6 +402,8 @@ def test_default_llm_judge_ablates_its_own_direction_extracted_once(model_dir, t
     assert not make_judge(f"llm:{model_dir}", cache=False, ablate_run="none").name.endswith("-ablated")
     endpoint = make_judge("llm:some-model", url="http://127.0.0.1:9", cache=False)
     assert endpoint.ablation is None and endpoint.name == "llm:some-model"
+    with pytest.raises(RefusalLabError, match="needs a local judge model"):  # a run given by hand: refused
+        make_judge("llm:some-model", url="http://127.0.0.1:9", cache=False, ablate_run=run)
     with pytest.raises(RefusalLabError, match="no DiM direction selected at scope all"):
         RunAblation(tmp_path)  # a run given by hand is checked at once
 

@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from refusal_lab.core.errors import RefusalLabError
+from refusal_lab.core.vocabulary import METHOD_NAMES
 
 
 @dataclass(frozen=True)
@@ -224,7 +225,8 @@ class AffineEraser:
 
 @dataclass
 class MethodArtifacts:
-    """Artifacts by method name (any may be missing); what :func:`~refusal_lab.methods.build_intervention` reads.
+    """Artifacts by method name (any may be missing); what
+    :func:`~refusal_lab.interventions.factory.build_intervention` reads.
     ``flip`` falls back to ``inlp`` (both are INLP subspaces)."""
 
     dim: Direction | None = None
@@ -247,14 +249,14 @@ class MethodArtifacts:
 
     def ranked_layers(self) -> list[int]:
         """DiM-ranked layers (best first) recorded with any artifact present, for the ``top50`` scope."""
-        for name in ("dim", "inlp", "flip", "classifier", "leace", "subspace"):
+        for name in METHOD_NAMES:
             artifact = getattr(self, name)
             if artifact is not None and artifact.provenance.extra.get("ranked_layers"):
                 return list(artifact.provenance.extra["ranked_layers"])
         return []
 
     def n_layers(self) -> int | None:
-        for name in ("dim", "inlp", "flip", "classifier", "leace", "subspace"):
+        for name in METHOD_NAMES:
             artifact = getattr(self, name)
             if artifact is not None and artifact.provenance.extra.get("n_layers"):
                 return int(artifact.provenance.extra["n_layers"])

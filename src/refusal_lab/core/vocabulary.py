@@ -17,7 +17,6 @@ ARTIFACT_OF: dict[str, str] = {"ablate": "dim", "actadd": "dim", "nullspace": "i
                                "classifier-actadd": "classifier"}
 ADDITIVE_KINDS: tuple[str, ...] = ("actadd", "classifier-actadd")  # h + s·v: scaled, signed, never baked
 CENTERABLE_KINDS: tuple[str, ...] = ("nullspace", "flip", "rank-k")  # may act about the training mean
-BAKEABLE_KINDS: tuple[str, ...] = ("ablate", "nullspace", "rank-k", "subspace")  # idempotent: a weight edit
 
 MethodName = Literal["dim", "inlp", "flip", "classifier", "leace", "subspace"]
 METHOD_NAMES: tuple[str, ...] = get_args(MethodName)

@@ -21,7 +21,7 @@ def make_judge(spec: str, url: str | None = None, api_key_env: str = "REFUSAL_LA
     ``llama-guard:<model>`` or ``shieldgemma:<model>`` (the format follows the prefix, or for ``guard`` the model
     name: ShieldGemma if it contains "shieldgemma", else Llama Guard 3). ``cache``: the default judgement cache
     (``True``), a directory, or none (``False``). ``url`` and ``ablation`` concern the local llm judge only; other
-    specs ignore them (an endpoint judge is graded as it is), so one call serves a list of judge specs.
+    specs ignore them, so one call serves a list of judge specs (an endpoint judge given an ablation is refused).
     ``ablation``: the judge model's own refusal ablation (:data:`~refusal_lab.evaluation.llm_judge.Ablation`);
     the pipeline arranges it from a run directory (:func:`refusal_lab.pipeline.judging.make_judge`)."""
     kind, _, model = spec.partition(":")
@@ -31,7 +31,7 @@ def make_judge(spec: str, url: str | None = None, api_key_env: str = "REFUSAL_LA
         return MarkerJudge()
     if kind == "llm":
         if url:
-            return LlmJudge(model=model or None, url=url, api_key_env=api_key_env, cache=cache)
+            return LlmJudge(model=model or None, url=url, api_key_env=api_key_env, cache=cache, ablation=ablation)
         return LlmJudge(model=model or DEFAULT_JUDGE_MODEL, dtype=dtype, device=device, cache=cache,
                         ablation=ablation)
     if kind in GUARD_PREFIXES and model:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from refusal_lab.core.artifacts import MethodArtifacts, load_artifact
+from refusal_lab.core.vocabulary import METHOD_NAMES
 from refusal_lab.methods.registry import get_method
 
 CLOSEST = "closest: no candidate passed the filters"
@@ -78,7 +79,7 @@ def load_artifacts(run_dir: str | Path, scope: str, hidden_size: int | None = No
                    names: Sequence[str] | None = None, closest: bool = False) -> MethodArtifacts:
     """The chosen artifact of each method (``names``, default all) at ``scope``; missing ones stay None."""
     artifacts = MethodArtifacts(source=str(run_dir))
-    for name in names or ("dim", "inlp", "flip", "classifier", "leace", "subspace"):
+    for name in names or METHOD_NAMES:
         setattr(artifacts, name, load_chosen(run_dir, name, scope, hidden_size, closest))
     return artifacts
 

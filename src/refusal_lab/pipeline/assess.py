@@ -1,7 +1,8 @@
 """Held-out scores of an ``optimize`` run's trials, beside the validation scores the search chose them by.
 
 Harmful: the fixed held-out AdvBench slice; harmless: the fixed held-out generic requests
-(:mod:`refusal_lab.data.sources`) through :func:`refusal_lab.pipeline.comparison.eval_prompts`, so the same held-out rule
+(:mod:`refusal_lab.data.sources`) through :func:`refusal_lab.pipeline.comparison.eval_prompts`, so the same
+held-out rule
 checks them against every prompt the search saw (``RUN_DIR/seen``). Refusals:
 greedy completions of ``max_new_tokens`` judged by the run's judge (heretic's markers by default); KL: mean
 first-token ``KL(p_base ‖ p_trial)`` on the harmless requests, as in the search.

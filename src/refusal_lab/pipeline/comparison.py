@@ -38,6 +38,7 @@ from refusal_lab.core.io import read_json, write_csv, write_json
 from refusal_lab.core.vocabulary import (
     ADDITIVE_KINDS,
     ARTIFACT_OF,
+    CENTERABLE_KINDS,
     FLIP_VARIANTS,
     KINDS,
     SCOPES,
@@ -199,7 +200,7 @@ def plan_conditions(run_dir: Path, config: CompareConfig, n_layers: int, hidden_
 
     for kind in config.kinds:
         scopes = config.actadd_scopes if kind in ADDITIVE_KINDS else config.scopes
-        centers_for = [False, True] if config.center_variants and kind in ("nullspace", "flip", "rank-k") else [False]
+        centers_for = [False, True] if config.center_variants and kind in CENTERABLE_KINDS else [False]
         for scope in scopes:
             artifact, selected_at = chosen_for_scope(run_dir, ARTIFACT_OF[kind], scope, hidden_size)
             if artifact is None:

@@ -1,7 +1,8 @@
 """Extraction: fit every requested method on the train activations and select each at every configured scope.
 
 One path for every method (DiM included): ``fit`` → candidates saved under ``RUN_DIR/methods/<fit>/`` →
-:func:`refusal_lab.selection.select.select` at each scope of ``config.selection.scopes`` → ``chosen-<scope>.*``. DiM runs
+:func:`refusal_lab.selection.select.select` at each scope of ``config.selection.scopes`` → ``chosen-<scope>.*``.
+DiM runs
 first: its ranking (``RUN_DIR/ranking.json``) orders the ``top50`` scope and the subspace stack. Every stage writes
 its marker last, so an interrupted run resumes at the stage in flight; layout in :mod:`refusal_lab.pipeline.artifacts`.
 """

@@ -61,7 +61,8 @@ def make_judge(spec: str, url: str | None = None, api_key_env: str = "REFUSAL_LA
                ablate_run: str | Path | None = "auto") -> Judge:
     """:func:`refusal_lab.evaluation.judging.make_judge` with the local llm judge's ablation taken from
     ``ablate_run``: a run directory of the judge's own model, ``"auto"`` (default: :func:`judge_run`), or
-    ``"none"`` / None (no ablation). An endpoint judge is graded as it is."""
-    wanted = spec.partition(":")[0] == "llm" and not url and ablate_run not in (None, "none")
+    ``"none"`` / None (no ablation). An endpoint judge is graded as it is under ``"auto"``; given a run it is
+    refused (the ablation needs the judge's weights)."""
+    wanted = spec.partition(":")[0] == "llm" and ablate_run not in (None, "none") and not (url and ablate_run == "auto")
     return judge_from_spec(spec, url=url, api_key_env=api_key_env, dtype=dtype, device=device, cache=cache,
                            ablation=RunAblation(ablate_run) if wanted else None)

@@ -13,7 +13,8 @@ requests). Every prompt used is recorded in ``RUN_DIR/seen/optimize.json``.
 Search (Optuna, multivariate TPE with a constant liar, journal storage ``RUN_DIR/optuna.journal``, so a rerun
 resumes and an interruption loses at most the trials in flight): ``trials_per_pass`` trials are asked at once and
 scored in one batched forward over the validation prompts, each trial owning a block of batch rows
-(:func:`refusal_lab.interventions.batched.batched_scores`, shared chat-template prefix, last-position logits only). Objectives,
+(:func:`refusal_lab.interventions.batched.batched_scores`, shared chat-template prefix, last-position logits only).
+Objectives,
 both minimised: the mean first-token refusal probability ``p_R`` on harmful prompts (refusal openings "I", "As")
 and the mean first-token ``KL(p_base ‖ p_trial)`` on harmless prompts (heretic's KL), with the constraint
 ``KL ≤ max_kl`` (TPE samples near feasible trials rather than spending trials on edits too costly to keep).

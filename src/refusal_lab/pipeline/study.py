@@ -4,7 +4,8 @@ Per model (``RUN_DIR/<model>/``, a run directory of :mod:`refusal_lab.pipeline.e
 configured method (one activation collection, shared); evaluate the planned interventions (``[compare]``: kinds, α,
 k, scales, flip variants, centring, scopes, sites) with the evaluation suite (``[evaluate]``: metrics, judges,
 prompts; one baseline per metric, judge calls cached) into ``RUN_DIR/<model>/evaluation/``; analyse the geometry
-(:mod:`refusal_lab.pipeline.study_analysis`) into ``RUN_DIR/<model>/analysis/``; draw the figures into ``RUN_DIR/figures/``.
+(:mod:`refusal_lab.pipeline.study_analysis`) into ``RUN_DIR/<model>/analysis/``; draw the figures into
+``RUN_DIR/figures/``.
 Then ``RUN_DIR/report.html`` and ``RUN_DIR/findings.json`` check the seed study's findings on every model. Each stage
 is resumable (extraction and evaluation per unit, the analysis per model), and one overall bar shows the ETA.
 """
