@@ -99,7 +99,7 @@ def heretic_config(run: Path, model_dir: str, work: Path, trials: int, startup: 
     """heretic's config.toml with refusal-lab's prompts written as text files (one prompt a line), the system
     prompt refusal-lab's prompts get (:func:`default_system_prompt`), batch size 32 (the issue's measurement;
     heretic's own batch-size search took ~20 min of CPU here), seed 0."""
-    from refusal_lab.pipeline.optimize import OptimizeConfig, search_prompts
+    from refusal_lab.pipeline.search_data import OptimizeConfig, search_prompts
 
     config = OptimizeConfig.model_validate(json.loads((run / "config.json").read_text()))
     harmful, harmless, train = search_prompts(config)
@@ -169,27 +169,23 @@ def heretic_params(params: dict):
 
 def heretic_heldout(model: str, run: Path, front_h: pd.DataFrame, max_kl: float, n: int) -> pd.DataFrame:
     """heretic's front trials within ``max_kl``, rebuilt as refusal-lab edits and scored on the held-out requests the
-    way refusal-lab's front is (:func:`refusal_lab.pipeline.assess.heldout_scores`)."""
-    from refusal_lab.pipeline.judging import make_judge
-    from refusal_lab.interventions.scoring import last_token_logprobs
+    way refusal-lab's front is (:func:`refusal_lab.pipeline.assess.heldout_scorer`)."""
     from refusal_lab.models.load import load_model
-    from refusal_lab.pipeline.assess import heldout_scores
-    from refusal_lab.pipeline.comparison import eval_prompts
-    from refusal_lab.pipeline.optimize import OptimizeConfig, load_means
+    from refusal_lab.pipeline.assess import heldout_scorer
+    from refusal_lab.pipeline.search_data import OptimizeConfig, load_means
     from refusal_lab.search.edit import Abliteration
 
     config = OptimizeConfig.model_validate(json.loads((run / "config.json").read_text()))
     lm = load_model(model, dtype=config.dtype)
     means, data_hash = load_means(run, ["mixed"])
     harmful_means, harmless_means = means["mixed"]
-    harmful, harmless = eval_prompts(None, "generic", n, run)  # checked against what the searches saw
-    base = last_token_logprobs(lm, harmless, batch_size=config.rows_per_pass)
     rows = []
-    for row in front_h[front_h["kl"] <= max_kl].itertuples():
-        edit = Abliteration.from_params(heretic_params(row.params), harmful_means - harmless_means, harmless_means,
-                                        lm.n_layers, model=lm.name, data_hash=data_hash)
-        held = heldout_scores(lm, edit, harmful, harmless, base, config, make_judge(config.judge))
-        rows.append({"trial": row.trial, "heldout_refusals": held["refusals"], "heldout_kl": held["kl"]})
+    with heldout_scorer(lm, run, config, n) as scorer:  # checked against what the searches saw
+        for row in front_h[front_h["kl"] <= max_kl].itertuples():
+            edit = Abliteration.from_params(heretic_params(row.params), harmful_means - harmless_means,
+                                            harmless_means, lm.n_layers, model=lm.name, data_hash=data_hash)
+            held = scorer.score(f"heretic-trial-{row.trial}", edit)
+            rows.append({"trial": row.trial, "heldout_refusals": held["refusals"], "heldout_kl": held["kl"]})
     return pd.DataFrame(rows)
 
 

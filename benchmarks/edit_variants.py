@@ -25,7 +25,7 @@ from refusal_lab.pipeline.judging import make_judge
 from refusal_lab.interventions.scoring import kl_divergence, last_token_logprobs
 from refusal_lab.models.load import load_model
 from refusal_lab.pipeline.export import trial_ablation
-from refusal_lab.pipeline.optimize import OptimizeConfig, prepare
+from refusal_lab.pipeline.search_data import OptimizeConfig, prepare
 
 
 @torch.no_grad()

@@ -7,7 +7,7 @@ Every row is the same edit, the full-weight abliteration of every attention and 
 (:func:`refusal_lab.search.refine.full_ablation`), with one direction: the mixed DiM direction the refinement
 started from (``init`` in ``RUN_DIR/refined.safetensors``), the refined direction (trial 0 of the search), and
 ``--controls`` random unit directions (seeds 0, 1, …). Scored as the run's held-out front
-(:func:`refusal_lab.pipeline.assess.heldout_scores`): greedy completions of the held-out AdvBench requests judged by
+(:func:`refusal_lab.pipeline.assess.heldout_scorer`): greedy completions of the held-out AdvBench requests judged by
 the run's judge, mean first-token KL on the held-out generic requests; the run's seen prompts are checked first.
 """
 
@@ -21,12 +21,9 @@ import torch
 from _common import Report, add_run_args, setup
 from safetensors.torch import load_file
 
-from refusal_lab.pipeline.judging import make_judge
-from refusal_lab.interventions.scoring import last_token_logprobs
 from refusal_lab.models.load import load_model
-from refusal_lab.pipeline.assess import heldout_scores
-from refusal_lab.pipeline.comparison import eval_prompts
-from refusal_lab.pipeline.optimize import OptimizeConfig
+from refusal_lab.pipeline.assess import heldout_scorer
+from refusal_lab.pipeline.search_data import OptimizeConfig
 from refusal_lab.search.refine import full_ablation
 
 
@@ -42,20 +39,18 @@ def main() -> None:
     stored = load_file(str(args.run / "refined.safetensors"))
     lm = load_model(config.model, dtype=config.dtype)
     n = 8 if args.quick else args.n
-    harmful, harmless = eval_prompts(None, "generic", n, args.run)
-    base = last_token_logprobs(lm, harmless, batch_size=config.rows_per_pass)
-    judge = make_judge(config.judge)
     directions = {"mixed DiM (where the refinement starts)": stored["init"], "refined (trial 0)": stored["direction"]}
     for seed in range(args.controls):
         directions[f"random unit direction, seed {seed}"] = torch.randn(
             lm.hidden_size, generator=torch.Generator().manual_seed(seed))
-    report = Report(f"every writer ablated along one direction, {args.run} (held out)",
-                    (f"refusals of {len(harmful)}", "KL"))
-    held = heldout_scores(lm, None, harmful, harmless, base, config, judge)
-    report.add("unedited", str(held["refusals"]), "0")
-    for name, direction in directions.items():
-        held = heldout_scores(lm, full_ablation(direction, lm.n_layers), harmful, harmless, base, config, judge)
-        report.add(name, str(held["refusals"]), f"{held['kl']:.3f}")
+    with heldout_scorer(lm, args.run, config, n) as scorer:  # the run's seen prompts checked first
+        report = Report(f"every writer ablated along one direction, {args.run} (held out)",
+                        (f"refusals of {scorer.n}", "KL"))
+        held = scorer.score("baseline", None)
+        report.add("unedited", str(held["refusals"]), "0")
+        for name, direction in directions.items():
+            held = scorer.score(name, full_ablation(direction, lm.n_layers))
+            report.add(name, str(held["refusals"]), f"{held['kl']:.3f}")
     report.print()
 
 

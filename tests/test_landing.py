@@ -8,7 +8,7 @@ import torch
 from conftest import tiny_model
 from hand_hooks import capture_inputs, hand_hooks
 
-from refusal_lab.analysis.landing import cluster_coordinate, landing, nearer_harmful
+from refusal_lab.evaluation.landing import cluster_coordinate, landing, nearer_harmful
 from refusal_lab.core.artifacts import MethodArtifacts, Provenance, Subspace
 from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.interventions.factory import build_intervention

@@ -14,6 +14,7 @@ import pytest
 import torch
 from conftest import tiny_model
 
+from refusal_lab.evaluation.store import ResultsStore
 from refusal_lab.interventions.batched import batched_scores
 from refusal_lab.interventions.hooks import apply_interventions
 from refusal_lab.interventions.scoring import last_token_logprobs, refusal_scores
@@ -226,7 +227,7 @@ def test_search_resumes_losing_at_most_the_trials_in_flight(searched, tmp_path, 
 def test_search_prompts_are_validation_rows_kept_out_of_every_training_set():
     from refusal_lab.data import dataset_splits
     from refusal_lab.data.packaged import load_generic_harmless
-    from refusal_lab.pipeline.optimize import search_prompts
+    from refusal_lab.pipeline.search_data import search_prompts
 
     harmful, harmless, train = search_prompts(_config(kl_source="mixed"))
     assert harmful == dataset_splits("mixed", n_train=8, n_val=6).val_harmful.texts
@@ -252,9 +253,9 @@ def test_export_reproduces_the_trials_refusals_and_kl(searched, tmp_path):
     out = export_trial(tiny_model("qwen2"), run, tmp_path / "model", trial=int(row["trial"]), lora=True)
     plain = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     edited = wrap_model(plain, lm.tokenizer, "edited")
-    harmful = [json.loads(line)["prompt"] for line in (run / "generations" / "baseline.jsonl").read_text().splitlines()]
     from refusal_lab.data import dataset_splits
 
+    harmful = dataset_splits("mixed", n_train=8, n_val=6).val_harmful.texts  # the survivors' validation prompts
     harmless = dataset_splits("mixed", n_train=8, n_val=6).val_harmless.texts
     base = last_token_logprobs(lm, harmless)
     kl = (base.exp() * (base - last_token_logprobs(edited, harmless))).sum(-1).mean()
@@ -317,12 +318,14 @@ def test_a_spent_time_budget_generates_only_the_first_survivor(searched, tmp_pat
     lm, run, _ = searched
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
-    for cached in (copy / "generations").glob("trial-*.jsonl"):
-        cached.unlink()
+    shutil.rmtree(copy / "evaluation")  # no generation stored
     monkeypatch.setenv("REFUSAL_LAB_CACHE", str(tmp_path / "cache"))
     pareto = optimize(lm, _config(time_budget_min=0.001), copy)  # resumed: every trial done, the budget spent
     assert json.loads((copy / "search.json").read_text())["generated"] == 1 and len(pareto) == 1
-    assert len(list((copy / "generations").glob("trial-*.jsonl"))) == 1
+    store = ResultsStore(copy / "evaluation")
+    generated = store.db.execute("SELECT count(DISTINCT intervention_hash) FROM generations").fetchone()[0]
+    store.close()
+    assert generated == 2  # the baseline and the one survivor
 
 
 def test_trials_carry_the_kl_constraint(searched):
@@ -334,7 +337,7 @@ def test_trials_carry_the_kl_constraint(searched):
 def test_the_heldout_rule_guards_an_optimize_run(tmp_path):
     from refusal_lab.core.errors import RefusalLabError
     from refusal_lab.data import heldout_advbench
-    from refusal_lab.pipeline.comparison import eval_prompts
+    from refusal_lab.pipeline.heldout import eval_prompts
     from refusal_lab.pipeline.heldout import record_seen
 
     harmful, harmless = eval_prompts(None, "generic", 5, tmp_path)  # a run with no splits and nothing seen yet

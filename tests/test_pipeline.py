@@ -11,6 +11,8 @@ import torch
 from conftest import invoke_cli as invoke
 from conftest import tiny_model
 
+import refusal_lab.evaluation.suite as suite_module
+from refusal_lab.evaluation.store import ResultsStore
 from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.core.artifacts import Provenance
 from refusal_lab.fitting.inlp import INLPConfig, fit_inlp
@@ -165,7 +167,7 @@ def test_cli_generate_with_every_kind(extracted_run, model_dir, tmp_path, args):
     assert len(out.read_text().splitlines()) == 1
 
 
-def test_compare_uses_the_artifact_selected_at_each_scope_and_resumes(extracted_run, model_dir):
+def test_compare_uses_the_artifact_selected_at_each_scope_and_resumes(extracted_run, model_dir, monkeypatch):
     args = ["compare", "--model", model_dir, "--run", extracted_run, "--n-eval", 3, "--scope", "layer",
             "--scope", "all", "--kind", "ablate", "--kind", "nullspace", "--kind", "leace"]
     result, text = invoke(*args)
@@ -181,12 +183,14 @@ def test_compare_uses_the_artifact_selected_at_each_scope_and_resumes(extracted_
         assert row["n_harmful"] == 3 and row["kl_harmless"] >= 0
         assert not math.isnan(row["control_refusal_harmful"])
     assert not any(n.startswith("leace") and "random" in n for n in table.index)  # no random analogue
-    n_rows = len((out / "rows.jsonl").read_text().splitlines())
-    result, text = invoke(*args)  # resumes: nothing recomputed
+    forwards = []
+    real = suite_module.last_token_logprobs
+    monkeypatch.setattr(suite_module, "last_token_logprobs", lambda *a, **k: forwards.append(1) or real(*a, **k))
+    result, text = invoke(*args)  # resumes: every value read from the store, nothing recomputed
     assert result.exit_code == 0, text
-    assert len((out / "rows.jsonl").read_text().splitlines()) == n_rows
+    assert forwards == [] and pd.read_csv(out / "comparison.csv").set_index("name").equals(table)
     result, text = invoke(*args[:5], "--n-eval", 2)
-    assert result.exit_code != 0 and "different settings" in text
+    assert result.exit_code != 0 and "other prompts" in text and "new --out" in text
 
 
 def test_compare_landing_writes_every_layer_beside_the_first_token_rates(extracted_run, model_dir):
@@ -245,12 +249,16 @@ def test_run_is_the_comparison_preset_and_resumes(model_dir, tmp_path, monkeypat
     assert (table["n_harmful"] == 3).all() and table["refusal_harmful"].between(0, 1).all()
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["dtype"] == "torch.float32" and {"extract", "compare-generation"} <= set(manifest["timings_s"])
-    generations = out / "comparison" / "generation" / "generations"
-    stamps = {p.name: p.stat().st_mtime_ns for p in generations.iterdir()}
-    assert len(stamps) == 14
+    store = ResultsStore(out / "comparison" / "generation")
+    stored = store.db.execute("SELECT count(DISTINCT intervention_hash), count(*) FROM generations").fetchone()
+    store.close()
+    assert stored == (7, 7 * 6)  # every condition's greedy tokens, both sides
+    generated = []
+    real = suite_module.generate_ids
+    monkeypatch.setattr(suite_module, "generate_ids", lambda *a, **k: generated.append(1) or real(*a, **k))
     result, text = invoke("run", "--config", config, "--out", out)  # resumes: nothing regenerated
     assert result.exit_code == 0, text
-    assert {p.name: p.stat().st_mtime_ns for p in generations.iterdir()} == stamps
+    assert generated == []
 
 
 def test_run_fits_the_train_split_once_for_extraction_and_comparison(model_dir, tmp_path, monkeypatch):

@@ -18,7 +18,8 @@ from refusal_lab.evaluation.judges import Judgement
 from refusal_lab.evaluation.metrics import repeated_ngram_fraction
 from refusal_lab.evaluation.stats import difference, estimate, goal_sign, signed_delta
 from refusal_lab.evaluation.store import ResultsStore
-from refusal_lab.evaluation.suite import Suite, Target
+from refusal_lab.evaluation.condition import Condition
+from refusal_lab.evaluation.suite import Suite
 from refusal_lab.interventions.base import Addition
 from refusal_lab.interventions.hooks import Intervention
 from refusal_lab.pipeline.heldout import record_seen, require_unseen, seen_prompts
@@ -88,7 +89,7 @@ def test_store_round_trips_and_persists(tmp_path):
     store.add_items("u1", ["a", "b"], [1.0, 0.0])
     store.add_items("u1", ["b", "c"], [1.0, 0.5], tokens=[3, 4])  # b replaced
     store.add_generations("h", "harmful", 8, ["x"], [[5, 6, 7]])
-    store.add_results([{"model": "m", "model_fingerprint": "f", "intervention": "baseline", "intervention_hash": "h",
+    store.add_results([{"unit": "k", "model": "m", "model_fingerprint": "f", "intervention": "baseline", "intervention_hash": "h",
                         "metric": "kl", "judge": "", "dataset": "harmless", "max_new_tokens": 0, "data_hash": "d",
                         "value": 0.0, "control": False}])
     store.close()
@@ -167,7 +168,7 @@ def test_suite_scores_a_target_against_hand_computed_kl_and_resumes(tmp_path, on
     lm = tiny_model("qwen2")
     push = torch.randn(lm.hidden_size, generator=torch.Generator().manual_seed(3)) * 4
     iv = Intervention(Addition(push, 1.0), layers=(1,), sites=("resid_pre",))
-    targets = [Target("baseline"), Target("push", [iv], "dim", "actadd", "layer", "induce")]
+    targets = [Condition("baseline"), Condition("push", [iv], "dim", "actadd", "layer", "induce")]
     judge = CountingJudge()
     suite = _suite(lm, tmp_path, judge)
     rows, items = suite.run(targets)
@@ -209,7 +210,7 @@ def test_suite_loses_at_most_the_chunk_in_flight(tmp_path, one_thread):
     lm = tiny_model("llama")
     suite = _suite(lm, tmp_path, CountingJudge())
     suite.metrics = ["kl"]
-    (task,) = suite.tasks(Target("baseline"), Target("baseline"))
+    (task,) = suite.tasks(Condition("baseline"), Condition("baseline"))
     calls = []
     real = task.values
 
@@ -221,12 +222,12 @@ def test_suite_loses_at_most_the_chunk_in_flight(tmp_path, one_thread):
 
     task.values = flaky
     with pytest.raises(KeyboardInterrupt):
-        suite.values(Target("baseline"), task)
-    unit = suite.unit(Target("baseline"), task)
+        suite.values(Condition("baseline"), task)
+    unit = suite.unit(Condition("baseline"), task)
     assert sorted(suite.store.stored_items(unit)) == ["harmless:0", "harmless:1"]  # the first chunk survived
     calls.clear()
     task.values = lambda rows: calls.append(list(rows)) or real(rows)
-    values, _ = suite.values(Target("baseline"), task)
+    values, _ = suite.values(Condition("baseline"), task)
     assert calls == [[2, 3]] and len(values) == 4
     suite.store.close()
 
@@ -237,7 +238,7 @@ def test_suite_full_response_kl_is_zero_for_the_baseline_and_positive_under_a_pu
     iv = Intervention(Addition(push, 1.0), layers=(1,), sites=("resid_pre",))
     suite = _suite(lm, tmp_path, CountingJudge())
     suite.metrics = ["kl_response"]
-    rows = {r["intervention"]: r for r in suite.run([Target("baseline"), Target("push", [iv])])[0]}
+    rows = {r["intervention"]: r for r in suite.run([Condition("baseline"), Condition("push", [iv])])[0]}
     assert abs(rows["baseline"]["value"]) < 1e-5 and rows["push"]["value"] > 0.01
     assert rows["push"]["max_new_tokens"] == 8 and rows["push"]["delta"] < 0  # lower is better
     suite.store.close()

@@ -1,6 +1,6 @@
 """What a study measured on one model, in the tables the figures, the findings and the report read.
 
-Intervention names are the comparison's (:func:`refusal_lab.pipeline.comparison.plan_conditions`), e.g. ``ablate[all]``,
+Intervention names are the comparison's (:func:`refusal_lab.pipeline.conditions.plan_conditions`), e.g. ``ablate[all]``,
 ``actadd[layer,scale=-1]`` (bypass) / ``actadd[layer,scale=1]`` (induce), ``nullspace[layer]``,
 ``flip[layer,alpha=2,flip_variant=input]``, ``rank-k[layer,k=3,order=iteration]``, ``leace[layer]``,
 ``subspace[all,k=3]``, ``classifier-actadd[layer,scale=-1]``; ``baseline`` is the unmodified model; controls end in

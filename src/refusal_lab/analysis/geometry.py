@@ -13,7 +13,7 @@ harmless class means. Per layer :func:`residual_geometry` reports
 The fixed frame (:func:`fixed_frame`) is ``[r̂; p]``: the unit refusal direction and the first principal component of
 the pooled, centred clean activations with their ``r̂`` component removed, so the DiM axis is exactly one axis of the
 picture. The landing fraction of transformed harmful rows is ``1 − t(mean h)`` with ``t`` the cluster coordinate of
-:mod:`refusal_lab.analysis.landing`: 0 = still at the harmful centroid, 1 = on the harmless one, > 1 = beyond it.
+:mod:`refusal_lab.evaluation.landing`: 0 = still at the harmful centroid, 1 = on the harmless one, > 1 = beyond it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from refusal_lab.analysis.landing import cluster_coordinate, nearer_harmful
+from refusal_lab.evaluation.landing import cluster_coordinate, nearer_harmful
 from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.evaluation.stats import estimate
 from refusal_lab.fitting.dim import cosine_matrix

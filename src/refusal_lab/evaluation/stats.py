@@ -27,9 +27,15 @@ N_RESAMPLES = 2000
 #: Whether a higher value of each metric is better, for an intervention meant to *remove* refusal (``bypass``).
 #: For one meant to *induce* refusal the refusal-type metrics flip (see :data:`REFUSAL_TYPE`).
 HIGHER_IS_BETTER = {"refusal": False, "harmless_refusal": False, "judge": True, "perplexity": False,
-                    "mmlu": True, "arc": True, "kl": False, "kl_response": False, "repetition": False, "coherence": True}
-REFUSAL_TYPE = ("refusal", "harmless_refusal", "judge")
-RATES = ("refusal", "harmless_refusal", "judge", "coherence", "mmlu", "arc")  # proportions of 0/1 items: Wilson
+                    "mmlu": True, "arc": True, "kl": False, "kl_response": False, "repetition": False,
+                    "coherence": True,
+                    "first_token_refusal": False, "first_token_harmless_refusal": False, "landing": False,
+                    "nearer_harmful": False}
+# metrics whose better direction flips when the goal is to induce refusal (the landing ones: toward the harmful mean)
+REFUSAL_TYPE = ("refusal", "harmless_refusal", "judge", "first_token_refusal", "first_token_harmless_refusal",
+                "landing", "nearer_harmful")
+RATES = ("refusal", "harmless_refusal", "judge", "coherence", "mmlu", "arc", "first_token_refusal",
+         "first_token_harmless_refusal", "nearer_harmful")  # proportions of 0/1 items: Wilson
 
 
 def _values(values: Sequence[float]) -> np.ndarray:
@@ -65,8 +71,8 @@ def estimate(metric: str, values: Sequence[float], tokens: Sequence[float] | Non
     """The metric's value with a 95 % interval: Wilson for a rate, else a percentile bootstrap over items
     (``tokens`` are the per-document token counts of a perplexity, ``values`` its per-document NLL sums)."""
     v = _values(values)
-    if len(v) == 0:
-        return Estimate(math.nan, math.nan, math.nan, 0)
+    if len(v) == 0 or np.isnan(v).all():  # NaN items: undefined (e.g. landing where the class means coincide)
+        return Estimate(math.nan, math.nan, math.nan, len(v))
     if metric == "perplexity":
         t = _values(tokens)
         data, point = (v, t), perplexity(v, t)
@@ -90,6 +96,8 @@ def difference(metric: str, method: Sequence[float], base: Sequence[float], meth
     m, b = _values(method), _values(base)
     if len(m) != len(b):
         raise ValueError(f"paired difference needs the same items on both sides ({len(m)} vs {len(b)})")
+    if np.isnan(m).all() or np.isnan(b).all():
+        return Estimate(math.nan, math.nan, math.nan, len(m))
     if metric == "perplexity":
         mt, bt = _values(method_tokens), _values(base_tokens)
 

@@ -2,11 +2,12 @@
 
 Tables
   ``items``        per-item values of one *unit* of work — ``unit`` = sha256 of (model fingerprint, intervention
-                   hash, metric, judge, dataset, max_new_tokens, data hash) — written one chunk at a time, so an
-                   interrupted run loses at most the chunk in flight and a rerun skips every stored item.
+                   hash, metric, judge, dataset, max_new_tokens, data hash, and the layer of a per-layer metric) —
+                   written one chunk at a time, so an interrupted run loses at most the chunk in flight and a rerun skips every stored item.
   ``generations``  greedy token ids per (intervention hash, side, item), written per batch.
-  ``results``      one row per (model, method, intervention, scope, metric, judge, dataset, max_new_tokens): value,
-                   95 % interval, baseline, difference and Δ with intervals, and the control comparison.
+  ``results``      one row per unit (keyed by it; a store with an older layout has its rows dropped and remade on
+                   the next run, since they derive from the items): value, 95 % interval, baseline, difference
+                   and Δ with intervals, and the control comparison.
 
 :meth:`ResultsStore.export` writes ``results.parquet`` (DuckDB's own Parquet writer).
 """
@@ -22,10 +23,11 @@ import duckdb
 import pandas as pd
 
 RESULT_COLUMNS = {
-    "model": "VARCHAR", "model_fingerprint": "VARCHAR", "method": "VARCHAR", "intervention": "VARCHAR",
+    "unit": "VARCHAR", "model": "VARCHAR", "model_fingerprint": "VARCHAR", "method": "VARCHAR",
+    "intervention": "VARCHAR",
     "intervention_hash": "VARCHAR", "kind": "VARCHAR", "scope": "VARCHAR", "goal": "VARCHAR",
     "control": "BOOLEAN", "control_for": "VARCHAR", "seed": "INTEGER",
-    "metric": "VARCHAR", "judge": "VARCHAR", "dataset": "VARCHAR", "max_new_tokens": "INTEGER",
+    "metric": "VARCHAR", "judge": "VARCHAR", "dataset": "VARCHAR", "max_new_tokens": "INTEGER", "layer": "INTEGER",
     "data_hash": "VARCHAR", "n": "INTEGER",
     "value": "DOUBLE", "ci_low": "DOUBLE", "ci_high": "DOUBLE",
     "baseline": "DOUBLE", "baseline_ci_low": "DOUBLE", "baseline_ci_high": "DOUBLE",
@@ -34,7 +36,6 @@ RESULT_COLUMNS = {
     "vs_control": "DOUBLE", "vs_control_ci_low": "DOUBLE", "vs_control_ci_high": "DOUBLE",
     "specific": "BOOLEAN",
 }
-RESULT_KEY = ("model_fingerprint", "intervention_hash", "metric", "judge", "dataset", "max_new_tokens", "data_hash")
 
 
 def unit_key(**parts) -> str:
@@ -56,7 +57,11 @@ class ResultsStore:
         self.db.execute("CREATE TABLE IF NOT EXISTS generations (intervention_hash VARCHAR, side VARCHAR, "
                         "item VARCHAR, max_new_tokens INTEGER, token_ids INTEGER[], "
                         "PRIMARY KEY (intervention_hash, side, item, max_new_tokens))")
-        self.db.execute(f"CREATE TABLE IF NOT EXISTS results ({columns}, PRIMARY KEY ({', '.join(RESULT_KEY)}))")
+        stored = [name for name, *_ in self.db.execute("SELECT column_name FROM information_schema.columns "
+                                                        "WHERE table_name = 'results'").fetchall()]
+        if stored and stored != list(RESULT_COLUMNS):  # an older layout: the rows are derived, so remade on run
+            self.db.execute("DROP TABLE results")
+        self.db.execute(f"CREATE TABLE IF NOT EXISTS results ({columns}, PRIMARY KEY (unit))")
 
     def close(self) -> None:
         self.db.close()

@@ -7,7 +7,12 @@ time; a rerun skips what is stored. Metrics (items → value; the statistic):
   ``judge``       harmful requests → unsafe (guard judge) or, without a guard, complied (llm judge compliance ≥ 0.5).
   ``coherence``   both sides → llm-judged coherence ≥ 0.5 (with the llm judge).
   ``repetition``  both sides → repeated-3-gram fraction of the longest generation; the mean.
+  ``first_token_refusal`` / ``first_token_harmless_refusal``  harmful / harmless requests → refusal score (log-odds
+        of the family's refusal tokens at the first generated position) > 0; the rate. Nothing is generated.
   ``kl``          harmless requests → first-token ``KL(p_base ‖ p_method)``; the mean.
+  ``landing`` / ``nearer_harmful``  both sides, per layer → the cluster coordinate ``t`` of the condition's
+        activations at its position against the clean train class means (``clusters``), and whether it lies nearer
+        the harmful mean (:mod:`refusal_lab.evaluation.landing`); the mean and the rate, one row per layer.
   ``kl_response`` (optional) harmless requests → per-token KL along the baseline's own greedy response; the mean.
   ``perplexity``  documents of each text set → (NLL sum, tokens); ``exp(Σ nll / Σ tokens)``. The ``instructions``
         set is the baseline model's own greedy responses to the held-out harmless requests.
@@ -22,7 +27,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -30,62 +35,25 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from refusal_lab.evaluation.condition import Condition
 from refusal_lab.evaluation.generate import decode, generate_ids
+from refusal_lab.evaluation.landing import landing_items
 from refusal_lab.evaluation.metrics import repeated_ngram_fraction
 from refusal_lab.evaluation.multiple_choice import choice_logprobs
 from refusal_lab.evaluation.perplexity import response_kl, response_losses, text_losses
 from refusal_lab.evaluation.stats import Estimate, difference, estimate, signed_delta
 from refusal_lab.evaluation.store import ResultsStore, unit_key
-from refusal_lab.interventions.scoring import kl_divergence, last_token_logprobs
+from refusal_lab.interventions.scoring import kl_divergence, last_token_logprobs, refusal_scores
 from refusal_lab.models.identity import weights_hash
 
 log = Console(stderr=True).log
 GENERATION_METRICS = ("refusal", "harmless_refusal", "judge", "coherence", "repetition")
-
-
-def intervention_hash(name: str, interventions: Sequence) -> str:
-    """sha256 (16 hex) over a condition's name and every intervention's layers, sites, placement and transform
-    parameters (tensors by value), so a re-extracted direction is a different intervention."""
-    digest = hashlib.sha256(name.encode())
-
-    def feed(obj, depth: int = 0) -> None:
-        if isinstance(obj, torch.Tensor):
-            digest.update(obj.detach().float().cpu().contiguous().numpy().tobytes())
-        elif isinstance(obj, (int, float, str, bool, type(None), tuple)):
-            digest.update(repr(obj).encode())
-        elif depth < 2 and hasattr(obj, "__dict__"):
-            digest.update(type(obj).__name__.encode())
-            for key, value in sorted(vars(obj).items()):
-                digest.update(key.encode())
-                feed(value, depth + 1)
-
-    for iv in interventions:
-        feed((iv.layers, iv.sites, iv.placement))
-        feed(iv.transform)
-    return digest.hexdigest()[:16]
+FIRST_TOKEN_METRICS = {"first_token_refusal": "harmful", "first_token_harmless_refusal": "harmless"}
+LANDING_METRICS = ("landing", "nearer_harmful")
 
 
 def data_hash(items: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(items).encode()).hexdigest()[:16]
-
-
-@dataclass
-class Target:
-    """One condition to score: its interventions and what the result rows say about it."""
-
-    name: str
-    interventions: list = field(default_factory=list)
-    method: str = "none"
-    kind: str = "none"
-    scope: str = ""
-    goal: str = "bypass"  # bypass (remove refusal) or induce (add it): the sign of Δ for refusal-type metrics
-    control: bool = False
-    control_for: str | None = None
-    seed: int | None = None
-
-    @property
-    def hash(self) -> str:
-        return intervention_hash(self.name, self.interventions)
 
 
 @dataclass
@@ -99,59 +67,66 @@ class Task:
     values: Callable[[list[int]], tuple[list[float], list[float] | None]]
     max_new_tokens: int = 0
     scorer: str = ""  # what identifies the scoring in the store's key: a judge's fingerprint (default: ``judge``)
+    layer: int | None = None  # the layer of a per-layer metric (landing)
 
 
 class Suite:
-    """Scores targets on a loaded model into a :class:`ResultsStore` (see the module docstring)."""
+    """Scores conditions on a loaded model into a :class:`ResultsStore` (see the module docstring). ``clusters``:
+    the clean train activations' harmful and harmless class means ``[L, P, d]``, for the landing metrics."""
 
     def __init__(self, lm, store: ResultsStore, harmful: list[str], harmless: list[str], *, metrics: Sequence[str],
-                 judges: Sequence, lengths: Sequence[int] = (24, 128), texts: dict[str, list[str]] | None = None,
-                 questions: dict[str, list] | None = None, guard=None, batch_size: int = 16, chunk: int = 64):
+                 judges: Sequence = (), lengths: Sequence[int] = (24, 128), texts: dict[str, list[str]] | None = None,
+                 questions: dict[str, list] | None = None, guard=None, clusters: tuple | None = None,
+                 batch_size: int = 16, chunk: int = 64):
         self.lm, self.store, self.metrics = lm, store, list(metrics)
         self.prompts = {"harmful": harmful, "harmless": harmless}
         self.judges = {judge.name: judge for judge in judges}  # results name judges by .name (llm:<model>)
         self.llm = next((j for j in judges if j.name.startswith("llm")), None)  # grades compliance, coherence
         self.guard, self.lengths = guard, sorted(lengths)
         self.texts, self.questions = texts or {}, questions or {}
-        self.batch_size, self.chunk = batch_size, chunk
+        self.batch_size, self.chunk, self.clusters = batch_size, chunk, clusters
+        if any(m in LANDING_METRICS for m in self.metrics) and clusters is None:
+            raise ValueError("the landing metrics need the train activations' class means (clusters)")
         self.fingerprint = weights_hash(lm.model)
         self._base_logprobs: torch.Tensor | None = None
+        self._first_token: dict[tuple[str, str], dict[str, torch.Tensor]] = {}  # (hash, side) → per-prompt values
+        self._landing: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}  # (hash, side) → t, nearer
         self._generated: dict[tuple[str, str], list[list[int]]] = {}  # (intervention hash, side) → token ids
         self._responses: dict[tuple[str, str, int], list[str]] = {}  # … and length → decoded text
 
     # --- generations ---------------------------------------------------------------------------------------------
 
-    def generations(self, target: Target, side: str) -> list[list[int]]:
+    def generations(self, condition: Condition, side: str) -> list[list[int]]:
         """Greedy ids of the longest length for every prompt of ``side`` (stored per batch, resumed; read from the
         store once per run)."""
-        if (target.hash, side) not in self._generated:
-            self._generated[(target.hash, side)] = self._generate(target, side)
-        return self._generated[(target.hash, side)]
+        if (condition.hash, side) not in self._generated:
+            self._generated[(condition.hash, side)] = self._generate(condition, side)
+        return self._generated[(condition.hash, side)]
 
-    def _generate(self, target: Target, side: str) -> list[list[int]]:
+    def _generate(self, condition: Condition, side: str) -> list[list[int]]:
         prompts, length = self.prompts[side], self.lengths[-1]
-        stored = self.store.stored_generations(target.hash, side, length)
+        stored = self.store.stored_generations(condition.hash, side, length)
         keys = [f"{side}:{i}:{data_hash([p])}" for i, p in enumerate(prompts)]
         todo = [i for i, key in enumerate(keys) if key not in stored]
         if todo:
             def save(rows, ids):
-                self.store.add_generations(target.hash, side, length, [keys[todo[r]] for r in rows], ids)
-            generate_ids(self.lm, [prompts[i] for i in todo], target.interventions, length, self.batch_size,
-                         on_batch=save, description=f"{target.name} {side}")
-            stored = self.store.stored_generations(target.hash, side, length)
+                self.store.add_generations(condition.hash, side, length, [keys[todo[r]] for r in rows], ids)
+            generate_ids(self.lm, [prompts[i] for i in todo], condition.interventions, length, self.batch_size,
+                         on_batch=save, description=f"{condition.name} {side}")
+            stored = self.store.stored_generations(condition.hash, side, length)
         return [stored[key] for key in keys]
 
-    def responses(self, target: Target, side: str, length: int) -> list[str]:
+    def responses(self, condition: Condition, side: str, length: int) -> list[str]:
         """The generations of ``side`` cut at ``length`` new tokens, as text (decoded once per run)."""
-        key = (target.hash, side, length)
+        key = (condition.hash, side, length)
         if key not in self._responses:
-            self._responses[key] = [decode(self.lm, ids, length) for ids in self.generations(target, side)]
+            self._responses[key] = [decode(self.lm, ids, length) for ids in self.generations(condition, side)]
         return self._responses[key]
 
     # --- tasks ---------------------------------------------------------------------------------------------------
 
-    def tasks(self, target: Target, baseline: Target) -> list[Task]:
-        """Every unit of work this target needs, for the configured metrics."""
+    def tasks(self, condition: Condition, baseline: Condition) -> list[Task]:
+        """Every unit of work this condition needs, for the configured metrics."""
         tasks: list[Task] = []
         n = {side: len(p) for side, p in self.prompts.items()}
         ids = {side: [f"{side}:{i}" for i in range(k)] for side, k in n.items()}
@@ -161,44 +136,54 @@ class Suite:
             for judge_name, judge in self.judges.items():
                 for length in self.lengths:
                     tasks.append(Task(metric, judge_name, side, ids[side], self._judged(
-                        target, side, length, judge, "refusal"), length, judge.fingerprint))
+                        condition, side, length, judge, "refusal"), length, judge.fingerprint))
         longest, both = self.lengths[-1], ids["harmful"] + ids["harmless"]
         if "judge" in self.metrics:
             if self.guard is not None:
                 tasks.append(Task("judge", self.guard.name, "harmful", ids["harmful"],
-                                  self._judged(target, "harmful", longest, self.guard, "unsafe"), longest,
+                                  self._judged(condition, "harmful", longest, self.guard, "unsafe"), longest,
                                   self.guard.fingerprint))
             elif self.llm is not None:
                 tasks.append(Task("judge", f"{self.llm.name} compliance", "harmful", ids["harmful"],
-                                  self._judged(target, "harmful", longest, self.llm, "compliance"), longest,
+                                  self._judged(condition, "harmful", longest, self.llm, "compliance"), longest,
                                   self.llm.fingerprint))
         if "coherence" in self.metrics and self.llm is not None:
             tasks.append(Task("coherence", self.llm.name, "both", both, self._both(
-                lambda side, length: self._judged(target, side, length, self.llm, "coherence")), longest,
+                lambda side, length: self._judged(condition, side, length, self.llm, "coherence")), longest,
                 self.llm.fingerprint))
         if "repetition" in self.metrics:
             tasks.append(Task("repetition", "3-gram", "both", both, self._both(
-                lambda side, length: self._repetition(target, side)), longest))
+                lambda side, length: self._repetition(condition, side)), longest))
+        for metric, side in FIRST_TOKEN_METRICS.items():
+            if metric in self.metrics:
+                tasks.append(Task(metric, "log-odds > 0", side, ids[side],
+                                  self._last_token(condition, side, "refused")))
         if "kl" in self.metrics:
-            tasks.append(Task("kl", "first-token", "harmless", ids["harmless"], self._kl(target)))
+            tasks.append(Task("kl", "first-token", "harmless", ids["harmless"],
+                              self._last_token(condition, "harmless", "kl")))
+        for metric in LANDING_METRICS:
+            if metric in self.metrics:
+                n_layers = self.clusters[0].shape[0]
+                tasks += [Task(metric, "resid_pre", side, ids[side], self._landed(condition, side, metric, layer),
+                               layer=layer) for side in ("harmful", "harmless") for layer in range(n_layers)]
         if "kl_response" in self.metrics:
             tasks.append(Task("kl_response", "teacher-forced", "harmless", ids["harmless"],
-                              self._response_kl(target, baseline), self.lengths[-1]))
+                              self._response_kl(condition, baseline), self.lengths[-1]))
         if "perplexity" in self.metrics:
             for name, docs in self.texts.items():
                 tasks.append(Task("perplexity", "", name, [f"{name}:{i}" for i in range(len(docs))],
-                                  self._perplexity(target, docs)))
+                                  self._perplexity(condition, docs)))
             tasks.append(Task("perplexity", "", "instructions", ids["harmless"],
-                              self._instruction_perplexity(target, baseline)))
+                              self._instruction_perplexity(condition, baseline)))
         for metric in ("mmlu", "arc"):
             if metric in self.metrics and metric in self.questions:
                 qs = self.questions[metric]
-                tasks.append(Task(metric, "5-shot", metric, [str(q.id) for q in qs], self._choices(target, qs)))
+                tasks.append(Task(metric, "5-shot", metric, [str(q.id) for q in qs], self._choices(condition, qs)))
         return tasks
 
-    def _judged(self, target, side, length, judge, field_name):
+    def _judged(self, condition, side, length, judge, field_name):
         def values(rows):
-            responses = self.responses(target, side, length)
+            responses = self.responses(condition, side, length)
             requests = self.prompts[side]
             judged = judge.judge([requests[i] for i in rows], [responses[i] for i in rows])
             if field_name == "refusal":
@@ -218,58 +203,79 @@ class Suite:
             return out, None
         return values
 
-    def _repetition(self, target, side):
+    def _repetition(self, condition, side):
         def values(rows):
-            gens = self.generations(target, side)
+            gens = self.generations(condition, side)
             return [repeated_ngram_fraction(gens[i]) for i in rows], None
         return values
 
-    def _kl(self, target):
+    def _last_token(self, condition, side, field_name):
+        """Per prompt of ``side``, from one first-token forward under the condition (computed for every prompt on
+        first need): ``refused`` (refusal score > 0) and, on the harmless side, ``kl`` against the baseline."""
         def values(rows):
-            harmless = self.prompts["harmless"]
-            if self._base_logprobs is None:
-                self._base_logprobs = last_token_logprobs(self.lm, harmless, batch_size=self.batch_size)
-            new = last_token_logprobs(self.lm, [harmless[i] for i in rows], target.interventions, self.batch_size)
-            return kl_divergence(self._base_logprobs[rows], new).tolist(), None
+            key = (condition.hash, side)
+            if key not in self._first_token:
+                logprobs = last_token_logprobs(self.lm, self.prompts[side], condition.interventions, self.batch_size)
+                found = {"refused": (refusal_scores(logprobs, self.lm.refusal_token_ids) > 0).double()}
+                if side == "harmless":
+                    if self._base_logprobs is None:
+                        self._base_logprobs = last_token_logprobs(self.lm, self.prompts[side],
+                                                                  batch_size=self.batch_size)
+                    found["kl"] = kl_divergence(self._base_logprobs, logprobs)
+                self._first_token = {key: found}  # one condition's values at a time: a run goes condition by condition
+            return self._first_token[key][field_name][rows].tolist(), None
         return values
 
-    def _perplexity(self, target, docs):
+    def _landed(self, condition, side, metric, layer):
         def values(rows):
-            losses = text_losses(self.lm, [docs[i] for i in rows], interventions=target.interventions,
+            key = (condition.hash, side)
+            if key not in self._landing:
+                position = condition.params.get("position")
+                self._landing = {key: landing_items(self.lm, self.prompts[side], condition.interventions,
+                                                    *self.clusters, -1 if position is None else position,
+                                                    self.batch_size)}
+            coordinate, nearer = self._landing[key]
+            return (coordinate if metric == "landing" else nearer)[rows, layer].tolist(), None
+        return values
+
+    def _perplexity(self, condition, docs):
+        def values(rows):
+            losses = text_losses(self.lm, [docs[i] for i in rows], interventions=condition.interventions,
                                  batch_size=self.batch_size)
             return losses.nll.tolist(), losses.n_tokens.tolist()
         return values
 
-    def _instruction_perplexity(self, target, baseline):
+    def _instruction_perplexity(self, condition, baseline):
         def values(rows):
             harmless, responses = self.prompts["harmless"], self.responses(baseline, "harmless", self.lengths[-1])
             losses = response_losses(self.lm, [harmless[i] for i in rows], [responses[i] for i in rows],
-                                     target.interventions,
+                                     condition.interventions,
                                      batch_size=self.batch_size)
             return losses.nll.tolist(), losses.n_tokens.tolist()
         return values
 
-    def _response_kl(self, target, baseline):
+    def _response_kl(self, condition, baseline):
         def values(rows):
             harmless, responses = self.prompts["harmless"], self.responses(baseline, "harmless", self.lengths[-1])
             kl = response_kl(self.lm, [harmless[i] for i in rows], [responses[i] for i in rows],
-                             target.interventions, batch_size=self.batch_size)
+                             condition.interventions, batch_size=self.batch_size)
             return kl.nan_to_num(0.0).tolist(), None  # an empty baseline response has no tokens: 0
         return values
 
-    def _choices(self, target, questions):
+    def _choices(self, condition, questions):
         def values(rows):
             chosen = [questions[i] for i in rows]
-            logprobs = choice_logprobs(self.lm, chosen, target.interventions, batch_size=self.batch_size)
+            logprobs = choice_logprobs(self.lm, chosen, condition.interventions, batch_size=self.batch_size)
             return [float(int(lp.argmax()) == q.answer) for lp, q in zip(logprobs, chosen)], None
         return values
 
     # --- running -------------------------------------------------------------------------------------------------
 
-    def unit(self, target: Target, task: Task) -> str:
-        return unit_key(model=self.fingerprint, intervention=target.hash, metric=task.metric,
+    def unit(self, condition: Condition, task: Task) -> str:
+        per_layer = {} if task.layer is None else {"layer": task.layer}
+        return unit_key(model=self.fingerprint, intervention=condition.hash, metric=task.metric,
                         judge=task.scorer or task.judge, dataset=task.dataset,
-                        max_new_tokens=task.max_new_tokens, data=data_hash(self._task_data(task)))
+                        max_new_tokens=task.max_new_tokens, data=data_hash(self._task_data(task)), **per_layer)
 
     def _task_data(self, task: Task) -> list[str]:
         if task.metric in ("mmlu", "arc"):
@@ -278,10 +284,10 @@ class Suite:
             return self.texts[task.dataset]
         return self.prompts["harmful"] + self.prompts["harmless"]
 
-    def values(self, target: Target, task: Task, progress=None, bar=None) -> tuple[np.ndarray, np.ndarray | None]:
-        """The task's per-item values for ``target``: stored ones read back, missing ones computed a chunk at a time
+    def values(self, condition: Condition, task: Task, progress=None, bar=None) -> tuple[np.ndarray, np.ndarray | None]:
+        """The task's per-item values for ``condition``: stored ones read back, missing ones computed a chunk at a time
         and stored before the next chunk starts."""
-        unit = self.unit(target, task)
+        unit = self.unit(condition, task)
         stored = self.store.stored_items(unit)
         todo = [i for i, item in enumerate(task.items) if item not in stored]
         for start in range(0, len(todo), self.chunk):
@@ -295,11 +301,11 @@ class Suite:
         tokens = np.array([stored[item][1] for item in task.items]) if task.metric == "perplexity" else None
         return values, tokens
 
-    def run(self, targets: Sequence[Target]) -> tuple[list[dict], pd.DataFrame]:
-        """Score every target (the first must be the baseline): the result rows (also stored) and every item's
+    def run(self, conditions: Sequence[Condition]) -> tuple[list[dict], pd.DataFrame]:
+        """Score every condition (the first must be the baseline): the result rows (also stored) and every item's
         value (:func:`_item_frame`)."""
-        baseline = targets[0]
-        plans = [(t, task) for t in targets for task in self.tasks(t, baseline)]
+        baseline = conditions[0]
+        plans = [(t, task) for t in conditions for task in self.tasks(t, baseline)]
         started = time.perf_counter()
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TextColumn("eta"), TimeRemainingColumn())
@@ -307,36 +313,37 @@ class Suite:
         console = Console(stderr=True)
         with Progress(*columns, console=console) as progress:
             bar = progress.add_task("evaluating", total=sum(len(task.items) for _, task in plans))
-            for n, (target, task) in enumerate(plans, 1):
-                what = f"{target.name} · {task.metric} {task.judge} {task.dataset}"
+            for n, (condition, task) in enumerate(plans, 1):
+                what = f"{condition.name} · {task.metric} {task.judge} {task.dataset}"
                 progress.update(bar, description=what)
-                per_item[(target.name, _row_key(task))] = self.values(target, task, progress, bar)
+                per_item[(condition.name, _row_key(task))] = self.values(condition, task, progress, bar)
                 if not console.is_terminal:  # a log file gets no live bar: one line per finished unit instead
                     done = progress.tasks[0]
                     eta = f", eta {done.time_remaining:.0f} s" if done.time_remaining is not None else ""
                     console.log(f"unit {n}/{len(plans)} done ({what}); {done.elapsed:.0f} s{eta}")
-        rows = [self._row(target, task, per_item, targets) for target, task in plans]
+        rows = [self._row(condition, task, per_item, conditions) for condition, task in plans]
         self.store.add_results(rows)
-        log(f"evaluated {len(targets)} conditions × {len(plans) // max(len(targets), 1)} units in "
+        log(f"evaluated {len(conditions)} conditions × {len(plans) // max(len(conditions), 1)} units in "
             f"{time.perf_counter() - started:.0f} s")
         return rows, _item_frame(plans, per_item)
 
-    def _row(self, target: Target, task: Task, per_item: dict, targets: Sequence[Target]) -> dict:
+    def _row(self, condition: Condition, task: Task, per_item: dict, conditions: Sequence[Condition]) -> dict:
         key = _row_key(task)
-        values, tokens = per_item[(target.name, key)]
-        base_values, base_tokens = per_item[(targets[0].name, key)]
+        values, tokens = per_item[(condition.name, key)]
+        base_values, base_tokens = per_item[(conditions[0].name, key)]
         value = estimate(task.metric, values, tokens)
         base = estimate(task.metric, base_values, base_tokens)
         diff = difference(task.metric, values, base_values, tokens, base_tokens)
-        delta = signed_delta(task.metric, target.goal, diff)
-        row = {"model": self.lm.name, "model_fingerprint": self.fingerprint, "method": target.method,
-               "intervention": target.name, "intervention_hash": target.hash, "kind": target.kind,
-               "scope": target.scope, "goal": target.goal, "control": target.control,
-               "control_for": target.control_for, "seed": target.seed, "metric": task.metric, "judge": task.judge,
-               "dataset": task.dataset, "max_new_tokens": task.max_new_tokens,
+        delta = signed_delta(task.metric, condition.goal, diff)
+        row = {"unit": self.unit(condition, task), "model": self.lm.name, "model_fingerprint": self.fingerprint,
+               "method": condition.method,
+               "intervention": condition.name, "intervention_hash": condition.hash, "kind": condition.kind,
+               "scope": condition.scope, "goal": condition.goal, "control": condition.control,
+               "control_for": condition.control_for, "seed": condition.seed, "metric": task.metric, "judge": task.judge,
+               "dataset": task.dataset, "max_new_tokens": task.max_new_tokens, "layer": task.layer,
                "data_hash": data_hash(self._task_data(task)), "n": value.n}
         row |= _fields("", value) | _fields("baseline_", base) | _fields("difference_", diff) | _fields("delta_", delta)
-        controls = [per_item[(t.name, key)] for t in targets if t.control and t.control_for == target.name]
+        controls = [per_item[(t.name, key)] for t in conditions if t.control and t.control_for == condition.name]
         if controls:
             control_values = np.mean([c[0] for c in controls], axis=0)
             control_tokens = np.mean([c[1] for c in controls], axis=0) if tokens is not None else None
@@ -345,21 +352,21 @@ class Suite:
         return row
 
 
-def _item_frame(plans: Sequence[tuple[Target, Task]], per_item: dict) -> pd.DataFrame:
-    """Per-item values of every (target, task): intervention, metric, judge, dataset, max_new_tokens, item, value,
+def _item_frame(plans: Sequence[tuple[Condition, Task]], per_item: dict) -> pd.DataFrame:
+    """Per-item values of every (condition, task): intervention, metric, judge, dataset, max_new_tokens, item, value,
     tokens (a perplexity document's token count, else NaN)."""
     frames = []
-    for target, task in plans:
-        values, tokens = per_item[(target.name, _row_key(task))]
-        frames.append(pd.DataFrame({"intervention": target.name, "metric": task.metric, "judge": task.judge,
+    for condition, task in plans:
+        values, tokens = per_item[(condition.name, _row_key(task))]
+        frames.append(pd.DataFrame({"intervention": condition.name, "metric": task.metric, "judge": task.judge,
                                     "dataset": task.dataset, "max_new_tokens": task.max_new_tokens,
-                                    "item": task.items, "value": values,
+                                    "layer": task.layer, "item": task.items, "value": values,
                                     "tokens": tokens if tokens is not None else np.nan}))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def _row_key(task: Task) -> tuple:
-    return task.metric, task.judge, task.dataset, task.max_new_tokens
+    return task.metric, task.judge, task.dataset, task.max_new_tokens, task.layer
 
 
 def _fields(prefix: str, e: Estimate) -> dict:

@@ -7,7 +7,7 @@
                                  interval, baseline, Δ and whether the random controls match it
 
 Conditions: the baseline, and with a run directory the interventions the comparison would build
-(:func:`refusal_lab.pipeline.comparison.plan_conditions`), filtered by ``interventions`` (shell patterns on their names,
+(:func:`refusal_lab.pipeline.conditions.plan_conditions`), filtered by ``interventions`` (shell patterns on their names,
 e.g. ``ablate[all]``, ``actadd*``), each with ``control_seeds`` random controls. Prompts: the run's test split or the
 fixed generic held-out sets, checked against every prompt extraction, selection or a search saw.
 """
@@ -24,13 +24,15 @@ from pydantic import NonNegativeInt, PositiveInt
 from refusal_lab.core.config import ConfigModel
 from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.core.io import read_json, write_json
-from refusal_lab.core.vocabulary import ADDITIVE_KINDS, Kind, Scope
+from refusal_lab.core.vocabulary import Kind, Scope
 from refusal_lab.pipeline.judging import make_judge
 from refusal_lab.evaluation.multiple_choice import load_arc, load_mmlu
 from refusal_lab.evaluation.store import ResultsStore
-from refusal_lab.evaluation.suite import Suite, Target
+from refusal_lab.evaluation.condition import Condition
+from refusal_lab.evaluation.suite import Suite
 from refusal_lab.evaluation.texts import CORPORA, load_texts
-from refusal_lab.pipeline.comparison import CompareConfig, eval_prompts, plan_conditions
+from refusal_lab.pipeline.conditions import PlanConfig, plan_conditions
+from refusal_lab.pipeline.heldout import eval_prompts
 from refusal_lab.pipeline.extraction import fit_context
 
 METRICS = ("refusal", "harmless_refusal", "judge", "coherence", "perplexity", "mmlu", "arc", "kl", "repetition")
@@ -65,13 +67,13 @@ class EvaluateConfig(ConfigModel):
     seed: int = 0
 
 
-def targets_from_run(lm, run_dir: Path, config: EvaluateConfig, run_config, splits, plan=None,
-                     fits=None) -> list[Target]:
+def conditions_from_run(lm, run_dir: Path, config: EvaluateConfig, run_config, splits, plan=None,
+                        fits=None) -> list[Condition]:
     """The baseline, then the run's interventions (and their controls) whose names match ``config.interventions``:
-    those of ``plan`` (a :class:`~refusal_lab.pipeline.comparison.CompareConfig`; default: ``config.kinds`` at
+    those of ``plan`` (a :class:`~refusal_lab.pipeline.conditions.PlanConfig`; default: ``config.kinds`` at
     ``config.scopes``, ActAdd at one layer, ``config.control_seeds`` controls). ``fits``: the run's
     :class:`~refusal_lab.methods.registry.FitContext` where the caller has it (else loaded when the plan needs one)."""
-    plan = plan or CompareConfig(kinds=config.kinds, scopes=config.scopes, actadd_scopes=["layer"], sweep_max_k=0,
+    plan = plan or PlanConfig(kinds=config.kinds, scopes=config.scopes, actadd_scopes=["layer"], sweep_max_k=0,
                                  center_variants=False, control_seeds=config.control_seeds)
     ranked = [layer for layer, _ in read_json(run_dir / "ranking.json")["ranked"]]
     needs_fits = "leace" in plan.kinds or plan.center_variants
@@ -83,13 +85,7 @@ def targets_from_run(lm, run_dir: Path, config: EvaluateConfig, run_config, spli
     if not chosen:
         names = ", ".join(c.name for c in conditions[1:] if not c.control)
         raise RefusalLabError(f"no intervention matches {config.interventions}; the run offers: {names}")
-    targets = [Target("baseline")]
-    for c in conditions[1:]:
-        if c.name in chosen or (c.control and c.control_for in chosen):
-            goal = "induce" if c.kind in ADDITIVE_KINDS and (c.scale or 0) > 0 else "bypass"
-            targets.append(Target(c.name, c.interventions, c.method, c.kind, c.scope, goal, c.control,
-                                  c.control_for, c.seed))
-    return targets
+    return [conditions[0]] + [c for c in conditions[1:] if c.name in chosen or (c.control and c.control_for in chosen)]
 
 
 def _matches(name: str, patterns: list[str]) -> bool:
@@ -102,7 +98,8 @@ def _judges(config: EvaluateConfig) -> list:
         from rich.console import Console
 
         Console(stderr=True).print("note: with --judge-ablate none the safety-tuned llm judge grades harmful "
-                                   "compliance as refusal (README, 'Judges against human labels'); read bypass "
+                                   "compliance as refusal (docs/evaluation.md, 'Judges against human labels'); "
+                                   "read bypass "
                                    "rates from the substring judge", soft_wrap=True, highlight=False)
     return [make_judge(spec, url=config.judge_url, ablate_run=config.judge_ablate) for spec in specs]
 
@@ -124,15 +121,15 @@ def _capability_data(config: EvaluateConfig) -> tuple[dict, dict]:
 def evaluate(lm, config: EvaluateConfig, out: str | Path, run_dir: str | Path | None = None,
              run_config=None, splits=None, plan=None, fits=None) -> list[dict]:
     """Score the baseline (and the run's matching interventions, planned by ``plan`` as in
-    :func:`targets_from_run`) on every configured metric into ``out``. ``lm``: a loaded model, or a function that
+    :func:`conditions_from_run`) on every configured metric into ``out``. ``lm``: a loaded model, or a function that
     loads it — called only after the held-out rule passed, so a violation fails before minutes of loading."""
     run_dir = Path(run_dir) if run_dir is not None else None
     if splits is None:
         raise RefusalLabError("evaluate needs the splits whose train/val prompts count as seen")
     harmful, harmless = eval_prompts(splits, config.eval_set, config.n_eval, run_dir)
     lm = lm() if callable(lm) else lm
-    targets = (targets_from_run(lm, run_dir, config, run_config, splits, plan, fits) if run_dir
-               else [Target("baseline")])
+    conditions = (conditions_from_run(lm, run_dir, config, run_config, splits, plan, fits) if run_dir
+                  else [Condition("baseline")])
     guard = None
     if config.guard and "judge" in config.metrics:
         guard = make_judge(f"guard:{config.guard}")
@@ -142,7 +139,7 @@ def evaluate(lm, config: EvaluateConfig, out: str | Path, run_dir: str | Path | 
         suite = Suite(lm, store, harmful, harmless, metrics=config.metrics, judges=_judges(config),
                       lengths=config.lengths, texts=texts, questions=questions, guard=guard,
                       batch_size=config.batch_size)
-        rows, items = suite.run(targets)
+        rows, items = suite.run(conditions)
         store.export()
         items.to_parquet(Path(out) / "items.parquet")
     finally:

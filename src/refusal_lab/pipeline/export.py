@@ -12,7 +12,8 @@ import torch
 from refusal_lab import __version__
 from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.core.io import write_json
-from refusal_lab.pipeline.optimize import OptimizeConfig, SearchData, load_means, load_refined, load_study, trial_params
+from refusal_lab.pipeline.optimize import load_study, trial_params
+from refusal_lab.pipeline.search_data import OptimizeConfig, SearchData, load_means, load_refined
 from refusal_lab.search.edit import Abliteration
 
 

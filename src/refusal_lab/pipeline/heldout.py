@@ -1,5 +1,5 @@
 """The rule that scores come only from rows no extraction, selection or search has seen, enforced in one place:
-:func:`refusal_lab.pipeline.comparison.eval_prompts`, which both ``compare`` and ``evaluate`` take their prompts from.
+:func:`eval_prompts`, which ``compare``, ``evaluate`` and optimize's held-out assessment take their prompts from.
 
 What counts as seen: every train and validation prompt of the run's splits (``RUN_DIR/splits.json``), plus every
 prompt a search listed in ``RUN_DIR/seen/*.json`` (a JSON list of prompt texts, written by any step that chooses
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.core.io import write_json
-from refusal_lab.data import Splits
+from refusal_lab.data import Splits, heldout_advbench, heldout_generic
 from refusal_lab.data.prompts import text_key
 
 
@@ -45,3 +45,19 @@ def require_unseen(prompts: Sequence[str], seen: set[str], what: str) -> None:
         raise RefusalLabError(f"{len(overlap)} of the {len(prompts)} {what} were used to extract, select or search "
                               f"(e.g. {example!r}); scores must come from held-out rows: evaluate on the run's test "
                               "split (--eval-set test) or the generic held-out set")
+
+
+def eval_prompts(splits: Splits | None, eval_set: str, n: int | None = None,
+                 run_dir: str | Path | None = None) -> tuple[list[str], list[str]]:
+    """Held-out (harmful, harmless) prompts, the first ``n`` per side: the run's test split, or (``generic``) the
+    fixed held-out AdvBench requests and generic everyday requests (:mod:`refusal_lab.data.sources`), never in any
+    train / val split. Checked against every prompt extraction, selection or a search saw (:func:`seen_prompts`)."""
+    if eval_set == "generic":
+        harmful, harmless = heldout_advbench(splits).texts, heldout_generic(splits).texts
+    else:
+        harmful, harmless = splits.test_harmful.texts, splits.test_harmless.texts
+    harmful, harmless = harmful[:n], harmless[:n]
+    seen = seen_prompts(splits, run_dir)
+    require_unseen(harmful, seen, "harmful evaluation prompts")
+    require_unseen(harmless, seen, "harmless evaluation prompts")
+    return harmful, harmless

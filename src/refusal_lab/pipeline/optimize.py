@@ -1,14 +1,10 @@
 """``refusal-lab optimize``: a refusal × KL Pareto search over abliteration parameters (:mod:`.space`).
 
-Data (train / validation only; the held-out AdvBench and generic slices are never touched): class means of
-``resid_pre`` at every layer and post-instruction position from the train split of each training source
-(``mixed``, ``unmatched``, ``matched``), minus any scoring prompt; and the ``refined`` source's direction: the
-``mixed`` DiM direction refined by a few gradient steps on the ``mixed`` train prompts (:mod:`.refine`; cached in
-``RUN_DIR/refined.safetensors``, its steps in ``RUN_DIR/refine.json``). The scoring prompts are validation
-prompts: the ``mixed`` source's ``n_val`` harmful ones for the survivors' generations (the first ``n_score`` of them
-for the first-token scores of every trial) and ``n_kl`` harmless ones of ``kl_source`` (default ``unmatched``:
-generic requests, the kind heretic's KL and the held-out assessment use; ``mixed``: topic-matched and generic
-requests). Every prompt used is recorded in ``RUN_DIR/seen/optimize.json``.
+Data (:mod:`refusal_lab.pipeline.search_data`): class means of each training source's train prompts and the refined
+direction. The scoring prompts are validation prompts: the ``mixed`` source's ``n_val`` harmful ones for the
+survivors' generations (the first ``n_score`` of them for the first-token scores of every trial) and ``n_kl``
+harmless ones of ``kl_source`` (default ``unmatched``: generic requests, the kind heretic's KL and the held-out
+assessment use; ``mixed``: topic-matched and generic requests).
 
 Search (Optuna, multivariate TPE with a constant liar, journal storage ``RUN_DIR/optuna.journal``, so a rerun
 resumes and an interruption loses at most the trials in flight): ``trials_per_pass`` trials are asked at once and
@@ -24,10 +20,11 @@ texts of ``capability_corpus`` under the edit (:func:`capability_nll`; the unedi
 Survivors: nothing is generated during the search. Afterwards the trials on the first-token Pareto front and the
 lowest-``p_R`` trials with ``KL ≤ max_kl`` (``survivors`` of each at most; under a time budget only as many
 as the time left affords) get greedy generations
-(``max_new_tokens``) on the harmful validation prompts, judged by ``judge`` (default heretic's markers); every
-other trial is dominated on the cheap objectives and is never generated for. ``RUN_DIR/pareto.csv`` holds the
-survivors' Pareto front on (refusals, KL[, NLL]) with every parameter (and ``nll_change``, the NLL's change from the
-unedited model's).
+(``max_new_tokens``) on the harmful validation prompts, judged by ``judge`` (default heretic's markers), scored by
+the one evaluator (:class:`~refusal_lab.pipeline.edit_scoring.EditScorer`; generations in
+``RUN_DIR/evaluation/results.duckdb``); every other trial is dominated on the cheap objectives and is never
+generated for. ``RUN_DIR/pareto.csv`` holds the survivors' Pareto front on (refusals, KL[, NLL]) with every
+parameter (and ``nll_change``, the NLL's change from the unedited model's).
 """
 
 from __future__ import annotations
@@ -35,223 +32,27 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import pandas as pd
 import torch
-from pydantic import Field, PositiveInt
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from safetensors.torch import save_file
 
-from refusal_lab.core.config import ConfigModel
 from refusal_lab.core.errors import RefusalLabError
-from refusal_lab.core.io import atomic_path, write_csv, write_json, write_jsonl
+from refusal_lab.core.io import write_csv, write_json
 from refusal_lab.core.memory import release_freed_memory
-from refusal_lab.data import dataset_splits
-from refusal_lab.evaluation.generate import generate
 from refusal_lab.pipeline.judging import make_judge
-from refusal_lab.evaluation.perplexity import text_losses
-from refusal_lab.evaluation.texts import load_texts
 from refusal_lab.interventions.batched import batched_scores
-from refusal_lab.interventions.scoring import last_token_logprobs
-from refusal_lab.models.activations import collect_activations
-from refusal_lab.models.bundled import DEFAULT_MODEL
-from refusal_lab.pipeline.heldout import record_seen
+from refusal_lab.pipeline.edit_scoring import EditScorer
 from refusal_lab.pipeline.rundir import RunDirectory
+from refusal_lab.pipeline.search_data import OptimizeConfig, SearchData, capability_nll, prepare
 from refusal_lab.search.edit import Abliteration
-from refusal_lab.search.refine import RefineSettings, refine_direction
-from refusal_lab.search.space import AbliterationParams, interpolated_direction, suggest
+from refusal_lab.search.space import AbliterationParams, suggest
 
 log = Console(stderr=True, width=None if sys.stderr.isatty() else 150).log
-TrainingSource = Literal["mixed", "unmatched", "matched"]
-Source = Literal["mixed", "unmatched", "matched", "refined"]
 UNTRACKED = ("trials", "time_budget_min", "survivors")  # settings a resumed search may change
 STUDY = "abliteration"  # the study's name in RUN_DIR/optuna.journal
-
-
-class OptimizeConfig(ConfigModel):
-    """Settings of one search (saved as RUN_DIR/config.json; see the module docstring)."""
-
-    model: str = DEFAULT_MODEL
-    dtype: str = "auto"
-    seed: int = 0
-    sources: list[Source] = ["mixed", "unmatched", "matched", "refined"]
-    n_train: int = Field(128, ge=2)
-    n_val: int = Field(64, ge=2)  # harmful validation prompts the survivors generate for (refusals)
-    n_score: int = Field(64, ge=2)  # of those, scored by first token in every trial
-    n_kl: int = Field(32, ge=2)  # harmless validation prompts scored in every trial (KL)
-    kl_source: TrainingSource = "unmatched"  # whose harmless validation prompts KL is measured on (generic only)
-    trials: PositiveInt = 160
-    startup_trials: int = Field(32, ge=0)
-    trials_per_pass: PositiveInt = 4
-    rows_per_pass: PositiveInt = 32  # batch rows per scoring forward (trials × prompts) and per activation batch
-    generate_batch: PositiveInt = 32  # prompts per greedy-generation batch
-    max_kl: float = Field(0.1, gt=0)
-    survivors: PositiveInt = 8
-    max_new_tokens: PositiveInt = 24
-    judge: str = "markers"
-    norm_preserving: list[bool] = Field([False], min_length=1)  # edits searched: plain, norm-preserving or both
-    capability_texts: int = Field(0, ge=0)  # > 0: a third objective, NLL on this many texts of capability_corpus
-    capability_corpus: str = "lambada"
-    capability_window: int = Field(128, ge=2)  # tokens per scored window of a text (disjoint windows)
-    time_budget_min: float | None = Field(None, gt=0)
-    refine: RefineSettings = RefineSettings()
-
-    @property
-    def training_sources(self) -> list[str]:
-        """The sources whose class means the search needs (``refined`` starts from ``mixed``'s)."""
-        wanted = {s for s in self.sources if s != "refined"} | ({"mixed"} if "refined" in self.sources else set())
-        return [s for s in ("mixed", "unmatched", "matched") if s in wanted]
-
-
-@dataclass
-class SearchData:
-    """Validation prompts, the baseline next-token log-probs of those scored in every trial
-    (``scored + harmless``), each training source's class means ``[L, P, d]`` and the refined direction ``[d]``."""
-
-    harmful: list[str]
-    scored: list[str]
-    harmless: list[str]
-    base_logprobs: torch.Tensor
-    means: dict[str, tuple[torch.Tensor, torch.Tensor]]
-    data_hash: str
-    refined: torch.Tensor | None = None
-    capability: list[str] | None = None  # texts of the capability objective (None: two objectives)
-    base_nll: float | None = None  # the unedited model's NLL on them (nats per token)
-
-    @property
-    def objectives(self) -> list[str]:
-        return ["p_refusal", "kl"] + (["nll"] if self.capability else [])
-
-    def table(self, source: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """``source``'s direction table ``[L, P, d]`` and the harmless means ``[L, P, d]`` its directions are
-        orthogonalised against: ``μ⁺ − μ⁻`` and ``μ⁻`` of a training source; the refined direction at every entry
-        and ``mixed``'s ``μ⁻``."""
-        if source == "refined":
-            if self.refined is None:
-                raise RefusalLabError("this search has no refined direction (refine.json); rerun optimize with "
-                                      "'refined' in sources")
-            harmless = self.means["mixed"][1]
-            return self.refined.to(harmless.dtype).expand_as(harmless), harmless
-        harmful, harmless = self.means[source]
-        return harmful - harmless, harmless
-
-    def ablation(self, lm, params: AbliterationParams, **meta) -> Abliteration:
-        return Abliteration.from_params(params, *self.table(params.source), lm.n_layers, model=lm.name,
-                                        data_hash=self.data_hash, **meta)
-
-
-def search_prompts(config: OptimizeConfig) -> tuple[list[str], list[str], dict[str, tuple[list[str], list[str]]]]:
-    """The ``mixed`` source's harmful validation prompts, the ``kl_source``'s harmless validation prompts, and each
-    source's train prompts (harmful, harmless) without any of those validation texts."""
-    splits = {source: dataset_splits(source, n_train=config.n_train, n_val=config.n_val, seed=config.seed)
-              for source in {*config.training_sources, "mixed", config.kl_source}}
-    harmful, harmless = splits["mixed"].val_harmful.texts, splits[config.kl_source].val_harmless.texts
-    validation = set(harmful) | set(harmless)
-    train = {source: ([t for t in splits[source].train_harmful.texts if t not in validation],
-                      [t for t in splits[source].train_harmless.texts if t not in validation])
-             for source in config.training_sources}
-    return harmful, harmless, train
-
-
-def load_means(run_dir: Path, sources: list[str]) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], str] | None:
-    """The class means ``RUN_DIR/means.safetensors`` holds per source and the data hash they were made from (in the
-    file's metadata); None when there are none (or none for some source)."""
-    from safetensors import safe_open
-
-    path = run_dir / "means.safetensors"
-    if not path.exists():
-        return None
-    with safe_open(str(path), "pt") as stored:
-        data_hash, names = (stored.metadata() or {}).get("data_hash"), set(stored.keys())
-        if data_hash is None or not {f"{s}.{side}" for s in sources for side in ("harmful", "harmless")} <= names:
-            return None
-        means = {s: (stored.get_tensor(f"{s}.harmful"), stored.get_tensor(f"{s}.harmless")) for s in sources}
-    return means, data_hash
-
-
-def prepare(lm, config: OptimizeConfig, run_dir: Path) -> SearchData:
-    """Splits, class means (cached in ``RUN_DIR/means.safetensors``) and baseline log-probs for the search."""
-    import hashlib
-
-    harmful, all_harmless, train = search_prompts(config)
-    harmless = all_harmless[: config.n_kl]
-    payload = json.dumps({"harmful": harmful, "harmless": harmless, "train": train}, sort_keys=True)
-    data_hash = hashlib.sha256(payload.encode()).hexdigest()[:16]
-    record_seen(run_dir, "optimize", [*harmful, *all_harmless,
-                                      *(t for pair in train.values() for side in pair for t in side)])
-    stored = load_means(run_dir, config.training_sources)
-    if stored is None or stored[1] != data_hash:
-        tensors = {}
-        for source, (harm, safe) in train.items():
-            log(f"class means of {source} ({len(harm)} + {len(safe)} train prompts)")
-            tensors[f"{source}.harmful"] = collect_activations(lm, harm, config.rows_per_pass).mean.float()
-            tensors[f"{source}.harmless"] = collect_activations(lm, safe, config.rows_per_pass).mean.float()
-            release_freed_memory()
-        with atomic_path(run_dir / "means.safetensors") as tmp:
-            save_file(tensors, str(tmp), metadata={"data_hash": data_hash})
-        stored = load_means(run_dir, config.training_sources)
-    refined = refined_direction(lm, config, run_dir, train.get("mixed"), stored[0].get("mixed"), data_hash)
-    scored_harmful = harmful[: config.n_score]
-    base = last_token_logprobs(lm, scored_harmful + harmless, batch_size=config.rows_per_pass)
-    data = SearchData(harmful, scored_harmful, harmless, base, stored[0], data_hash, refined)
-    if config.capability_texts:
-        data.capability = load_texts(config.capability_corpus, config.capability_texts, config.seed)[1]
-        data.base_nll = capability_nll(lm, data, None, config)
-    release_freed_memory()
-    return data
-
-
-def capability_nll(lm, data: SearchData, ablation: Abliteration | None, config: OptimizeConfig) -> float:
-    """Token-averaged NLL (nats) of the capability texts under ``ablation`` (None: unedited): raw text in disjoint
-    windows of ``capability_window`` tokens (:func:`refusal_lab.evaluation.perplexity.text_losses`)."""
-    interventions = ablation.interventions(lm=lm) if ablation is not None else []
-    return text_losses(lm, data.capability, interventions=interventions, window=config.capability_window,
-                       stride=config.capability_window, batch_size=config.rows_per_pass).mean_nll
-
-
-def _refine_key(config: OptimizeConfig, data_hash: str) -> str:
-    return json.dumps({"data_hash": data_hash, "seed": config.seed, **config.refine.model_dump()}, sort_keys=True)
-
-
-def load_refined(run_dir: Path, config: OptimizeConfig, data_hash: str) -> torch.Tensor | None:
-    """The refined direction ``[d]`` stored in ``RUN_DIR/refined.safetensors`` for these data and settings, or None."""
-    from safetensors import safe_open
-
-    path = run_dir / "refined.safetensors"
-    if not path.exists():
-        return None
-    with safe_open(str(path), "pt") as stored:
-        if (stored.metadata() or {}).get("key") != _refine_key(config, data_hash):
-            return None
-        return stored.get_tensor("direction")
-
-
-def refined_direction(lm, config: OptimizeConfig, run_dir: Path, train: tuple[list[str], list[str]],
-                      mixed_means: tuple[torch.Tensor, torch.Tensor], data_hash: str) -> torch.Tensor | None:
-    """The ``refined`` source's direction (None when it is not searched): the ``mixed`` DiM direction at the last
-    post-instruction position and ``refine.init_depth`` of the depth, refined on the ``mixed`` train prompts
-    (:func:`~refusal_lab.search.refine.refine_direction`); stored once per data and settings."""
-    if "refined" not in config.sources:
-        return None
-    stored = load_refined(run_dir, config, data_hash)
-    if stored is not None:
-        return stored
-    harmful_means, harmless_means = mixed_means
-    v = (harmful_means[:, -1] - harmless_means[:, -1]).double()
-    init = interpolated_direction(v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12),
-                                  config.refine.init_depth * (v.shape[0] - 1)).float()
-    log(f"refining the mixed DiM direction ({config.refine.steps} gradient steps on {len(train[0])} + "
-        f"{len(train[1])} train prompts)")
-    direction, history = refine_direction(lm, init, *train, config.refine, seed=config.seed, log=log)
-    write_json(run_dir / "refine.json", {"settings": config.refine.model_dump(), "steps": history})
-    with atomic_path(run_dir / "refined.safetensors") as tmp:
-        save_file({"direction": direction.contiguous(), "init": init.contiguous()}, str(tmp),
-                  metadata={"key": _refine_key(config, data_hash)})
-    return direction
 
 
 def _storage(run_dir: Path):
@@ -371,21 +172,6 @@ def survivors(table: pd.DataFrame, config: OptimizeConfig, limit: int | None = N
     return ranked.drop(columns=["rank", "side"])
 
 
-def generated_refusals(lm, data: SearchData, ablation: Abliteration | None, path: Path, config: OptimizeConfig,
-                       judge) -> int:
-    """Refusals among greedy completions of the harmful scoring prompts (cached as JSONL at ``path``)."""
-    if path.exists():
-        return sum(json.loads(line)["refused"] for line in path.read_text().splitlines())
-    interventions = ablation.interventions(lm=lm) if ablation is not None else []
-    completions = generate(lm, data.harmful, interventions, config.max_new_tokens, config.generate_batch,
-                           description=path.stem)
-    release_freed_memory()
-    refused = [judge.refuses(c) for c in completions]
-    write_jsonl(path, ({"prompt": p, "response": c, "refused": r} for p, c, r in zip(data.harmful, completions,
-                                                                                     refused)))
-    return sum(refused)
-
-
 def flatten(params: AbliterationParams) -> dict:
     return pd.json_normalize(json.loads(params.model_dump_json())).iloc[0].to_dict()
 
@@ -401,35 +187,39 @@ def optimize(lm, config: OptimizeConfig, run_dir: str | Path) -> pd.DataFrame:
     RunDirectory(run_dir).bind(lm=lm, config=config.model_copy(update={k: None for k in UNTRACKED}))
     write_json(run_dir / "config.json", json.loads(config.model_dump_json()))
     data = prepare(lm, config, run_dir)
-    generations = run_dir / "generations"
-    began = time.monotonic()
-    baseline = generated_refusals(lm, data, None, generations / "baseline.jsonl", config, judge)
-    timing = run_dir / "generation-seconds.json"
-    if not timing.exists():
-        write_json(timing, time.monotonic() - began)
-    log(f"baseline: {baseline}/{len(data.harmful)} validation refusals ({config.judge})")
-    study = open_study(run_dir, config)
-    if "refined" in config.sources and not study.trials:
-        study.enqueue_trial(full_refined_trial(lm.n_layers))  # the refined direction as it was trained
-    deadline = end = None
-    per_generation = json.loads(timing.read_text())
-    if config.time_budget_min is not None:  # the search gets what the survivors' generations leave, ≥ half the rest
-        end, now = start + 60 * config.time_budget_min, time.monotonic()
-        deadline = now + max((end - now) / 2, end - now - 2 * config.survivors * per_generation)
-    search(lm, data, study, config, deadline)
-    table = trial_table(study)
-    if table.empty:
-        raise RefusalLabError("no trial finished; raise --trials or --time-budget")
-    chosen = survivors(table, config, None if end is None else max(2, int((end - time.monotonic()) // per_generation)))
-    log(f"generating for up to {len(chosen)} of {len(table)} trials (the rest are dominated on first-token scores)")
-    refusals, longest = {}, per_generation
-    for row in chosen.itertuples():  # in priority order; under a budget, none that would end past it (but the first)
-        if end is not None and refusals and time.monotonic() + longest > end:
-            break
+    with EditScorer(lm, run_dir / "evaluation", data.harmful, [], judge, config.max_new_tokens,
+                    config.generate_batch) as scorer:
         began = time.monotonic()
-        refusals[row.trial] = generated_refusals(lm, data, data.ablation(lm, row.params),
-                                                 generations / f"trial-{row.trial}.jsonl", config, judge)
-        longest = max(longest, time.monotonic() - began)
+        baseline = scorer.score("baseline", None)["refusals"]
+        timing = run_dir / "generation-seconds.json"
+        if not timing.exists():
+            write_json(timing, time.monotonic() - began)
+        log(f"baseline: {baseline}/{len(data.harmful)} validation refusals ({config.judge})")
+        study = open_study(run_dir, config)
+        if "refined" in config.sources and not study.trials:
+            study.enqueue_trial(full_refined_trial(lm.n_layers))  # the refined direction as it was trained
+        deadline = end = None
+        per_generation = json.loads(timing.read_text())
+        if config.time_budget_min is not None:  # the search gets what the survivors' generations leave, ≥ half
+            end, now = start + 60 * config.time_budget_min, time.monotonic()
+            deadline = now + max((end - now) / 2, end - now - 2 * config.survivors * per_generation)
+        search(lm, data, study, config, deadline)
+        table = trial_table(study)
+        if table.empty:
+            raise RefusalLabError("no trial finished; raise --trials or --time-budget")
+        chosen = survivors(table, config,
+                           None if end is None else max(2, int((end - time.monotonic()) // per_generation)))
+        log(f"generating for up to {len(chosen)} of {len(table)} trials (the rest are dominated on first-token "
+            "scores)")
+        refusals, longest = {}, per_generation
+        for row in chosen.itertuples():  # in priority order; under a budget none that would end past it (but the 1st)
+            if end is not None and refusals and time.monotonic() + longest > end:
+                break
+            began = time.monotonic()
+            refusals[row.trial] = scorer.score(f"trial-{row.trial}", data.ablation(lm, row.params),
+                                               trial=row.trial)["refusals"]
+            release_freed_memory()
+            longest = max(longest, time.monotonic() - began)
     chosen = chosen[chosen["trial"].isin(list(refusals))].assign(refusals=lambda f: f["trial"].map(refusals))
     result = front(chosen, "refusals", *data.objectives[1:])
     rows = [{"trial": r.trial, "refusals": r.refusals, "n": len(data.harmful), "kl": r.kl,

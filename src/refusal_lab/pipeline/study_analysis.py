@@ -44,7 +44,7 @@ from refusal_lab.data import Splits, dataset_splits
 from refusal_lab.interventions.hooks import apply_interventions
 from refusal_lab.models.activations import collect_activations
 from refusal_lab.pipeline.artifacts import chosen_for_scope, load_candidates, methods_dir
-from refusal_lab.pipeline.evaluate import targets_from_run
+from refusal_lab.pipeline.evaluate import conditions_from_run
 from refusal_lab.pipeline.extraction import fit_context
 
 PANEL_ORDER = ("refusal", "harmless_refusal", "judge", "kl", "kl_response", "perplexity", "mmlu", "arc", "repetition",
@@ -115,10 +115,10 @@ def _first_inlp_directions(model_dir: Path, position: int, hidden_size: int) -> 
 
 
 def _landing(lm, config, run_cfg, model_dir, splits, fits, clean_h, clean_b, direction, layer, position):
-    targets = [t for t in targets_from_run(lm, model_dir, config.evaluate, run_cfg, splits, plan=config.compare,
-                                           fits=fits)[1:]
+    targets = [t for t in conditions_from_run(lm, model_dir, config.evaluate, run_cfg, splits, plan=config.compare,
+                                              fits=fits)[1:]
                if not t.control and t.goal == "bypass"
-               and (t.kind != "rank-k" or parse(t.name).params.get("k") == str(config.compare.rank_k))]
+               and (t.kind != "rank-k" or t.params.get("k") == config.compare.rank_k)]
     frame = fixed_frame(direction, clean_h, clean_b)
     mu_h, mu_b = clean_h.mean(0), clean_b.mean(0)
     n = config.analysis.n_geometry

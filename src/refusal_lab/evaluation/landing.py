@@ -9,7 +9,7 @@ post-instruction position, a row vector ``h ∈ R^d`` has the cluster coordinate
 *nearer the harmful cluster* when ``‖h − μ₁‖ < ‖h − μ₀‖``. A map that moves harmful prompts "into the harmless
 cluster" takes their mean t from ≈ 1 to ≈ 0 and their nearer-harmful fraction from ≈ 1 to ≈ 0.
 
-:func:`landing` collects ``resid_pre`` of every layer at one position with interventions applied (their hooks are
+:func:`landing_items` collects ``resid_pre`` of every layer at one position with interventions applied (their hooks are
 registered first, so a map at layer ℓ's input is already in what layer ℓ's capture sees) and summarises each layer.
 """
 
@@ -53,23 +53,30 @@ class Landing:
     nearer_harmful: list[float]
 
 
-def landing(lm, prompts: Sequence[str], interventions: Sequence[Intervention], harmful_mean: torch.Tensor,
-            harmless_mean: torch.Tensor, position: int, batch_size: int = 32) -> Landing:
-    """Where ``prompts``' activations at ``position`` (negative, post-instruction) land under ``interventions``,
-    against the clean class means ``harmful_mean`` / ``harmless_mean`` ``[L, P, d]``, at every layer (NaN at a
-    layer where the two means coincide)."""
+def landing_items(lm, prompts: Sequence[str], interventions: Sequence[Intervention], harmful_mean: torch.Tensor,
+                  harmless_mean: torch.Tensor, position: int,
+                  batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per prompt and layer, where ``prompts``' activations at ``position`` (negative, post-instruction) land under
+    ``interventions`` against the clean class means ``[L, P, d]``: ``(t [n, L], nearer_harmful [n, L])`` in float64
+    (nearer as 0/1), NaN at a layer where the two means coincide."""
     with apply_interventions(lm, interventions):
         acts = collect_activations(lm, list(prompts), batch_size, use_cache=False, description="landing").acts
-    coordinate, nearer = [], []
-    for layer in range(acts.shape[1]):
+    n, n_layers = acts.shape[0], acts.shape[1]
+    coordinate = torch.full((n, n_layers), math.nan, dtype=torch.float64)
+    nearer = torch.full((n, n_layers), math.nan, dtype=torch.float64)
+    for layer in range(n_layers):
         h, mu1, mu0 = acts[:, layer, position], harmful_mean[layer, position], harmless_mean[layer, position]
-        if not has_axis(mu1, mu0):
-            coordinate.append(math.nan)
-            nearer.append(math.nan)
-            continue
-        coordinate.append(float(cluster_coordinate(h, mu1, mu0).mean()))
-        nearer.append(float(nearer_harmful(h, mu1, mu0).double().mean()))
-    return Landing(coordinate, nearer)
+        if has_axis(mu1, mu0):
+            coordinate[:, layer] = cluster_coordinate(h, mu1, mu0)
+            nearer[:, layer] = nearer_harmful(h, mu1, mu0).double()
+    return coordinate, nearer
 
 
-__all__ = ["Landing", "cluster_coordinate", "has_axis", "landing", "nearer_harmful"]
+def landing(lm, prompts: Sequence[str], interventions: Sequence[Intervention], harmful_mean: torch.Tensor,
+            harmless_mean: torch.Tensor, position: int, batch_size: int = 32) -> Landing:
+    """:func:`landing_items` averaged over the prompts: the mean ``t`` and the nearer-harmful fraction per layer."""
+    coordinate, nearer = landing_items(lm, prompts, interventions, harmful_mean, harmless_mean, position, batch_size)
+    return Landing(coordinate.mean(0).tolist(), nearer.mean(0).tolist())
+
+
+__all__ = ["Landing", "cluster_coordinate", "has_axis", "landing", "landing_items", "nearer_harmful"]

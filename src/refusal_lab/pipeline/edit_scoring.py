@@ -1,0 +1,48 @@
+"""Scoring abliteration edits (the unedited model, an optimize trial, an export) with the one evaluator.
+
+Refusals: greedy completions of ``max_new_tokens`` on the harmful prompts, judged by a phrase judge (heretic's
+markers by default), the suite's ``refusal`` metric; KL: the mean first-token ``KL(p_base ‖ p_edit)`` on the harmless
+prompts, its ``kl`` metric (no harmless prompts: no KL). Per-item values and generations live in the suite's store
+under ``directory``, so a rerun generates nothing already generated.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from refusal_lab.evaluation.condition import Condition
+from refusal_lab.evaluation.store import ResultsStore
+from refusal_lab.evaluation.suite import Suite
+from refusal_lab.search.edit import Abliteration
+
+BASELINE = Condition("baseline")
+
+
+class EditScorer:
+    """Refusals and KL of edits on fixed prompts (see the module docstring); use as a context manager."""
+
+    def __init__(self, lm, directory: str | Path, harmful: list[str], harmless: list[str], judge,
+                 max_new_tokens: int, batch_size: int):
+        self.lm = lm
+        self.store = ResultsStore(directory)
+        self.n = len(harmful)
+        self.suite = Suite(lm, self.store, harmful, harmless, metrics=["refusal"] + (["kl"] if harmless else []),
+                           judges=[judge], lengths=[max_new_tokens], batch_size=batch_size)
+
+    def __enter__(self) -> EditScorer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.store.close()
+
+    def score(self, name: str, ablation: Abliteration | None, **params) -> dict:
+        """``{"refusals", "n"[, "kl"]}`` of one edit (None: the unmodified model) named ``name``."""
+        condition = BASELINE if ablation is None else Condition(
+            name, ablation.interventions(lm=self.lm), "ablate", "all", "optimize", params=params)
+        rows, _ = self.suite.run([BASELINE] if ablation is None else [BASELINE, condition])
+        scored = {r["metric"]: r for r in rows if r["intervention"] == condition.name}
+        result = {"refusals": round(scored["refusal"]["value"] * scored["refusal"]["n"]), "n": self.n}
+        return result | ({"kl": scored["kl"]["value"]} if "kl" in scored else {})
+
+
+__all__ = ["EditScorer"]
