@@ -20,7 +20,7 @@ from rich.progress import Progress
 from refusal_lab.core.io import write_jsonl
 from refusal_lab.evaluation.judges import is_refusal
 from refusal_lab.interventions.hooks import Intervention, apply_interventions
-from refusal_lab.models.forward import common_prefix_length, left_pad, repeat_cache
+from refusal_lab.models.forward import common_prefix_length, run_prefix
 
 OnBatch = Callable[[list[int], list[list[int]]], None]
 
@@ -39,20 +39,18 @@ def generate_ids(lm, prompts: Sequence[str], interventions: Sequence[Interventio
     n_prefix = common_prefix_length(ids, keep=1)
     with apply_interventions(lm, interventions), Progress(transient=True) as progress:
         task = progress.add_task(description, total=len(prompts))
-        prefix, prefix_cache = ids[0][:n_prefix], None
-        if n_prefix:
-            prefix_cache = lm.model(input_ids=torch.tensor([prefix], device=lm.device), use_cache=True,
-                                    logits_to_keep=1).past_key_values
+        prefix = run_prefix(lm, ids[0][:n_prefix])
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            rest, rest_mask = left_pad([ids[i][n_prefix:] for i in rows], pad)
-            input_ids = torch.cat([torch.tensor([prefix] * len(rows), dtype=torch.long), rest], dim=1)
-            mask = torch.cat([torch.ones(len(rows), n_prefix, dtype=torch.long), rest_mask], dim=1)
-            kwargs = {"past_key_values": repeat_cache(prefix_cache, len(rows))} if prefix_cache is not None else {}
-            output = lm.model.generate(input_ids=input_ids.to(lm.device), attention_mask=mask.to(lm.device),
-                                       max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, **kwargs)
-            batch_ids = [until_stop(row.tolist(), stops) for row in output[:, input_ids.shape[1]:]]
+            # generate takes [prefix | padding | rest] whole and derives positions from the mask itself
+            inputs = prefix.inputs([ids[i][n_prefix:] for i in rows], pad, lm.device)
+            del inputs["position_ids"]
+            inputs["input_ids"] = torch.cat([torch.tensor([prefix.ids] * len(rows), dtype=torch.long,
+                                                          device=lm.device).view(len(rows), n_prefix),
+                                             inputs["input_ids"]], dim=1)
+            output = lm.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+            batch_ids = [until_stop(row.tolist(), stops) for row in output[:, inputs["input_ids"].shape[1]:]]
             for r, i in enumerate(rows):
                 results[i] = batch_ids[r]
             if on_batch is not None:

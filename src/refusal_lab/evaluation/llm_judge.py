@@ -31,7 +31,7 @@ from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.evaluation.judges import DEFAULT_JUDGE_MODEL, Judgement, ModelJudge, fingerprint_of
 from refusal_lab.evaluation.rubric import FIELDS, GRADES, ITEM, JSON_FORMAT, LOCAL_FORMAT, RUBRIC
 from refusal_lab.interventions.hooks import Intervention, apply_interventions
-from refusal_lab.models.forward import left_pad, position_ids_for, repeat_cache
+from refusal_lab.models.forward import run_prefix
 from refusal_lab.models.load import LoadedModel
 
 Ablation = Callable[[LoadedModel], "tuple[list[Intervention], str]"]
@@ -144,9 +144,8 @@ class LlmJudge(ModelJudge):
             self._continuations[field] = torch.tensor(rows)
         prefix = self._encode(self._format(ITEM.format(request=_SENTINEL, response="")).split(_SENTINEL)[0])
         self._prefix_ids = prefix[:-1]  # the last token may merge with the request's first characters
-        with torch.no_grad(), apply_interventions(self.lm, self.interventions):
-            ids = torch.tensor([self._prefix_ids], device=self.lm.device)
-            self._prefix_cache = self.lm.model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+        with apply_interventions(self.lm, self.interventions):
+            self._prefix = run_prefix(self.lm, self._prefix_ids)
 
     def _pick(self, logits: torch.Tensor) -> torch.Tensor:
         """Grade index per row from the next-token logits over the three grade digits."""
@@ -169,22 +168,18 @@ class LlmJudge(ModelJudge):
             if ids[:n_prefix] != self._prefix_ids:
                 raise RefusalLabError("judge prompts do not share the rubric prefix; this is a bug in LlmJudge")
             rows.append(ids[n_prefix:])
-        ids, mask = left_pad(rows, lm.tokenizer.pad_token_id)
-        past = repeat_cache(self._prefix_cache, len(rows))
-        attention = torch.cat([torch.ones(len(rows), n_prefix, dtype=torch.long), mask], dim=1)
-        positions = position_ids_for(mask, n_prefix)
-        out = lm.model(input_ids=ids.to(lm.device), attention_mask=attention.to(lm.device),
-                       position_ids=positions.to(lm.device), past_key_values=past, use_cache=True, logits_to_keep=1)
+        inputs = self._prefix.inputs(rows, lm.tokenizer.pad_token_id, lm.device)
+        attention, positions = inputs["attention_mask"], inputs["position_ids"]
+        out = lm.model(**inputs, use_cache=True, logits_to_keep=1)
         grades = {}
         for field in FIELDS:
             grades[field] = self._pick(out.logits[:, -1, :])
-            if field in self._continuations:
-                forced = self._continuations[field][grades[field]]
+            if field in self._continuations:  # teacher-force the chosen grade and the next label
+                forced = self._continuations[field][grades[field]].to(lm.device)
                 attention = torch.cat([attention, torch.ones_like(forced)], dim=1)
-                positions = positions[:, -1:] + torch.arange(1, forced.shape[1] + 1)
-                out = lm.model(input_ids=forced.to(lm.device), attention_mask=attention.to(lm.device),
-                               position_ids=positions.to(lm.device), past_key_values=out.past_key_values,
-                               use_cache=True, logits_to_keep=1)
+                positions = positions[:, -1:] + torch.arange(1, forced.shape[1] + 1, device=lm.device)
+                out = lm.model(input_ids=forced, attention_mask=attention, position_ids=positions,
+                               past_key_values=out.past_key_values, use_cache=True, logits_to_keep=1)
         values = {field: _VALUES[g].tolist() for field, g in grades.items()}
         return [Judgement(**{field: values[field][i] for field in _JUDGED}) for i in range(len(items))]
 

@@ -55,6 +55,39 @@ def repeat_cache(cache, n: int):
     return past
 
 
+@dataclass
+class SharedPrefix:
+    """Tokens every row starts with, run once: their ids and key/value cache (None when there are none)."""
+
+    ids: list[int]
+    cache: object | None
+
+    def inputs(self, rests: Sequence[Sequence[int]], pad_id: int, device, repeat: int = 1) -> dict:
+        """Forward inputs for rows whose tokens after the prefix are ``rests`` (each repeated ``repeat`` times,
+        repeat-major): the rests left-padded, the mask over ``[prefix | padding | rest]``, positions counting real
+        tokens only, and the prefix's cache repeated per row (row ``r`` reads prefix row ``r // len(rests)``)."""
+        rest, mask = left_pad(rests, pad_id)
+        rest, mask = rest.repeat(repeat, 1), mask.repeat(repeat, 1)
+        if self.cache is None:
+            return {"input_ids": rest.to(device), "attention_mask": mask.to(device),
+                    "position_ids": position_ids_for(mask).to(device)}
+        full = torch.cat([torch.ones(len(rest), len(self.ids), dtype=torch.long), mask], dim=1)
+        return {"input_ids": rest.to(device), "past_key_values": repeat_cache(self.cache, len(rests)),
+                "attention_mask": full.to(device), "position_ids": position_ids_for(mask, len(self.ids)).to(device)}
+
+
+@torch.no_grad()
+def run_prefix(lm, ids: Sequence[int], repeat: int = 1, body_only: bool = False) -> SharedPrefix:
+    """Run ``ids`` once (``repeat`` rows; ``body_only``: the decoder body, no unembedding) under whatever hooks are
+    active and keep the cache."""
+    if not ids:
+        return SharedPrefix([], None)
+    runner = lm.model.model if body_only else lm.model
+    kwargs = {} if body_only else {"logits_to_keep": 1}
+    prefix = torch.tensor([list(ids)] * repeat, device=lm.device)
+    return SharedPrefix(list(ids), runner(input_ids=prefix, use_cache=True, **kwargs).past_key_values)
+
+
 @torch.no_grad()
 def prefix_batches(lm, prompts: Sequence[str], batch_size: int, keep: int = 1, body_only: bool = False,
                    repeat: int = 1) -> Iterator[Batch]:
@@ -78,24 +111,9 @@ def token_batches(lm, ids: Sequence[Sequence[int]], batch_size: int, keep: int |
     The prefix is the longest common token prefix of ``ids`` leaving ``keep[i]`` tokens of row ``i`` outside it."""
     keeps = [keep] * len(ids) if isinstance(keep, int) else list(keep)
     n_prefix = max(0, min(common_prefix_length(ids, 0), *(len(r) - k for r, k in zip(ids, keeps))))
-    device = lm.device
-    cache = None
-    if n_prefix:
-        prefix = torch.tensor([ids[0][:n_prefix]] * repeat, device=device)
-        runner = lm.model.model if body_only else lm.model
-        kwargs = {} if body_only else {"logits_to_keep": 1}
-        cache = runner(input_ids=prefix, use_cache=True, **kwargs).past_key_values
+    prefix = run_prefix(lm, ids[0][:n_prefix], repeat, body_only)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        rest, mask = left_pad([ids[i][n_prefix:] for i in rows], lm.tokenizer.pad_token_id)
-        rest, mask = rest.repeat(repeat, 1), mask.repeat(repeat, 1)
-        inputs = {"input_ids": rest.to(device)}
-        if cache is not None:
-            past = repeat_cache(cache, len(rows))
-            full_mask = torch.cat([torch.ones(len(rest), n_prefix, dtype=torch.long), mask], dim=1)
-            inputs |= {"past_key_values": past, "attention_mask": full_mask.to(device),
-                       "position_ids": position_ids_for(mask, n_prefix).to(device)}
-        else:
-            inputs |= {"attention_mask": mask.to(device), "position_ids": position_ids_for(mask).to(device)}
+        inputs = prefix.inputs([ids[i][n_prefix:] for i in rows], lm.tokenizer.pad_token_id, lm.device, repeat)
         yield Batch(rows, inputs)
