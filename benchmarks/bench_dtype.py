@@ -1,6 +1,7 @@
 """bfloat16 vs float32 on this CPU: a ``linear`` of the 1.5B's MLP shape, and a model's forward pass.
 
     python benchmarks/bench_dtype.py [--model qwen2.5-coder-0.5b-instruct] [--tokens 512] [--repeats 5] [--quick]
+                                     [--record]
 
 * linear: ``y = x Wᵀ`` with ``x [tokens, 1536]`` and ``W [8960, 1536]`` (qwen2.5-coder-1.5b's ``gate_proj`` /
   ``up_proj``), ``2 · tokens · 1536 · 8960`` flops, best of ``--repeats``, in GFLOP/s.
@@ -9,6 +10,7 @@
 
 This is the measurement behind ``dtype="auto"`` (:func:`refusal_lab.models.load.default_dtype`): bfloat16 only where
 oneDNN has native bf16 matmul. The README's AVX2-only figure (bf16 10× slower) needs such a CPU to reproduce.
+``--record`` writes the timings page's ``dtype`` row (the forward ratio is the 0.5B's there: other models refuse).
 """
 
 from __future__ import annotations
@@ -16,7 +18,17 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _common import Report, add_model_args, best_seconds, load, readme_figures, setup
+from _common import (
+    Report,
+    add_model_args,
+    add_record_arg,
+    best_seconds,
+    load,
+    model_name,
+    readme_figures,
+    record,
+    setup,
+)
 
 from refusal_lab.data import default_splits
 
@@ -57,6 +69,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
+    add_record_arg(parser)
     args = parser.parse_args()
     setup(args)
     if args.quick:
@@ -84,6 +97,10 @@ def main() -> None:
     report.add("bf16 / fp32", f"{speed[torch.bfloat16] / speed[torch.float32]:.1f}×",
                readme=readme_figures(README_FORWARD, args.model).get("ratio"))
     report.print()
+    if args.record:
+        record("timings", "dtype", {"bfloat16": f"{gflops[torch.bfloat16]:.0f}",
+                                    "float32": f"{gflops[torch.float32]:.0f}",
+                                    model_name(args.model): f"{speed[torch.bfloat16] / speed[torch.float32]:.1f}×"})
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Greedy generation throughput: refusal-lab's generator against plain transformers loops on the same prompts.
 
     python benchmarks/bench_generation.py [--model M] [--n 32] [--max-new-tokens 64] [--batch-size 16] [--quick]
+                                          [--record]
 
 Three ways to produce the same greedy completions of ``n`` held-out prompts (half AdvBench, half generic requests):
   * plain, one at a time — ``model.generate`` per prompt, what a short script does;
@@ -8,7 +9,8 @@ Three ways to produce the same greedy completions of ``n`` held-out prompts (hal
   * refusal-lab — :func:`refusal_lab.evaluation.generate.generate_ids`: length-sorted batches that reuse the chat
     template's shared prefix.
 Prints prompts/s for each, the speed-up of refusal-lab over each plain loop, and how many completions equal the
-one-at-a-time ones token for token (greedy ties and bf16 rounding can flip a few).
+one-at-a-time ones token for token (greedy ties and bf16 rounding can flip a few). ``--record`` writes the timings
+page's ``generation`` row (the 0.5B's).
 """
 
 from __future__ import annotations
@@ -16,7 +18,16 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _common import Report, add_model_args, load, readme_figures, setup, timed
+from _common import (
+    Report,
+    add_model_args,
+    add_record_arg,
+    load,
+    readme_figures,
+    record,
+    setup,
+    timed,
+)
 
 from refusal_lab.data import heldout_advbench, heldout_generic
 from refusal_lab.evaluation.generate import generate_ids, stop_ids, until_stop
@@ -43,6 +54,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=32, help="prompts (half harmful, half harmless)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)
+    add_record_arg(parser)
     args = parser.parse_args()
     setup(args)
     n, tokens = (8, 8) if args.quick else (args.n, args.max_new_tokens)
@@ -62,6 +74,11 @@ def main() -> None:
         report.add(name, f"{n / seconds:.2f}", f"{seconds / t_ours:.2f}×", f"{same}/{n}",
                    readme=figures.get(name))
     report.print()
+    if args.record:
+        record("timings", "generation", {"refusal-lab": f"{n / t_ours:.2f}", "one at a time": f"{n / t_one:.2f}",
+                                          "batched": f"{n / t_batched:.2f}",
+                                          "speed-up vs one at a time": f"{t_one / t_ours:.2f}×",
+                                          "speed-up vs batched": f"{t_batched / t_ours:.2f}×"}, model=args.model)
 
 
 if __name__ == "__main__":

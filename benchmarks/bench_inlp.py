@@ -1,8 +1,10 @@
 """Time INLP on every layer of synthetic activations shaped like qwen2.5-coder-1.5b (28 layers, d = 1536).
 
     python benchmarks/bench_inlp.py [--n-train 256] [--layers 28] [--d 1536] [--classifier logistic] [--C C]
+                                     [--record]
 
 INLP reads the training split only: C by 4-fold CV (unless --C), out-of-fold accuracies for the stop rule.
+``--record`` writes the total into the timings page's ``inlp`` row (its defaults are that row's settings).
 
 Activations: a large common offset plus heavy-tailed outlier features (like a residual stream), and a planted
 concept whose strength grows with depth, carried by 3 orthonormal directions per layer with unequal noise scales.
@@ -15,7 +17,7 @@ import os
 import time
 
 import torch
-from _common import add_run_args, setup
+from _common import add_record_arg, add_run_args, record, setup
 
 from refusal_lab.fitting.inlp import INLPConfig, fit_inlp
 
@@ -48,6 +50,7 @@ def main() -> None:
     ap.add_argument("--C", type=float, default=None, help="fixed C (default: chosen by cross-validation)")
     ap.add_argument("--max-iterations", type=int, default=20)
     ap.add_argument("--stop", choices=["chance", "fixed"], default="chance")
+    add_record_arg(ap)
     args = ap.parse_args()
     setup(args)
     if args.quick:
@@ -72,6 +75,8 @@ def main() -> None:
               f"{r.n_fits:>5} {dt:>8.3f}")
     print(f"total {total:.2f} s, {total / args.layers:.3f} s/layer, {fits} classifier fits, "
           f"{total / fits * 1000:.1f} ms/fit")
+    if args.record:
+        record("timings", "inlp", {"seconds": f"{total:.1f} s"})
 
 
 if __name__ == "__main__":

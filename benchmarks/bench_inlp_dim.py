@@ -2,7 +2,7 @@
 sit inside the INLP span.
 
     python benchmarks/bench_inlp_dim.py --model qwen2.5-coder-1.5b-instruct [--position -2] [--from-layer N]
-                                        [--layers 16 20] [--quick]
+                                        [--layers 16 20] [--quick] [--record]
 
 Activations: ``resid_pre`` at post-instruction position ``--position`` of the default splits (train 128 + 128 to fit,
 val 32 + 32 held out), from :func:`refusal_lab.models.activations.collect_activations` (cached on disk). ``v`` is the DiM
@@ -18,6 +18,9 @@ vector ``μ_harmful − μ_harmless`` of the train activations.
   each of ``--layers``, ``V [k, d]`` its orthonormal rows, and ``cos(μ_harmful Vᵀ, μ_harmless Vᵀ)`` with ``μ`` the
   raw (uncentred) train class means. A large cosine means the two means share a component inside the span, so the
   flip ``h ↦ h (2P − I)`` through the origin sends both the same way rather than one onto the other.
+
+``--record`` writes the C = 1 / C = 0.001 cosine ranges and the class-mean cosines into the timings page's rows
+``inlp-dim.cosine`` and ``inlp-dim.means`` (the 1.5B's; a layer the page has no place for refuses).
 """
 
 from __future__ import annotations
@@ -25,7 +28,15 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _common import Report, add_model_args, load, readme_figures, setup
+from _common import (
+    Report,
+    add_model_args,
+    add_record_arg,
+    load,
+    readme_figures,
+    record,
+    setup,
+)
 
 from refusal_lab.data import default_splits
 from refusal_lab.fitting.dim import cosine_matrix, dim_candidates
@@ -56,6 +67,7 @@ def main() -> None:
     parser.add_argument("--from-layer", type=int, help="first layer of the summary ranges (default 0.4·L)")
     parser.add_argument("--layers", type=int, nargs="+", default=[16, 20], help="layers for the class-mean cosines")
     parser.add_argument("--batch-size", type=int, default=32)
+    add_record_arg(parser)
     args = parser.parse_args()
     setup(args)
 
@@ -96,6 +108,7 @@ def main() -> None:
     summary.print()
 
     figures = readme_figures(README_MEANS, lm.name)
+    cosines = {}
     means = Report(f"{lm.name}, position {args.position}: class means inside the INLP span V (C = 1, ≤ 20 "
                    f"directions, stop at chance)", ("rank k", "cos(μ_harmful Vᵀ, μ_harmless Vᵀ)"))
     for layer in args.layers:
@@ -106,7 +119,11 @@ def main() -> None:
         mu_harmless = acts["train_harmless"].mean[layer, args.position] @ V.T
         cosine = float(cosine_matrix(mu_harmful, mu_harmless)[0, 0]) if len(V) else float("nan")
         means.add(f"layer {layer}", str(len(V)), f"{cosine:.2f}", readme=figures.get(layer))
+        cosines[f"layer {layer}"] = f"{cosine:.2f}"
     means.print()
+    if args.record:
+        record("timings", "inlp-dim.cosine", {f"C={C:g}": span(found[("cos", C)]) for C in CS}, model=args.model)
+        record("timings", "inlp-dim.means", cosines, model=args.model)
 
 
 if __name__ == "__main__":

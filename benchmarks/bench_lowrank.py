@@ -1,7 +1,7 @@
 """Forward throughput of a rank-k projection hook: low-rank ``h − (h V_kᵀ) V_k`` vs the dense ``h @ P_k``.
 
     python benchmarks/bench_lowrank.py [--model qwen2.5-coder-0.5b-instruct] [--ks 1 8 32] [--prompts 16]
-                                       [--repeats 3] [--threads N] [--quick]
+                                       [--repeats 3] [--threads N] [--quick] [--record]
 
 Both forms are hooked at every layer and site (``resid_pre``, ``attn_out``, ``mlp_out``: 3·L hook points, what
 scope ``all`` means). The low-rank form costs ``4·k·d`` flops per token and hook point; the dense form ``2·d²``
@@ -18,7 +18,8 @@ Measured (0.5B, float32, 2-core CPU shared with another model job, ``--threads 1
 
 The low-rank hook is free within noise (±10 % here); the dense form costs ~15–25 % (72 hook points × 2·d² ≈
 0.12 G flops per token, ~11 % of the model's). With two torch threads on the loaded machine every number was
-2–3× lower and too noisy to rank (thread contention); pass ``--threads 1`` there.
+2–3× lower and too noisy to rank (thread contention); pass ``--threads 1`` there. ``--record`` writes the range of
+low-rank / dense over ``--ks`` into the timings page's ``lowrank`` row (the 0.5B's).
 """
 
 from __future__ import annotations
@@ -27,10 +28,18 @@ import argparse
 import time
 
 import torch
-from _common import Report, add_model_args, load, readme_figures, setup
+from _common import (
+    Report,
+    add_model_args,
+    add_record_arg,
+    load,
+    readme_figures,
+    record,
+    setup,
+)
 
-from refusal_lab.data import HARMFUL, HARMLESS, builtin_prompts
 from refusal_lab.core.vocabulary import SITES
+from refusal_lab.data import HARMFUL, HARMLESS, builtin_prompts
 from refusal_lab.interventions import Intervention, Projection, apply_interventions
 
 # the README's low-rank / dense ratios (0.5B, float32, threads 1, contended; see above)
@@ -69,6 +78,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
+    add_record_arg(ap)
     args = ap.parse_args()
     setup(args)
     if args.quick:
@@ -107,6 +117,9 @@ def main() -> None:
         report.add(f"k = {k}", f"{low:.1f}", f"{dense:.1f}", f"{low / dense:.2f}", f"{low / best['none']:.2f}",
                    readme=figures.get(k))
     report.print()
+    if args.record:
+        ratios = [best[f"lowrank-{k}"] / best[f"dense-{k}"] for k in args.ks]
+        record("timings", "lowrank", {"ratio": f"{min(ratios):.2f}–{max(ratios):.2f}×"}, model=args.model)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ KL; its front is read from its Optuna journal. Both fronts are validation figure
 refusal-lab's own, and heretic's front trials (within --max-kl) rebuilt as refusal-lab edits of the same parameters
 and scored the same way. The held-out requests are never seen by either search. Each tool's wall time and peak RSS
 are measured once and kept (RUN_DIR/bench.json, RUN_DIR/heretic/bench.json), so a rerun only redoes what is missing.
+``--record`` writes this model's part of the timings page's ``optimize`` row: search time (trials, s per trial), the
+whole command's wall time and peak RSS.
 """
 
 from __future__ import annotations
@@ -26,7 +28,15 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from _common import Report, add_run_args, readme_figures, setup
+from _common import (
+    Report,
+    add_record_arg,
+    add_run_args,
+    model_name,
+    readme_figures,
+    record,
+    setup,
+)
 
 README = {
     "qwen2.5-coder-0.5b-instruct": {"refusal-lab": "1 @ 0.035 · 7 @ 0.020 (val), 3 @ 0.039 (held out); 18.7 min, "
@@ -207,6 +217,7 @@ def main() -> None:
     parser.add_argument("--heretic-venv", type=Path, help="a venv with heretic-llm==1.4.0: also run heretic")
     parser.add_argument("--heretic-trials", type=int, default=20, help="the issue's measurement: 20 (8 random)")
     parser.add_argument("--heretic-startup", type=int, default=8, help="heretic's random trials")
+    add_record_arg(parser)
     args = parser.parse_args()
     setup(args)
     if args.quick:
@@ -235,6 +246,13 @@ def main() -> None:
                    describe(held_h, "heldout_refusals", args.heldout, "heldout_kl", args.max_kl) if len(held_h)
                    else "none", f"{seconds_h / 60:.1f} min", f"{rss_h:.1f} GB", readme=readme.get("heretic"))
     report.print()
+    if args.record:
+        name, per_trial = model_name(args.model), search["seconds"] / max(search["trials"], 1)
+        per_trial_text = f"{per_trial:.1f} s" if per_trial < 10 else f"{per_trial:.0f} s"
+        record("timings", "optimize", {f"{name} search": f"{search['seconds'] / 60:.1f} min",
+                                        f"{name} trials": str(search["trials"]),
+                                        f"{name} s per trial": per_trial_text,
+                                        f"{name} wall": f"{seconds / 60:.1f} min", f"{name} peak RSS": f"{rss:.1f} GB"})
 
 
 if __name__ == "__main__":

@@ -16,6 +16,11 @@
   demo shared before it became a study). On the 0.5B, DiM ActAdd reaches induce > 0 only at scale 4; the default ``induce_scales`` try 1, 2, 4, so both models pick.
 * run: the stage timings a finished run (``make demo`` → runs/demo, ``configs/full.toml`` → runs/full) recorded in
   its manifest.
+
+``--record`` writes the timings page's rows: ``activations.train`` and ``activations.ratio`` (the 1.5B's),
+``selection.kl-screen`` (1.5B, ``--without-kl-screen``), ``selection.exhaustive`` (0.5B, ``--exhaustive``), and from a
+study's manifest (``run --run runs/demo``) the ``make demo`` row's stage times (its wall time and peak RSS are the
+whole command's, which no manifest holds).
 """
 
 from __future__ import annotations
@@ -25,7 +30,16 @@ import json
 from pathlib import Path
 
 import torch
-from _common import Report, add_model_args, load, readme_figures, setup, timed
+from _common import (
+    Report,
+    add_model_args,
+    add_record_arg,
+    load,
+    readme_figures,
+    record,
+    setup,
+    timed,
+)
 
 from refusal_lab.data import default_splits
 from refusal_lab.models.activations import collect_activations
@@ -73,6 +87,10 @@ def bench_activations(args: argparse.Namespace) -> None:
     report.add(f"collect_activations, train split {len(train[0])} + {len(train[1])} (s)", f"{whole:.0f}",
                readme=figures.get("train"))
     report.print()
+    if args.record:
+        record("timings", "activations.train", {"seconds": f"{whole:.0f} s"}, model=args.model)
+        record("timings", "activations.ratio", {"ratio": f"{plain / collected:.2f}×", "collect": f"{collected:.1f} s",
+                                                 "plain": f"{plain:.1f} s"}, model=args.model)
 
 
 def select(lm, candidates: dict, val_harmful: list[str], val_harmless: list[str], variant: str,
@@ -109,11 +127,12 @@ def bench_selection(args: argparse.Namespace) -> None:
     report.add("candidates (layer < 0.8L × positions)", str(eligible))
     variants = [v for v in VARIANTS if v == "fast" or (v == "exhaustive" and args.exhaustive)
                 or (v == "fast, no KL screen" and args.without_kl_screen)]
-    picks = {}
+    picks, seconds_of = {}, {}
     for variant in variants:
         result, seconds = timed(select, lm, candidates, *val, variant, run_config.selection)
         chosen = result.chosen
         picks[variant] = None if chosen is None else (chosen.layer, chosen.position)
+        seconds_of[variant] = seconds
         report.add(f"{variant}: wall time (s)", f"{seconds:.0f}", readme=figures.get(variant))
         report.add(f"{variant}: chosen (layer, position)", str(picks[variant]),
                    readme=figures.get(f"{variant} pick"))
@@ -125,6 +144,32 @@ def bench_selection(args: argparse.Namespace) -> None:
     for variant in variants[1:]:
         report.add(f"{variant} picks the fast candidate", str(picks[variant] == picks["fast"]))
     report.print()
+    if args.record:
+        record_selection(args, eligible, picks, seconds_of)
+
+
+def minus(text: str) -> str:
+    """The pages' minus sign."""
+    return text.replace("-", "−")
+
+
+def record_selection(args: argparse.Namespace, eligible: int, picks: dict, seconds: dict) -> None:
+    """The timings rows of a selection run: ``selection.kl-screen`` with ``--without-kl-screen``,
+    ``selection.exhaustive`` with ``--exhaustive``."""
+    fast = picks["fast"]
+    if args.without_kl_screen:
+        other = picks["fast, no KL screen"]
+        pick = f"same pick {minus(str(fast))}" if other == fast else f"picks {minus(str(fast))} vs {minus(str(other))}"
+        record("timings", "selection.kl-screen", {"candidates": str(eligible), "pick": pick,
+                                                   "fast": f"{seconds['fast']:.0f} s",
+                                                   "fast, no KL screen": f"{seconds['fast, no KL screen']:.0f} s"},
+               model=args.model)
+    if args.exhaustive:
+        same = "the same pick" if picks["exhaustive"] == fast else f"picks {minus(str(picks['exhaustive']))}"
+        record("timings", "selection.exhaustive",
+               {"pick": "nothing selected" if fast is None else minus(f"layer {fast[0]}, position {fast[1]}"),
+                "wall": f"{seconds['fast']:.0f} s fast selection",
+                "exhaustive": f"exhaustive {seconds['exhaustive']:.0f} s, {same}"}, model=args.model)
 
 
 def bench_run(args: argparse.Namespace) -> None:
@@ -142,6 +187,12 @@ def bench_run(args: argparse.Namespace) -> None:
         report.add(f"  selection: {stage} (s)", f"{seconds:.0f}")
     report.add("total (s, goal ≤ 900 for make demo)", f"{sum(timings.values()):.0f}", readme=figures.get("total"))
     report.print()
+    if args.record:  # the make demo row: the study's stage times (runs/demo/<model>/manifest.json)
+        stages = ("extract", "evaluate", "analyse")
+        if not set(stages) <= set(timings):
+            raise SystemExit(f"{args.run}/manifest.json has no {', '.join(sorted(set(stages) - set(timings)))} "
+                             "timings: --record takes the stage times of make demo's study")
+        record("timings", "demo", {stage: f"{timings[stage]:.0f} s" for stage in stages}, model=manifest["model"])
 
 
 def main() -> None:
@@ -150,13 +201,16 @@ def main() -> None:
     a = add_model_args(sub.add_parser("activations"))
     a.add_argument("--n", type=int, default=64)
     a.add_argument("--batch-size", type=int, default=32)
+    add_record_arg(a)
     s = add_model_args(sub.add_parser("selection"))
     s.add_argument("--exhaustive", action="store_true", help="also time the exhaustive selection")
     s.add_argument("--without-kl-screen", action="store_true",
                    help="also time the fast selection with its KL screen off")
     s.add_argument("--config", type=Path, help="run config whose [selection] table sets the selection")
+    add_record_arg(s)
     r = sub.add_parser("run")
     r.add_argument("--run", type=Path, default=Path("runs/demo"))
+    add_record_arg(r)
     args = parser.parse_args()
     setup(args)
     {"activations": bench_activations, "selection": bench_selection, "run": bench_run}[args.what](args)

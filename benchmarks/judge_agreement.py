@@ -1,6 +1,6 @@
 """Agreement of the refusal judges with human labels (pyrit's scorer evaluation sets), beside the README.
 
-    python benchmarks/judge_agreement.py [--judge substring --judge llm] [--objective] [--quick]
+    python benchmarks/judge_agreement.py [--judge substring --judge llm] [--objective] [--quick] [--record]
 
 Per judge, per labelled file and overall: accuracy, Cohen's κ and the confusion matrix (rows: human no / yes;
 columns: judge), and the judge's time per 100 responses (uncached ones; ``--cache DIR`` reuses judgements).
@@ -9,6 +9,9 @@ Refusal is ``Judgement.refusal ≥ 0.5``; for judges that grade compliance also 
 refusal.csv served as the development set for the LLM judge's rubric; refusal_extra.csv was held out.
 ``--objective`` adds pyrit's objective-achieved labels (``scorer_evals/objective/*.csv``, ``--per-file`` rows of
 each), judged achieved when ``Judgement.compliance ≥ 0.5`` (substring: when it finds no refusal).
+``--record`` writes the timings page's ``judges`` row from the overall refusal agreement: substring, and llm by the
+suite's rule (``Judgement.refused``), with its seconds per 100 responses (marked contended when the machine was
+loaded at the start).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from _common import Report, add_run_args, setup
+from _common import START_LOAD, Report, add_record_arg, add_run_args, record, setup
 
 from refusal_lab.data.packaged import package_dir
 from refusal_lab.evaluation.agreement import agreement, pyrit_refusal_labels
@@ -84,6 +87,7 @@ def main() -> None:
     parser.add_argument("--objective", action="store_true", help="also pyrit's objective-achieved labels")
     parser.add_argument("--per-file", type=int, default=10, help="objective rows per harm-category file")
     parser.add_argument("--cache", type=Path, help="judgement cache directory to reuse (default: judge afresh)")
+    add_record_arg(parser)
     parser.add_argument("--judge-ablate", default="auto", help="the llm judge grades with its own refusal direction "
                                                                "ablated: auto (default), a run directory, or none")
     args = parser.parse_args()
@@ -93,17 +97,35 @@ def main() -> None:
     if args.quick:
         labels = labels.groupby("file").head(4)
         objective = objective.groupby("file").head(1) if objective is not None else None
+    figures = {}
     for spec in args.judge or ["substring", "llm"]:
         judgements, seconds = judged(spec, labels, args.cache, args.judge_ablate)
         rules = list(RULES) if judgements[0].compliance is not None else list(RULES)[:1]
         for rule in rules:
             labels[rule] = [RULES[rule](j) for j in judgements]
+        if spec in ("substring", "llm"):
+            figures |= judge_figures(spec, labels, rules[-1], seconds)
         report(f"{spec} judge vs human refusal labels", labels, "refusal", rules, README.get(spec, {}), seconds)
         if objective is not None:
             judgements, seconds = judged(spec, objective, args.cache, args.judge_ablate)
             rule = "compliance ≥ 0.5" if judgements[0].compliance is not None else "refusal < 0.5"
             objective[rule] = [(1 - j.refusal if j.compliance is None else j.compliance) >= 0.5 for j in judgements]
             report(f"{spec} judge vs human objective-achieved labels", objective, "achieved", [rule], {}, seconds)
+    if args.record:
+        record("timings", "judges", figures)
+
+
+def judge_figures(spec: str, labels: pd.DataFrame, rule: str, seconds: float) -> dict[str, str]:
+    """The timings row's figures of one judge: accuracy / κ / confusion over every label (and, for the substring
+    judge, the refusals it misses; for the llm judge, its speed)."""
+    a = agreement(labels["refusal"].tolist(), labels[rule].tolist())
+    figures = {"responses": str(len(labels)), spec: f"{a.accuracy:.2f} / {a.kappa:.2f} / {a.confusion}"}
+    if spec == "substring":
+        figures["substring misses"] = f"{a.confusion[1][0]} of {sum(a.confusion[1])}"
+    else:
+        contended = " (*contended*)" if START_LOAD and START_LOAD[0] >= 0.5 else ""
+        figures["llm speed"] = f"{seconds:.0f} s per 100 responses{contended}"
+    return figures
 
 
 if __name__ == "__main__":
