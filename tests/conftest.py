@@ -5,6 +5,8 @@ No download ever happens: models are built from transformers configs, the tokeni
 
 from __future__ import annotations
 
+import json
+
 import os
 import string
 
@@ -97,3 +99,17 @@ def model_dir(tmp_path_factory):
     lm.model.save_pretrained(path)
     lm.tokenizer.save_pretrained(path)
     return path
+
+
+def described(name: str) -> dict:
+    """What the planner records beside a fixture name (kind, scope, params, control), for the hand-built tables."""
+    if name == "baseline":
+        return {"intervention": name, "kind": "none", "scope": "", "params": "{}", "control": False}
+    kind, inside = name.split("~")[0].split("[", 1)
+    scope, *rest = inside.rstrip("]").split(",")
+    params = {k: float(v) if v.lstrip("-").replace(".", "").isdigit() else v
+              for k, v in (part.split("=", 1) for part in rest if "=" in part)}
+    if "k" in params:
+        params["k"] = int(params["k"])
+    return {"intervention": name, "kind": kind, "scope": scope, "control": "~" in name,
+            "params": json.dumps(params | ({"center": True} if "centered" in rest else {}))}

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import described
 
 from refusal_lab.analysis.evidence import ModelEvidence
 from refusal_lab.analysis.findings import (
@@ -17,7 +18,7 @@ from refusal_lab.analysis.findings import (
     TITLES,
     assess,
     findings_json,
-    parse,
+    interventions,
 )
 
 N = 40
@@ -43,8 +44,10 @@ def repetition(name, value):
 
 def evidence(*item_lists, results=None, **tables) -> ModelEvidence:
     rows = [row for items in item_lists for row in items]
-    return ModelEvidence("tiny", n_layers=6, layer=2, position=-1, landing_layer=3,
-                         results=results if results is not None else pd.DataFrame(),
+    names = list(dict.fromkeys(r["intervention"] for r in rows))
+    meta = pd.DataFrame([described(n) for n in names], columns=["intervention", "kind", "scope", "params", "control"])
+    results = meta if results is None else results.merge(meta, on="intervention", how="outer")
+    return ModelEvidence("tiny", n_layers=6, layer=2, position=-1, landing_layer=3, results=results,
                          items=pd.DataFrame(rows), **tables)
 
 
@@ -54,12 +57,20 @@ def verdict(ev: ModelEvidence, finding: int, **kwargs) -> str:
     return found[finding - 1].verdict
 
 
-def test_parse_names():
-    row = parse("rank-k[layer,k=3,order=iteration,centered]")
-    assert (row.kind, row.scope, row.params, row.centered) == ("rank-k", "layer", {"k": "3", "order": "iteration"},
-                                                               True)
-    assert parse("classifier-actadd[layer,scale=-1]").params == {"scale": "-1"}
-    assert parse("ablate[all]~random0") is None and parse("baseline") is None
+def test_interventions_come_from_the_stored_fields_not_the_names():
+    table = pd.DataFrame([
+        {"intervention": "baseline", "kind": "none", "scope": "", "params": "{}", "control": False},
+        {"intervention": "any label", "kind": "rank-k", "scope": "layer", "control": False,
+         "params": json.dumps({"k": 3, "order": "iteration", "center": True})},
+        {"intervention": "any label", "kind": "rank-k", "scope": "layer", "control": False,  # another metric's row
+         "params": json.dumps({"k": 3, "order": "iteration", "center": True})},
+        {"intervention": "its control", "kind": "rank-k", "scope": "layer", "params": "{}", "control": True},
+        {"intervention": "flip α=3", "kind": "flip", "scope": "all", "params": json.dumps({"alpha": 3.0}),
+         "control": False}])
+    rank_k, flip = interventions(table)
+    assert (rank_k.name, rank_k.kind, rank_k.scope, rank_k.params["k"], rank_k.centered) == (
+        "any label", "rank-k", "layer", 3, True)
+    assert not rank_k.linear and not flip.linear and not flip.centered  # centred; α other than FLIP_ALPHA
 
 
 def test_empty_evidence_is_inconclusive_everywhere():
@@ -169,8 +180,8 @@ def test_finding_4():
 def _landing(null, flip, nearer=0.9):
     rows = [("nullspace[layer]", "nullspace", *null, 0.4), (FLIP, "flip", *flip, nearer),
             ("nullspace[layer,centered]", "nullspace", 0.0, 0.0, 0.0, 0.0)]
-    return pd.DataFrame([dict(intervention=n, kind=k, family="INLP", fraction=f, fraction_ci_low=lo,
-                              fraction_ci_high=hi, nearer_harmless=near, silhouette=0.1)
+    return pd.DataFrame([described(n) | dict(family="INLP", fraction=f, fraction_ci_low=lo, fraction_ci_high=hi,
+                                             nearer_harmless=near, silhouette=0.1)
                          for n, k, f, lo, hi, near in rows])
 
 

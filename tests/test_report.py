@@ -13,6 +13,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import described
 
 from refusal_lab.analysis.evidence import FAMILY, ModelEvidence
 from refusal_lab.analysis.findings import assess, findings_json
@@ -72,7 +73,7 @@ def _results(model: str, items: pd.DataFrame) -> pd.DataFrame:
         by_name = {name: g.sort_values("item") for name, g in unit.groupby("intervention")}
         base = by_name["baseline"]
         for name, g in by_name.items():
-            kind, control = name.split("[")[0], "~" in name
+            kind, control = name.split("[")[0], "~" in name  # the fixture names; the rows carry described(name)
             goal = "induce" if "scale=1" in name else "bypass"
             tokens = g["tokens"].to_numpy() if key[0] == "perplexity" else None
             base_tokens = base["tokens"].to_numpy() if tokens is not None else None
@@ -81,8 +82,7 @@ def _results(model: str, items: pd.DataFrame) -> pd.DataFrame:
             diff = difference(key[0], g["value"].to_numpy(), base["value"].to_numpy(), tokens, base_tokens)
             delta = signed_delta(key[0], goal, diff)
             row = dict(zip(keys, key)) | {
-                "model": model, "intervention": name, "kind": "none" if name == "baseline" else kind, "goal": goal,
-                "control": control, "control_for": name.split("~")[0] if control else None,
+                "model": model, **described(name), "goal": goal, "control_for": name.split("~")[0] if control else None,
                 "family": FAMILY.get(kind, "baseline"), "data_hash": "3f2a9c1e77d0b4a5", "n": value.n,
                 "value": value.value, "ci_low": value.low, "ci_high": value.high, "baseline": b.value,
                 "difference": diff.value, "difference_ci_low": diff.low, "difference_ci_high": diff.high,
@@ -103,7 +103,7 @@ def synthetic_evidence(model: str, seed: int = 0, n_layers: int = 12) -> ModelEv
     layers = np.arange(n_layers)
     heat = np.exp(-np.abs(layers[:, None] - layers[None, :]) / 4.0)
     landing = pd.DataFrame([
-        dict(intervention=n, kind=n.split("[")[0], family="INLP", fraction=f, fraction_ci_low=f - 0.08,
+        described(n) | dict(family="INLP", fraction=f, fraction_ci_low=f - 0.08,
              fraction_ci_high=f + 0.08, nearer_harmless=near, silhouette=0.2)
         for n, f, near in (("nullspace[layer]", 0.1 if seed == 1 else 0.52, 0.3), ("ablate[layer]", 0.6, 0.4),
                            ("flip[layer,alpha=2,flip_variant=input]", 1.05, 0.92))])

@@ -14,8 +14,8 @@ function's docstring and, in one sentence, in :attr:`Finding.test`.
 
 from __future__ import annotations
 
+import json
 import math
-import re
 from dataclasses import asdict, dataclass, field
 from functools import reduce
 from typing import NamedTuple
@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from refusal_lab.analysis.evidence import ModelEvidence
+from refusal_lab.core.vocabulary import BASELINE
 from refusal_lab.evaluation.stats import Estimate, difference
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
@@ -57,7 +58,6 @@ TITLES = {
 }
 _LENGTH_METRICS = ("refusal", "harmless_refusal")  # judged at every generation length; the rest at one
 _ITEM_COLUMNS = ("intervention", "metric", "judge", "dataset", "max_new_tokens", "item", "value", "tokens")
-_NAME = re.compile(r"^(?P<kind>[a-z-]+)\[(?P<inside>[^\]]*)\]$")
 
 
 @dataclass
@@ -73,13 +73,17 @@ class Finding:
 
 
 class Row(NamedTuple):
-    """A parsed intervention name ``kind[scope,name=value,...,centered]`` (controls end in ``~random<seed>``)."""
+    """A non-control intervention as the results store records it: its name (a label), kind, scope and the
+    builder's settings (``params``: k, alpha, scale, order, center, …)."""
 
     name: str
     kind: str
     scope: str
     params: dict
-    centered: bool
+
+    @property
+    def centered(self) -> bool:
+        return bool(self.params.get("center", False))
 
     @property
     def linear(self) -> bool:
@@ -87,13 +91,14 @@ class Row(NamedTuple):
         return not self.centered and float(self.params.get("alpha", FLIP_ALPHA)) == FLIP_ALPHA
 
 
-def parse(name: str) -> Row | None:
-    """The parts of a non-control intervention name; None for a control, the baseline or an unknown shape."""
-    if "~" in name or not (match := _NAME.match(name)):
-        return None
-    scope, *rest = match["inside"].split(",")
-    params = dict(part.split("=", 1) for part in rest if "=" in part)
-    return Row(name, match["kind"], scope, params, "centered" in rest)
+def interventions(table: pd.DataFrame) -> list[Row]:
+    """The non-control interventions of a results (or landing) table, one :class:`Row` each."""
+    if table.empty:
+        return []
+    rows = table[(table["kind"] != BASELINE) & ~table.get("control", pd.Series(False, index=table.index)).astype(bool)]
+    unique = rows.drop_duplicates("intervention")
+    return [Row(r["intervention"], r["kind"], r.get("scope", ""), json.loads(r["params"]))
+            for r in unique.to_dict("records")]
 
 
 def _iv(e: Estimate) -> list[float]:
@@ -124,7 +129,8 @@ class _Reader:
     def __init__(self, evidence: ModelEvidence, judge: str, tokens: int | None):
         self.ev, self.judge, self.tokens = evidence, judge, tokens
         self.items = evidence.items if not evidence.items.empty else pd.DataFrame(columns=_ITEM_COLUMNS)
-        self.rows = [r for r in map(parse, self.items["intervention"].unique()) if r is not None]
+        with_items = set(self.items["intervention"])
+        self.rows = [r for r in interventions(evidence.results) if r.name in with_items]
 
     def of(self, kind: str) -> list[Row]:
         """Linear non-control rows of ``kind`` with items (:attr:`Row.linear`)."""
@@ -320,7 +326,8 @@ def _landing(ev: ModelEvidence, rd: _Reader) -> Finding:
 
 def _landing_rows(table: pd.DataFrame, kind: str) -> list[dict]:
     """Landing records of linear non-control rows of ``kind`` with a finite fraction interval."""
-    return [r for r in table.to_dict("records") if (p := parse(r["intervention"])) and p.kind == kind and p.linear
+    linear = {r.name for r in interventions(table) if r.kind == kind and r.linear}
+    return [r for r in table.to_dict("records") if r["intervention"] in linear
             and np.isfinite([r["fraction"], r["fraction_ci_low"], r["fraction_ci_high"]]).all()]
 
 
@@ -397,4 +404,4 @@ def findings_json(evidences: list[ModelEvidence], findings_by_model: dict[str, l
     return _json_safe({"thresholds": THRESHOLDS, "models": models})
 
 
-__all__ = ["Finding", "THRESHOLDS", "TITLES", "assess", "findings_json", "parse"]
+__all__ = ["Finding", "THRESHOLDS", "TITLES", "assess", "findings_json", "interventions"]

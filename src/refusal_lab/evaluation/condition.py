@@ -10,6 +10,8 @@ order, scale, centring, which scope selected it, …); ``goal`` gives the sign o
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,9 +62,11 @@ class Condition:
     def hash(self) -> str:
         return intervention_hash(self.name, self.interventions)
 
-    @property
-    def is_baseline(self) -> bool:
-        return not self.interventions
+    def params_json(self) -> str:
+        """The builder's scalar settings as canonical JSON (None and NaN left out), stored beside every result row
+        so a reader gets them as fields."""
+        return json.dumps({k: v for k, v in self.params.items() if isinstance(v, (bool, int, float, str))
+                           and not (isinstance(v, float) and math.isnan(v))}, sort_keys=True)
 
     def meta(self) -> dict[str, Any]:
         """Every field but the interventions, ``params`` flattened in (a table row's identity columns)."""

@@ -25,7 +25,7 @@ import pandas as pd
 RESULT_COLUMNS = {
     "unit": "VARCHAR", "model": "VARCHAR", "model_fingerprint": "VARCHAR", "method": "VARCHAR",
     "intervention": "VARCHAR",
-    "intervention_hash": "VARCHAR", "kind": "VARCHAR", "scope": "VARCHAR", "goal": "VARCHAR",
+    "intervention_hash": "VARCHAR", "kind": "VARCHAR", "scope": "VARCHAR", "params": "VARCHAR", "goal": "VARCHAR",
     "control": "BOOLEAN", "control_for": "VARCHAR", "seed": "INTEGER",
     "metric": "VARCHAR", "judge": "VARCHAR", "dataset": "VARCHAR", "max_new_tokens": "INTEGER", "layer": "INTEGER",
     "data_hash": "VARCHAR", "n": "INTEGER",

@@ -337,7 +337,7 @@ class Suite:
         delta = signed_delta(task.metric, condition.goal, diff)
         row = {"unit": self.unit(condition, task), "model": self.lm.name, "model_fingerprint": self.fingerprint,
                "method": condition.method,
-               "intervention": condition.name, "intervention_hash": condition.hash, "kind": condition.kind,
+               "intervention": condition.name, "intervention_hash": condition.hash, "kind": condition.kind, "params": condition.params_json(),
                "scope": condition.scope, "goal": condition.goal, "control": condition.control,
                "control_for": condition.control_for, "seed": condition.seed, "metric": task.metric, "judge": task.judge,
                "dataset": task.dataset, "max_new_tokens": task.max_new_tokens, "layer": task.layer,

@@ -19,6 +19,7 @@ Saved under ``MODEL_DIR/analysis/`` (CSV, safetensors, JSON); a rerun reads it b
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,6 @@ from safetensors.torch import load_file, save_file
 
 from refusal_lab.analysis import plots
 from refusal_lab.analysis.evidence import FAMILY, ModelEvidence
-from refusal_lab.analysis.findings import parse
 from refusal_lab.analysis.geometry import (
     cluster_silhouette,
     cross_layer_cosines,
@@ -137,7 +137,7 @@ def _landing(lm, config, run_cfg, model_dir, splits, fits, clean_h, clean_b, dir
                                        description=f"landing: {target.name}").acts[:, layer, position].float()
         h, b = acts[: len(clean_h)], acts[len(clean_h):]
         where = landing_fraction(h, mu_h, mu_b)
-        rows.append({"intervention": target.name, "kind": target.kind, "family": FAMILY.get(target.kind, target.kind),
+        rows.append({"intervention": target.name, "kind": target.kind, "params": target.params_json(), "family": FAMILY.get(target.kind, target.kind),
                      "fraction": where.value, "fraction_ci_low": where.low, "fraction_ci_high": where.high,
                      "nearer_harmless": where.nearer_harmless, "silhouette": cluster_silhouette(h, b)})
         frames[target.name] = coordinates(h, b)
@@ -249,7 +249,7 @@ def _rank_curve(evidence: ModelEvidence) -> pd.DataFrame:
     rows = rows[(rows["judge"] == rows["judge"].iloc[0]) & (rows["max_new_tokens"] == rows["max_new_tokens"].max())]
     picked = []
     for _, r in rows[rows["kind"].isin(("rank-k", "subspace"))].iterrows():
-        params = parse(r["intervention"]).params
+        params = json.loads(r["params"])
         if "k" in params:
             order = params.get("order") if r["kind"] == "rank-k" else "stacked layers (subspace)"
             picked.append({"k": int(params["k"]), "order": order, "value": r["value"], "ci_low": r["ci_low"],
