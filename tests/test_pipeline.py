@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -137,7 +139,6 @@ def test_extract_resumes_without_refitting_or_reselecting(extracted_run, model_d
 
 def test_an_interrupted_selection_is_redone_not_read_as_nothing_passed(extracted_run, model_dir, tmp_path,
                                                                         monkeypatch):
-    import shutil
 
     monkeypatch.setenv("REFUSAL_LAB_CACHE", str(tmp_path / "cache"))
     run = tmp_path / "run"
@@ -216,7 +217,6 @@ def test_compare_landing_writes_every_layer_beside_the_first_token_rates(extract
 
 
 def test_a_selection_that_chose_nothing_is_compared_at_its_closest_candidate(extracted_run, tmp_path):
-    import shutil
 
     run = tmp_path / "run"
     shutil.copytree(extracted_run, run)
@@ -419,8 +419,47 @@ def test_default_llm_judge_ablates_its_own_direction_extracted_once(model_dir, t
 @pytest.mark.parametrize("recorded, expected", [(2.0, 2.0), (math.nan, 1.0), (None, 1.0)])
 def test_actadd_rows_use_the_selected_scale_or_one(recorded, expected):
     from refusal_lab.core.artifacts import Direction
-    from refusal_lab.pipeline.comparison import selected_scale
+    from refusal_lab.pipeline.conditions import selected_scale
 
     extra = {} if recorded is None else {"selection": {"induce_scale": recorded}}
     artifact = Direction(torch.ones(D), Provenance("tiny", "classifier", D, 1, -1, "h", extra))
     assert selected_scale(artifact) == expected
+
+
+def test_compare_rates_and_kl_equal_their_definitions_computed_by_hand(extracted_run, model_dir, tmp_path):
+    """ablate[layer]'s first-token refusal rates and KL in comparison.csv against one plain forward per prompt with
+    the projection h ↦ h − (h·r̂) r̂ written by hand at its layer's input and both writes (tests/hand_hooks.py)."""
+    from hand_hooks import hand_hooks
+
+    from refusal_lab.data import Splits
+    from refusal_lab.models import load_model
+
+    run = tmp_path / "run"
+    shutil.copytree(extracted_run, run)
+    shutil.rmtree(run / "comparison", ignore_errors=True)
+    result, text = invoke("compare", "--model", model_dir, "--run", run, "--n-eval", 3, "--scope", "layer",
+                          "--kind", "ablate", "--control-seeds", 0)
+    assert result.exit_code == 0, text
+    row = pd.read_csv(run / "comparison" / "first-token" / "comparison.csv").set_index("name").loc[
+        "ablate[layer]"]
+    chosen = load_chosen(extracted_run, "dim", "layer", D)
+    r = chosen.vector / chosen.vector.norm()
+    lm = load_model(str(model_dir), dtype="float32")
+    splits = Splits.load(extracted_run / "splits.json")
+
+    def last_logprobs(prompt: str, ablated: bool) -> torch.Tensor:
+        ids = lm.tokenizer(lm.format([prompt]), add_special_tokens=False, return_tensors="pt")["input_ids"]
+        ablate = {chosen.provenance.layer: lambda h: h - (h @ r)[..., None] * r} if ablated else {}
+        with torch.no_grad(), hand_hooks(lm, inputs=ablate, writes=ablate):
+            return torch.log_softmax(lm.model(input_ids=ids).logits[0, -1].double(), -1)
+
+    def refused(logprobs: torch.Tensor) -> bool:
+        p = logprobs[list(lm.refusal_token_ids)].exp().sum()
+        return bool(p / (1 - p) > 1)  # log-odds > 0
+
+    harmful, harmless = splits.test_harmful.texts[:3], splits.test_harmless.texts[:3]
+    assert row["refusal_harmful"] == pytest.approx(np.mean([refused(last_logprobs(p, True)) for p in harmful]))
+    assert row["refusal_harmless"] == pytest.approx(np.mean([refused(last_logprobs(p, True)) for p in harmless]))
+    kl = [float((b.exp() * (b - a)).sum()) for b, a in ((last_logprobs(p, False), last_logprobs(p, True))
+                                                        for p in harmless)]
+    assert row["kl_harmless"] == pytest.approx(np.mean(kl), rel=1e-3, abs=1e-6)
