@@ -36,7 +36,8 @@ from refusal_lab.pipeline.heldout import eval_prompts
 from refusal_lab.pipeline.extraction import fit_context
 
 METRICS = ("refusal", "harmless_refusal", "judge", "coherence", "perplexity", "mmlu", "arc", "kl", "repetition")
-OPTIONAL_METRICS = ("kl_response",)  # full-response KL: a second forward per condition, on request
+# on request: full-response KL (a second forward per condition) and the first-token refusal rates (no generation)
+OPTIONAL_METRICS = ("kl_response", "first_token_refusal", "first_token_harmless_refusal")
 
 
 class EvaluateConfig(ConfigModel):
