@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from refusal_lab.analysis.evidence import ModelEvidence
+from refusal_lab.core.io import json_safe
 from refusal_lab.core.vocabulary import BASELINE
 from refusal_lab.evaluation.stats import Estimate, difference
 
@@ -379,18 +380,6 @@ def assess(evidence: ModelEvidence, judge: str = "substring", tokens: int | None
     return [rule(evidence, reader) for rule in _RULES]
 
 
-def _json_safe(value):
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | np.ndarray):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 THRESHOLDS = {n: v for n, v in dict(globals()).items() if n.isupper() and not n.startswith("_")
               and isinstance(v, float | tuple)}
 
@@ -401,7 +390,7 @@ def findings_json(evidences: list[ModelEvidence], findings_by_model: dict[str, l
     models = {ev.model: {"n_layers": ev.n_layers, "layer": ev.layer, "position": ev.position,
                          "landing_layer": ev.landing_layer,
                          "findings": [asdict(f) for f in findings_by_model.get(ev.model, [])]} for ev in evidences}
-    return _json_safe({"thresholds": THRESHOLDS, "models": models})
+    return json_safe({"thresholds": THRESHOLDS, "models": models})
 
 
 __all__ = ["Finding", "THRESHOLDS", "TITLES", "assess", "findings_json", "interventions"]

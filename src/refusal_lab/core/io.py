@@ -4,10 +4,12 @@ a reader (or a resumed run) never sees a half-written file."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 
@@ -45,3 +47,16 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
 
 def read_json(path: Path):
     return json.loads(Path(path).read_text())
+
+
+def json_safe(value):
+    """``value`` with NaN and ±inf as None, numpy scalars and arrays as Python values (dict keys as strings)."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | np.ndarray):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

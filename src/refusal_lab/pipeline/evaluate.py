@@ -15,7 +15,6 @@ fixed generic held-out sets, checked against every prompt extraction, selection 
 from __future__ import annotations
 
 import fnmatch
-import math
 from pathlib import Path
 from typing import Literal
 
@@ -23,7 +22,7 @@ from pydantic import NonNegativeInt, PositiveInt
 
 from refusal_lab.core.config import ConfigModel
 from refusal_lab.core.errors import RefusalLabError
-from refusal_lab.core.io import read_json, write_json
+from refusal_lab.core.io import json_safe, read_json, write_json
 from refusal_lab.core.vocabulary import Kind, Scope
 from refusal_lab.pipeline.judging import make_judge
 from refusal_lab.evaluation.multiple_choice import load_arc, load_mmlu
@@ -148,8 +147,8 @@ def evaluate(lm, config: EvaluateConfig, out: str | Path, run_dir: str | Path | 
     write_json(Path(out) / "summary.json", {
         "model": lm.name, "run": str(run_dir) if run_dir else None, "config": config.model_dump(),
         "n_harmful": len(harmful), "n_harmless": len(harmless),
-        "rows": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()
-                  if k not in ("model_fingerprint", "intervention_hash", "data_hash")}
+        "rows": [json_safe({k: v for k, v in row.items()
+                            if k not in ("unit", "model_fingerprint", "intervention_hash", "data_hash")})
                  for row in rows if not row["control"]]})
     return rows
 
