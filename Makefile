@@ -37,7 +37,7 @@ models: $(STAMP)
 
 demo: $(STAMP)
 	$(CLI) models --install $(LARGE)
-	$(CLI) compare --config configs/demo.toml --out runs/demo
+	$(CLI) study --config configs/demo.toml --out runs/demo
 
 test: $(STAMP) models
 	$(PY) -m pytest -q

@@ -165,3 +165,50 @@ def test_evaluate_rejects_bad_input_before_loading_a_model(tmp_path, args, needl
     result = cli("evaluate", "--out", tmp_path / "results", "--model", "./no-such-model", *args, cwd=tmp_path)
     assert result.returncode in (1, 2)
     one_line_error(result, result.returncode, *needles)
+
+
+def test_study_has_its_own_help_and_the_top_level_lists_it(tmp_path):
+    result = cli("study", "--help", cwd=tmp_path)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert "--config" in result.stdout and "--out" in result.stdout and "report.html" in result.stdout
+    assert "--run" not in result.stdout  # one command, one job: the one-run matrix is compare --run
+    top = cli("--help", cwd=tmp_path)
+    assert top.returncode == 0 and re.search(r"^[│| ]+study\s", top.stdout, re.MULTILINE), top.stdout
+
+
+@pytest.fixture
+def bad_study_config(tmp_path):
+    path = tmp_path / "study.toml"
+    path.write_text('models = ["qwen2.5-coder-0.5b-instruct"]\nn_evl = 3\n')  # fails on reading, before any work
+    return path
+
+
+def test_study_errors_are_one_line(tmp_path, bad_study_config):
+    out = tmp_path / "study"
+    one_line_error(cli("study", "--config", bad_study_config, "--out", out, cwd=tmp_path), 1, str(bad_study_config),
+                   "unknown key n_evl")
+    one_line_error(cli("study", "--config", bad_study_config, "--out", out, "--run", tmp_path, cwd=tmp_path), 2,
+                   "No such option: --run", "refusal-lab study --help")
+    one_line_error(cli("study", "--out", out, cwd=tmp_path), 2, "Missing option '--config'")
+    assert not out.exists()
+
+
+def test_compare_config_is_deprecated_for_study_and_does_the_same(tmp_path, bad_study_config):
+    out = tmp_path / "study"
+    result = cli("compare", "--config", bad_study_config, "--out", out, cwd=tmp_path)
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr
+    assert result.returncode == 1, result.stderr
+    note, error = result.stderr.strip().splitlines()  # the note, then study's own error
+    assert note.startswith("note: `refusal-lab compare --config FILE --out DIR` is deprecated")
+    assert "use `refusal-lab study --config FILE --out DIR`" in note
+    assert error == cli("study", "--config", bad_study_config, "--out", out, cwd=tmp_path).stderr.strip()
+    assert not out.exists()
+    result = cli("compare", "--out", out, cwd=tmp_path)  # the old form's own check, after the note
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 2, result.stderr
+    assert "pass --config FILE" in result.stderr.splitlines()[1]
+
+
+def test_compare_without_run_points_to_study(tmp_path, bad_study_config):
+    line = one_line_error(cli("compare", "--config", bad_study_config, cwd=tmp_path), 1, "compare needs --run RUN_DIR",
+                          "refusal-lab study --config FILE --out DIR")
+    assert "deprecated" not in line

@@ -1,4 +1,4 @@
-"""The study (`refusal-lab compare --config FILE --out DIR`) as users run it: the installed console script."""
+"""The study (`refusal-lab study --config FILE --out DIR`) as users run it: the installed console script."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def study(model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
     config = _study_toml(root / "study.toml", model_dir)
     env = {"REFUSAL_LAB_CACHE": str(root / "cache")}
-    result = _cli("compare", "--config", config, "--out", root / "out", env=env)
+    result = _cli("study", "--config", config, "--out", root / "out", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return root, config, env, result
 
@@ -144,20 +144,20 @@ def test_study_rerun_resumes_without_recomputing(study):
     before = {p: p.stat().st_mtime_ns for p in analysis}
     assert len(before) >= 6
     started = time.perf_counter()
-    result = _cli("compare", "--config", config, "--out", out, env=env)
+    result = _cli("study", "--config", config, "--out", out, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in analysis} == before
     assert time.perf_counter() - started < 120
     # another config in the same directory is refused, naming the fix
     other = config.with_name("other.toml")
     other.write_text(config.read_text().replace("n_eval = 3", "n_eval = 2"))
-    result = _cli("compare", "--config", other, "--out", out, env=env)
+    result = _cli("study", "--config", other, "--out", out, env=env)
     assert result.returncode == 1 and "different config" in result.stderr
 
 
 def test_paper_config_fails_fast_and_clearly_offline(tmp_path):
     started = time.perf_counter()
-    result = _cli("compare", "--config", ROOT / "configs" / "paper.toml", "--out", tmp_path / "paper", timeout=120)
+    result = _cli("study", "--config", ROOT / "configs" / "paper.toml", "--out", tmp_path / "paper", timeout=120)
     assert result.returncode == 1
     assert "is not available here" in result.stderr and "google/gemma" in result.stderr.lower()
     assert len(result.stderr.strip().splitlines()) == 1
@@ -177,11 +177,11 @@ def test_configs_parse_and_paper_covers_the_seed_models():
 
 
 def test_study_usage_errors_are_one_line(tmp_path):
-    result = _cli("compare", "--out", tmp_path / "x")
-    assert result.returncode == 1 and "--config" in result.stderr
+    result = _cli("study", "--out", tmp_path / "x")
+    assert result.returncode == 2 and "Missing option '--config'" in result.stderr
     bad = tmp_path / "bad.toml"
     for key, value in (("bogus", "1"), ("text_sets", '["wiki"]')):
         bad.write_text(f'models = ["qwen2.5-coder-0.5b-instruct"]\n[evaluate]\n{key} = {value}\n')
-        result = _cli("compare", "--config", bad, "--out", tmp_path / "y")
+        result = _cli("study", "--config", bad, "--out", tmp_path / "y")
         assert result.returncode != 0 and f"evaluate.{key}" in result.stderr, result.stderr
     assert shutil.which(str(CLI)) is not None

@@ -1,4 +1,5 @@
-"""Option types and checks of the command-line interface: the choice enums and the --out path checks."""
+"""Option types and checks of the command-line interface: the choice enums, the --out path checks and the
+options several commands share."""
 
 from __future__ import annotations
 
@@ -6,11 +7,18 @@ import os
 import tempfile
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
-from refusal_lab.core.vocabulary import BASELINE, FLIP_VARIANTS, KINDS, METHOD_NAMES, SCOPES, SITES
+from refusal_lab.core.vocabulary import (
+    BASELINE,
+    FLIP_VARIANTS,
+    KINDS,
+    METHOD_NAMES,
+    SCOPES,
+    SITES,
+)
 
 
 def check_out_path(path: Optional[Path], directory: bool) -> Optional[Path]:
@@ -61,3 +69,8 @@ class Measure(str, Enum):
     first_token = "first-token"
     generation = "generation"
     landing = "landing"
+
+
+ModelOption = Annotated[str, typer.Option("--model", "-m", help="bundled name, Hugging Face id, directory or .gguf")]
+ConfigOption = Annotated[Optional[Path], typer.Option(help="RunConfig as .toml or .json")]
+RunDirOption = Annotated[Optional[Path], typer.Option("--run", help="run directory (from refusal-lab extract)")]

@@ -58,3 +58,17 @@ def print_comparison(result, title: str) -> None:
     for note in result.skipped:
         console.print(f"[yellow]skipped {escape(note)}")
     console.print(f"tables: {result.out_dir}")
+
+
+def print_findings(findings) -> None:
+    """A study's findings, one row each: ``{model: [Finding]}``."""
+    import pandas as pd
+
+    print_table(pd.DataFrame([{"model": model, "finding": f.id, "verdict": f.verdict,
+                               "title": f.title[:60] + ("…" if len(f.title) > 60 else "")}
+                              for model, found in findings.items() for f in found]), "findings")
+
+
+def note(message: str) -> None:
+    """One line on stderr, never wrapped (a deprecation, a hint): the results stay alone on stdout."""
+    Console(stderr=True).print(message, markup=False, highlight=False, soft_wrap=True)

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pandas as pd
-from sklearn.metrics import cohen_kappa_score, confusion_matrix
 
 from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.data.packaged import package_dir
@@ -35,6 +34,9 @@ def agreement(human: Sequence[bool], judged: Sequence[bool]) -> Agreement:
     """Agreement of ``judged`` with ``human`` labels (equal, non-empty lists; κ = 1 when both use one class only)."""
     if len(human) != len(judged) or not human:
         raise RefusalLabError(f"agreement needs equal, non-empty label lists (got {len(human)} and {len(judged)})")
+    # imported here, not at the top: scikit-learn loads scipy, half a second of every CLI start
+    from sklearn.metrics import cohen_kappa_score, confusion_matrix
+
     h, j = [int(bool(x)) for x in human], [int(bool(x)) for x in judged]
     accuracy = sum(a == b for a, b in zip(h, j)) / len(h)
     kappa = float(cohen_kappa_score(h, j)) if len(set(h) | set(j)) > 1 else 1.0

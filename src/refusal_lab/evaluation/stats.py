@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import bootstrap
 
 from refusal_lab.evaluation.metrics import Rate
 
@@ -84,9 +83,7 @@ def estimate(metric: str, values: Sequence[float], tokens: Sequence[float] | Non
         data, point = (v,), float(v.mean())
     if len(v) < 2 or np.all(v == v[0]) and metric != "perplexity":
         return Estimate(point, point, point, len(v))
-    result = bootstrap(data, _statistic(metric), paired=True, vectorized=True, confidence_level=CONFIDENCE,
-                       n_resamples=N_RESAMPLES, method="percentile", random_state=np.random.default_rng(seed))
-    return Estimate(point, float(result.confidence_interval.low), float(result.confidence_interval.high), len(v))
+    return Estimate(point, *_percentile_interval(data, _statistic(metric), seed), len(v))
 
 
 def difference(metric: str, method: Sequence[float], base: Sequence[float], method_tokens=None, base_tokens=None,
@@ -116,9 +113,17 @@ def difference(metric: str, method: Sequence[float], base: Sequence[float], meth
         return Estimate(point, point, point, len(m))
     if np.allclose(m, b):  # identical items: every resample gives the same difference
         return Estimate(point, point, point, len(m))
-    result = bootstrap(data, stat, paired=True, vectorized=True, confidence_level=CONFIDENCE,
+    return Estimate(point, *_percentile_interval(data, stat, seed), len(m))
+
+
+def _percentile_interval(data: tuple, statistic, seed: int) -> tuple[float, float]:
+    """The paired percentile bootstrap 95 % interval of ``statistic`` over the items of ``data`` (seeded)."""
+    # imported here, not at the top: scipy.stats is half a second of every CLI start
+    from scipy.stats import bootstrap
+
+    result = bootstrap(data, statistic, paired=True, vectorized=True, confidence_level=CONFIDENCE,
                        n_resamples=N_RESAMPLES, method="percentile", random_state=np.random.default_rng(seed))
-    return Estimate(point, float(result.confidence_interval.low), float(result.confidence_interval.high), len(m))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def goal_sign(metric: str, goal: str) -> int:

@@ -19,7 +19,6 @@ import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import duckdb
 import pandas as pd
 
 RESULT_COLUMNS = {
@@ -50,6 +49,8 @@ class ResultsStore:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.path = self.directory / "results.duckdb"
+        import duckdb  # here, not at the top: only a store needs it (a faster CLI start)
+
         self.db = duckdb.connect(str(self.path))
         columns = ", ".join(f"{name} {kind}" for name, kind in RESULT_COLUMNS.items())
         self.db.execute("CREATE TABLE IF NOT EXISTS items (unit VARCHAR, item VARCHAR, value DOUBLE, "

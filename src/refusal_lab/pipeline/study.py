@@ -1,4 +1,4 @@
-"""The study: one config, every model × method × intervention × metric, explained (``refusal-lab compare --config``).
+"""The study: one config, every model × method × intervention × metric, explained (``refusal-lab study --config``).
 
 Per model (``RUN_DIR/<model>/``, a run directory of :mod:`refusal_lab.pipeline.experiment`): extract and select every
 configured method (one activation collection, shared); evaluate the planned interventions (``[compare]``: kinds, α,
@@ -55,7 +55,7 @@ class AnalysisConfig(ConfigModel):
 
 
 class StudyConfig(RunConfig):
-    """A study (``refusal-lab compare --config FILE``): the run settings of every model, what to evaluate and how
+    """A study (``refusal-lab study --config FILE``): the run settings of every model, what to evaluate and how
     to analyse it. ``model`` is ignored; ``models`` lists them."""
 
     models: list[str] = [DEFAULT_MODEL]

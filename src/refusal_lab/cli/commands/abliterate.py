@@ -1,0 +1,68 @@
+"""``refusal-lab optimize`` and ``refusal-lab abliterate``: search for a weight edit, and bake one into the weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from refusal_lab.cli.common import load, run_config
+from refusal_lab.cli.options import out_dir_option
+from refusal_lab.cli.tables import console, print_table
+from refusal_lab.core.config import load_config_file
+from refusal_lab.core.io import write_csv
+from refusal_lab.pipeline.apply import abliterate as abliterate_job
+from refusal_lab.pipeline.assess import assess_front
+from refusal_lab.pipeline.export import export_trial
+from refusal_lab.pipeline.optimize import OptimizeConfig
+from refusal_lab.pipeline.optimize import optimize as optimize_job
+
+
+def abliterate(run_dir: Annotated[Path, typer.Option("--run", help="run directory (extract or optimize)")],
+               out: Annotated[Path, typer.Option(help="output model directory", callback=out_dir_option)],
+               model: Annotated[Optional[str], typer.Option("--model", "-m", help="default: the run's")] = None,
+               kind: Annotated[str, typer.Option(help="extract runs: ablate, nullspace, rank-k or subspace")] = "ablate",
+               trial: Annotated[Optional[int], typer.Option(help="optimize runs: this trial (default: the Pareto "
+                                                            "trial with the fewest refusals within --max-kl)")] = None,
+               max_kl: Annotated[float, typer.Option(help="optimize runs: the KL bound for the default trial")] = 0.1,
+               lora: Annotated[bool, typer.Option(help="optimize runs: also write the edit as a PEFT LoRA adapter "
+                                                  "(OUT/lora)")] = False,
+               dtype: Annotated[str, typer.Option(help="weights' dtype: auto (bf16 where the CPU is fast at it), "
+                                                "float32, bfloat16 or float16")] = "auto"):
+    """Bake a run's edit into the weights and save a plain transformers model directory: an extract run's
+    projection at every layer, or one trial of an optimize run (with reproduce.json)."""
+    if (run_dir / "optuna.journal").exists():
+        cfg = load_config_file(run_dir / "config.json", OptimizeConfig, model=model)
+        written = export_trial(load(cfg, dtype), run_dir, out, trial, max_kl, lora)
+    else:
+        cfg = run_config(None, run_dir, model=model)
+        written = abliterate_job(load(cfg, dtype), run_dir, out, kind)
+    console.print(f"abliterated model written to {written}")
+
+
+def optimize(
+    out: Annotated[Path, typer.Option(help="run directory (resumable: rerun to continue)", callback=out_dir_option)],
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="bundled name, HF id, directory or .gguf "
+                                                 "(default: the bundled 0.5B)")] = None,
+    trials: Annotated[Optional[int], typer.Option(help="trials to complete (default 160)")] = None,
+    max_kl: Annotated[Optional[float], typer.Option(help="KL bound for the survivors (default 0.1)")] = None,
+    time_budget: Annotated[Optional[float], typer.Option(help="minutes; stop asking trials in time to finish")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="OptimizeConfig as .toml or .json ([optimize] table)")] = None,
+    heldout: Annotated[int, typer.Option(help="also score the front on this many held-out requests per side "
+                                         "(RUN_DIR/heldout.csv; 0: skip)")] = 100,
+):
+    """Search abliteration parameters for a refusal × KL Pareto front on the validation split (Optuna TPE)."""
+    if config is None and (out / "config.json").exists():
+        config = out / "config.json"
+    cfg = load_config_file(config, OptimizeConfig, section="optimize" if config and config.suffix == ".toml" else None,
+                           model=model, trials=trials, max_kl=max_kl, time_budget_min=time_budget)
+    lm = load(cfg)
+    pareto = optimize_job(lm, cfg, out)
+    shown = pareto[[c for c in ("trial", "refusals", "n", "kl", "nll_change", "p_refusal", "source",
+                                "direction_scope") if c in pareto]]
+    print_table(shown, f"Pareto front (validation refusals × KL) → {out / 'pareto.csv'}")
+    if heldout:
+        scores = assess_front(lm, out, heldout)
+        write_csv(scores, out / "heldout.csv")
+        print_table(scores, f"the front on held-out requests (never seen by the search) → {out / 'heldout.csv'}")
