@@ -40,3 +40,10 @@ def check_kind(kind: str, baseline: bool = True) -> str:
     if kind not in allowed:
         raise RefusalLabError(f"unknown intervention {kind!r}; choose one of {', '.join(allowed)}")
     return kind
+
+
+def check_scope(scope: str) -> str:
+    """``scope`` if it is a scope, else a one-line error."""
+    if scope not in SCOPES:
+        raise RefusalLabError(f"unknown scope {scope!r}; scopes are {', '.join(SCOPES)}")
+    return scope

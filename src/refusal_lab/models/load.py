@@ -110,8 +110,9 @@ def cpu_has_native_bf16() -> bool:
 def default_dtype(device: str) -> str:
     """bfloat16 on GPU, and on CPUs with native bf16 matmul (AVX512-BF16 / AMX); float32 on other CPUs.
 
-    Measured (see README): with AVX512-BF16 a bf16 ``linear`` ran 3.3× and a 0.5B forward 1.9× faster than float32;
-    on an AVX2-only CPU bf16 ran ~10× slower (4 against 38 tokens/s on the 1.5B)."""
+    Measured (docs/conventions.md, "Speed on a 2-core CPU"): with AVX512-BF16 a bf16 ``linear`` ran 3.3× and a
+    0.5B forward 1.9× faster than float32; on an AVX2-only CPU bf16 ran ~10× slower (3.7 against 38 tokens/s on the
+    1.5B)."""
     if torch.device(device).type != "cpu" or cpu_has_native_bf16():
         return "bfloat16"
     return "float32"

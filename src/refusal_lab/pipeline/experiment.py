@@ -44,7 +44,8 @@ class RunConfig(ConfigModel):
     dtype: str = "auto"
     seed: int = 0
     # refusal_lab.data.sources; mixed (half topic-matched pairs, half AdvBench vs generic requests) is the default:
-    # its direction both bypasses and induces on held-out generic requests (README, "Which training data")
+    # its direction both bypasses and induces on held-out generic requests (docs/results/training-data.md, "Which
+    # training data")
     data: Literal["matched", "unmatched", "mixed"] = "mixed"
     n_train: int = Field(128, ge=2)
     n_val: int = Field(64, ge=2)

@@ -1,5 +1,6 @@
 """The llm judge's own refusal ablation, arranged from a run directory: a safety-tuned judge model grades harmful
-compliance as refusal unless its own DiM direction is ablated while it grades (docs/evaluation.md, "Judges")."""
+compliance as refusal unless its own DiM direction is ablated while it grades (docs/evaluation.md,
+"Judges against human labels")."""
 
 from __future__ import annotations
 

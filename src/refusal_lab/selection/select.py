@@ -13,10 +13,12 @@ matched-pair directions are short (the 0.5B) still yields a direction and the ta
 
 Exhaustive mode scores every candidate's bypass on all val prompts, then checks the filters in bypass order. Fast
 mode (default) reaches the same pick with fewer passes:
-(0) a first-order *prior* for linear projections (:class:`~refusal_lab.selection.attribution.AttributionPrior`: one forward
-    and backward pass gives every candidate's estimated bypass as a quadratic form); other maps have no prior;
+(0) a first-order *prior* for linear projections (:class:`~refusal_lab.selection.attribution.AttributionPrior`:
+    one forward and backward pass gives every candidate's estimated bypass as a quadratic form); other maps have
+    no prior;
 (1) screen the ``screen_keep`` best by prior (every candidate without one) on the ``screen_prompts`` most strongly
-    refused val prompts, several candidates per forward pass (:func:`~refusal_lab.interventions.batched.batched_scores`);
+    refused val prompts, several candidates per forward pass
+    (:func:`~refusal_lab.interventions.batched.batched_scores`);
 (2) score the best ``finalists`` on every harmful val prompt; (3) walk them best-first and compute induce and KL
     until one passes (at most ``max_checked``). KL is first measured on ``kl_screen_prompts`` prompts: a candidate
     already at ≥ 2× the bar there is rejected without the full pass.
@@ -37,8 +39,7 @@ from pydantic import NonNegativeInt, PositiveInt, field_validator
 from rich.progress import Progress
 
 from refusal_lab.core.config import ConfigModel
-from refusal_lab.core.errors import RefusalLabError
-from refusal_lab.core.vocabulary import SCOPES, Scope
+from refusal_lab.core.vocabulary import Scope, check_scope  # noqa: F401 (check_scope moved there; still here)
 from refusal_lab.interventions.batched import batched_scores
 from refusal_lab.interventions.hooks import Intervention
 from refusal_lab.interventions.scoring import kl_divergence, last_token_logprobs, refusal_scores
@@ -185,63 +186,120 @@ def select(lm, method: str, plans: dict[tuple, Plan], pool: list[Candidate], val
     """Rank ``pool`` (candidates of one method at one scope, already filtered where their status says so) and
     choose one; ``plans[c.key]`` says what each eligible candidate applies. ``prior``: an
     :class:`~refusal_lab.selection.attribution.AttributionPrior` on the harmful val prompts (fast mode)."""
-    kl_cache = {} if kl_cache is None else kl_cache
+    scope = pool[0].scope if pool else ""
+    run = _Scoring(lm, f"{method}[{scope}]", plans, val_harmful, val_harmless, config, baseline,
+                   {} if kl_cache is None else kl_cache)
     eligible = [c for c in pool if c.status == "not evaluated"]
-    timings: dict[str, float] = {}
+    chosen = run.exhaustive(eligible) if config.mode == "exhaustive" else run.fast(eligible, prior)
+    if chosen is not None:
+        chosen.status = chosen.status.replace("passed", "selected", 1)
+    return Selection(method, scope, sorted(pool, key=Candidate.rank_key), chosen, run.timings)
+
+
+@dataclass
+class _Scoring:
+    """One :func:`select` call's model, plans, prompts and settings; its stages write each candidate's scores and
+    status, and add their wall time to ``timings`` (stage → seconds)."""
+
+    lm: object
+    label: str  # "method[scope]", the progress bars' prefix
+    plans: dict[tuple, Plan]
+    val_harmful: Sequence[str]
+    val_harmless: Sequence[str]
+    config: SelectionConfig
+    baseline: Baseline
+    kl_cache: dict  # plan.kl_key → mean KL, shared between methods whose KL intervention coincides
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def exhaustive(self, eligible: list[Candidate]) -> Candidate | None:
+        """Every candidate's bypass on all harmful val prompts, then the filters in bypass order."""
+        self.score_bypass(eligible, self.val_harmful, "bypass", "bypass (all candidates)")
+        return self.first_passing(eligible)
+
+    def fast(self, eligible: list[Candidate], prior) -> Candidate | None:
+        """Stages 0–3 of the module docstring: prior, screen, finalists, filters."""
+        return self.first_passing_finalist(self.screened(eligible, prior))
+
+    def by_prior(self, eligible: list[Candidate], prior) -> list[Candidate]:
+        """Stage 0: the candidates the prior covers, best first by ``estimated_bypass = mean(s₀) + Δ/n``, with
+        ``s₀`` the unintervened harmful val scores and ``Δ`` the first-order change of ``Σ s`` over the prior's
+        ``n`` prompts."""
+        with_prior = []
+        if prior is not None:
+            with self.timed("attribution estimate"):
+                for c in eligible:
+                    estimate = prior.estimate(self.plans[c.key].bypass)
+                    if estimate is not None:
+                        c.estimated_bypass = float(self.baseline.harmful_scores.mean()) + estimate / prior.n_prompts
+                        with_prior.append(c)
+        return sorted(with_prior, key=lambda c: c.estimated_bypass)
+
+    def screened(self, eligible: list[Candidate], prior) -> list[Candidate]:
+        """Stage 1: the ``screen_keep`` best by prior and every candidate without one, ranked by bypass on the
+        ``screen_prompts`` most strongly refused val prompts; the rest follow in prior order."""
+        keep = self.config.screen_keep
+        by_prior = self.by_prior(eligible, prior)
+        shortlist = by_prior[:keep] + [c for c in eligible if c not in by_prior]
+        strongest = self.baseline.harmful_scores.argsort(descending=True)[: self.config.screen_prompts].tolist()
+        self.score_bypass(shortlist, [self.val_harmful[i] for i in strongest], "screen_bypass", "screening")
+        return sorted(shortlist, key=lambda c: c.screen_bypass) + by_prior[keep:]
+
+    def first_passing_finalist(self, ranked: list[Candidate]) -> Candidate | None:
+        """Stages 2–3: ``ranked`` in groups of ``finalists`` (the first ``max_checked`` only), each group's bypass on
+        every harmful val prompt, then its filters in bypass order, until one passes."""
+        config = self.config
+        kl_screen = min(config.kl_screen_prompts, len(self.val_harmless))
+        for start in range(0, min(len(ranked), config.max_checked), config.finalists):
+            finalists = ranked[start : min(start + config.finalists, config.max_checked)]
+            self.score_bypass(finalists, self.val_harmful, "bypass", "finalists")
+            chosen = self.first_passing(finalists, kl_screen)
+            if chosen:
+                return chosen
+        return None
+
+    def first_passing(self, cands: list[Candidate], kl_screen: int = 0) -> Candidate | None:
+        """The lowest-bypass candidate of ``cands`` that passes the filters (each is checked in that order)."""
+        return next((c for c in sorted(cands, key=lambda c: c.bypass) if self.passes(c, kl_screen)), None)
 
     @contextmanager
-    def timed(stage: str):
+    def timed(self, stage: str):
         start = time.perf_counter()
         yield
-        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
+        self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
 
-    def score_bypass(cands: list[Candidate], prompts: Sequence[str], attribute: str, label: str) -> None:
+    def score_bypass(self, cands: list[Candidate], prompts: Sequence[str], attribute: str, label: str) -> None:
+        """Set ``attribute`` of each candidate to its mean refusal score on ``prompts`` under its bypass plan,
+        several candidates per forward pass."""
         if not cands:
             return
-        with Progress(transient=True) as progress, timed(label):
-            task = progress.add_task(f"{method}[{pool[0].scope}] {label}", total=len(cands))
-            chunk = max(1, config.batch_size // len(prompts))
+        with Progress(transient=True) as progress, self.timed(label):
+            task = progress.add_task(f"{self.label} {label}", total=len(cands))
+            chunk = max(1, self.config.batch_size // len(prompts))
             for start in range(0, len(cands), chunk):
                 part = cands[start : start + chunk]
-                means = batched_scores(lm, prompts, [plans[c.key].bypass for c in part],
-                                       rows_per_pass=config.batch_size)[0].mean(-1)
+                means = batched_scores(self.lm, prompts, [self.plans[c.key].bypass for c in part],
+                                       rows_per_pass=self.config.batch_size)[0].mean(-1)
                 for c, value in zip(part, means.tolist()):
                     setattr(c, attribute, value)
                 progress.advance(task, len(part))
 
-    def kl_of(c: Candidate, prompts_from: int, prompts_to: int) -> torch.Tensor:
-        return kl_divergence(baseline.harmless_logprobs[prompts_from:prompts_to], last_token_logprobs(
-            lm, val_harmless[prompts_from:prompts_to], plans[c.key].kl, config.batch_size))
-
-    def check_filters(c: Candidate, kl_screen: int = 0) -> bool:
-        plan = plans[c.key]
-        with timed("filters (induce, KL)"):
-            cached = kl_cache.get(plan.kl_key) if plan.kl_key is not None else None
+    def passes(self, c: Candidate, kl_screen: int = 0) -> bool:
+        """Whether ``c`` passes induce > ``induce_threshold`` and KL < ``kl_threshold`` (recorded in its status;
+        a KL of ≥ 2× the bar on the first ``kl_screen`` harmless prompts rejects it before the induce check)."""
+        plan, config = self.plans[c.key], self.config
+        with self.timed("filters (induce, KL)"):
+            cached = self.kl_cache.get(plan.kl_key) if plan.kl_key is not None else None
             screened = None
             if cached is None and kl_screen:
-                screened = kl_of(c, 0, kl_screen)
+                screened = self.kl(c, 0, kl_screen)
                 if float(screened.mean()) >= 2 * config.kl_threshold:
                     c.status = (f"filtered: KL >= {config.kl_threshold} "
                                 f"(screened on {kl_screen} prompts: {float(screened.mean()):.2f})")
                     return False
-            if plan.induce is not None:
-                for scale, ivs in plan.induce.items():
-                    induced = last_token_logprobs(lm, val_harmless, ivs, config.batch_size)
-                    c.induce, c.induce_scale = float(refusal_scores(induced, lm.refusal_token_ids).mean()), scale
-                    if c.induce > config.induce_threshold:
-                        break
-                if not c.induce > config.induce_threshold:
-                    c.status = f"filtered: induce <= {config.induce_threshold}"
-                    return False
-            if cached is None:
-                start = kl_screen if screened is not None else 0
-                parts = [screened] if screened is not None else []
-                if start < len(val_harmless):
-                    parts.append(kl_of(c, start, len(val_harmless)))
-                cached = float(torch.cat(parts).mean())
-                if plan.kl_key is not None:
-                    kl_cache[plan.kl_key] = cached
-            c.kl = cached
+            if plan.induce is not None and not self.induces(c, plan.induce):
+                c.status = f"filtered: induce <= {config.induce_threshold}"
+                return False
+            c.kl = self.full_kl(c, screened, kl_screen) if cached is None else cached
             if not c.kl < config.kl_threshold:
                 c.status = f"filtered: KL >= {config.kl_threshold}"
                 return False
@@ -250,38 +308,31 @@ def select(lm, method: str, plans: dict[tuple, Plan], pool: list[Candidate], val
             c.status = "passed" + relaxed
             return True
 
-    chosen = None
-    if config.mode == "exhaustive":
-        score_bypass(eligible, val_harmful, "bypass", "bypass (all candidates)")
-        chosen = next((c for c in sorted(eligible, key=lambda c: c.bypass) if check_filters(c)), None)
-    else:
-        with_prior = []
-        if prior is not None:
-            with timed("attribution estimate"):
-                for c in eligible:
-                    estimate = prior.estimate(plans[c.key].bypass)
-                    if estimate is not None:
-                        c.estimated_bypass = float(baseline.harmful_scores.mean()) + estimate / prior.n_prompts
-                        with_prior.append(c)
-        by_prior = sorted(with_prior, key=lambda c: c.estimated_bypass)
-        shortlist = by_prior[: config.screen_keep] + [c for c in eligible if c not in with_prior]
-        strongest = baseline.harmful_scores.argsort(descending=True)[: config.screen_prompts].tolist()
-        score_bypass(shortlist, [val_harmful[i] for i in strongest], "screen_bypass", "screening")
-        ranked = sorted(shortlist, key=lambda c: c.screen_bypass) + by_prior[config.screen_keep:]
-        kl_screen = min(config.kl_screen_prompts, len(val_harmless))
-        for start in range(0, min(len(ranked), config.max_checked), config.finalists):
-            finalists = ranked[start : min(start + config.finalists, config.max_checked)]
-            score_bypass(finalists, val_harmful, "bypass", "finalists")
-            chosen = next((c for c in sorted(finalists, key=lambda c: c.bypass) if check_filters(c, kl_screen)),
-                          None)
-            if chosen:
+    def induces(self, c: Candidate, induce: dict[float, list[Intervention]]) -> bool:
+        """Mean refusal score on the harmless val prompts under each scale's induce plan in turn, stopping at the
+        first above ``induce_threshold``; the last one tried is recorded (``c.induce``, ``c.induce_scale``)."""
+        for scale, ivs in induce.items():
+            induced = last_token_logprobs(self.lm, self.val_harmless, ivs, self.config.batch_size)
+            c.induce, c.induce_scale = float(refusal_scores(induced, self.lm.refusal_token_ids).mean()), scale
+            if c.induce > self.config.induce_threshold:
                 break
-    if chosen is not None:
-        chosen.status = chosen.status.replace("passed", "selected", 1)
-    return Selection(method, pool[0].scope if pool else "", sorted(pool, key=Candidate.rank_key), chosen, timings)
+        return c.induce > self.config.induce_threshold
 
+    def kl(self, c: Candidate, prompts_from: int, prompts_to: int) -> torch.Tensor:
+        """Per-prompt ``KL(p_base ‖ p_plan)`` of the next token on harmless val prompts ``[prompts_from,
+        prompts_to)``."""
+        return kl_divergence(self.baseline.harmless_logprobs[prompts_from:prompts_to], last_token_logprobs(
+            self.lm, self.val_harmless[prompts_from:prompts_to], self.plans[c.key].kl, self.config.batch_size))
 
-def check_scope(scope: str) -> str:
-    if scope not in SCOPES:
-        raise RefusalLabError(f"unknown scope {scope!r}; scopes are {', '.join(SCOPES)}")
-    return scope
+    def full_kl(self, c: Candidate, screened: torch.Tensor | None, kl_screen: int) -> float:
+        """Mean KL over every harmless val prompt, reusing the ``kl_screen`` already ``screened``; cached under
+        the plan's ``kl_key``."""
+        kl_key = self.plans[c.key].kl_key
+        start = kl_screen if screened is not None else 0
+        parts = [screened] if screened is not None else []
+        if start < len(self.val_harmless):
+            parts.append(self.kl(c, start, len(self.val_harmless)))
+        mean = float(torch.cat(parts).mean())
+        if kl_key is not None:
+            self.kl_cache[kl_key] = mean
+        return mean
