@@ -159,3 +159,13 @@ def test_the_checks_catch_a_deliberate_violation(tmp_path):
     assert hidden == ["refusal_lab.pipeline.high:4 from refusal_lab.cli import app"]
     assert cycle(graph) == ["refusal_lab.core.low", "refusal_lab.pipeline.high", "refusal_lab.core.low"]
     assert cycle(package_graph(graph)) == ["core", "pipeline", "core"]
+
+
+def test_no_function_over_80_lines_and_no_module_over_400():
+    """The size rule (docs/architecture.md): every def ≤ 80 lines (end_lineno − lineno + 1), every module ≤ 400."""
+    long = [f"{path.relative_to(SRC)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for path in sorted(SRC.rglob("*.py")) for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno + 1 > 80]
+    big = [f"{path.relative_to(SRC)} ({n} lines)" for path in sorted(SRC.rglob("*.py"))
+           if (n := len(path.read_text().splitlines())) > 400]
+    assert long == [] and big == []
