@@ -11,11 +11,12 @@ from refusal_lab.core.artifacts import Direction, Provenance
 
 def fake_run(root, direction: Direction):
     """A run directory whose DiM selection at scope ``all`` chose ``direction`` (the layout extract writes)."""
-    from refusal_lab.core.io import write_json
-    from refusal_lab.pipeline.artifacts import chosen_stem, selection_marker
+    from refusal_lab.pipeline.artifacts import chosen_stem, selection_stage
+    from refusal_lab.pipeline.rundir import RunDirectory
 
-    direction.save(chosen_stem(root, "dim", "all"))
-    write_json(selection_marker(root, "dim", "all"), {"chosen": True, "closest": None})
+    with RunDirectory(root).stage(selection_stage("dim", "all")) as info:
+        direction.save(chosen_stem(root, "dim", "all"))
+        info |= {"chosen": True, "closest": None}
     return root
 
 

@@ -140,15 +140,28 @@ def test_extract_resumes_without_refitting_or_reselecting(extracted_run, model_d
 def test_an_interrupted_selection_is_redone_not_read_as_nothing_passed(extracted_run, model_dir, tmp_path,
                                                                         monkeypatch):
 
+    from refusal_lab.pipeline import extraction
+    from refusal_lab.pipeline.rundir import RunDirectory
+
     monkeypatch.setenv("REFUSAL_LAB_CACHE", str(tmp_path / "cache"))
     run = tmp_path / "run"
     shutil.copytree(extracted_run, run)
-    marker = run / "methods" / "leace" / "selection-layer.json"
-    marker.unlink()  # the table was written, the marker not: the stage was in flight
-    (run / "methods" / "leace" / "chosen-layer.json").unlink()
+    marker = run / "stages" / "select-leace-layer.done"
+    marker.unlink()  # the table and the chosen artifact were written, the marker not: the stage was in flight
+    (run / "methods" / "leace" / "selection-layer.csv").write_text("half a table")
+    assert (run / "methods" / "leace" / "chosen-layer.json").exists() and load_chosen(run, "leace", "layer") is None
+    assert selected_scopes(run, "leace") == ["all"]
+    selected, fitted = [], []
+    real_select, real_save = extraction.select_candidates, extraction.save_candidates
+    monkeypatch.setattr(extraction, "select_candidates",
+                        lambda lm, name, cands, scope, *a, **k: selected.append((name, scope)) or real_select(
+                            lm, name, cands, scope, *a, **k))
+    monkeypatch.setattr(extraction, "save_candidates", lambda root, c: fitted.append(root.name) or real_save(root, c))
     result, text = invoke("extract", "--model", model_dir, "--out", run, "--method", "leace")
     assert result.exit_code == 0, text
-    assert marker.exists() and load_chosen(run, "leace", "layer", D) is not None
+    assert selected == [("leace", "layer")] and fitted == []  # only the unfinished stage ran
+    assert RunDirectory(run).done("select-leace-layer") and load_chosen(run, "leace", "layer", D) is not None
+    assert pd.read_csv(run / "methods" / "leace" / "selection-layer.csv").iloc[0]["status"] == "selected"
 
 
 @pytest.mark.parametrize("args", [
@@ -218,10 +231,17 @@ def test_compare_landing_writes_every_layer_beside_the_first_token_rates(extract
 
 def test_a_selection_that_chose_nothing_is_compared_at_its_closest_candidate(extracted_run, tmp_path):
 
+    from refusal_lab.pipeline.rundir import RunDirectory
+
     run = tmp_path / "run"
     shutil.copytree(extracted_run, run)
+    rd = RunDirectory(run)
     for chosen in (run / "methods" / "leace").glob("chosen-*"):
         chosen.unlink()
+    for scope in ("layer", "all"):  # as a selection that chose nothing records itself
+        finished = rd.record(f"select-leace-{scope}")
+        with rd.stage(f"select-leace-{scope}") as info:
+            info |= finished["info"] | {"chosen": False}
     assert load_chosen(run, "leace", "layer", D) is None
     artifact, at = chosen_for_scope(run, "leace", "layer", D)
     table = pd.read_csv(run / "methods" / "leace" / "selection-layer.csv")

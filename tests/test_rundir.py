@@ -151,3 +151,127 @@ def test_a_finished_stage_rerun_and_interrupted_counts_as_unfinished(tmp_path):
 def test_stage_names_are_plain(tmp_path):
     with pytest.raises(ValueError, match="stage name"):
         RunDirectory(tmp_path).done("../escape")
+
+
+# --- the real resume paths: extraction's stages on a tiny model ------------------------------------------------------
+
+LOOSE = {"kl_threshold": 1e9, "induce_threshold": -1e9, "min_inlp_accuracy": 0.0, "scopes": ["all"], "finalists": 2}
+
+
+def _run_config(**changes):
+    return RunConfig(**{"n_train": 8, "n_val": 4, "batch_size": 8, "dtype": "float32",
+                        "selection": SelectionConfig(**LOOSE), **changes})
+
+
+@pytest.fixture
+def counted(monkeypatch, tmp_path):
+    """Count extraction's work: train activations, fits saved (per fit) and selections (per method)."""
+    from refusal_lab.pipeline import extraction
+
+    monkeypatch.setenv("REFUSAL_LAB_CACHE", str(tmp_path / "cache"))
+    calls = {"context": 0, "fits": [], "selections": []}
+    real = {name: getattr(extraction, name) for name in ("fit_context", "save_candidates", "select_candidates")}
+
+    def context(*args, **kwargs):
+        calls["context"] += 1
+        return real["fit_context"](*args, **kwargs)
+
+    def save(root, candidates):
+        calls["fits"].append(root.name)
+        return real["save_candidates"](root, candidates)
+
+    def select(lm, name, *args, **kwargs):
+        calls["selections"].append(name)
+        return real["select_candidates"](lm, name, *args, **kwargs)
+
+    monkeypatch.setattr(extraction, "fit_context", context)
+    monkeypatch.setattr(extraction, "save_candidates", save)
+    monkeypatch.setattr(extraction, "select_candidates", select)
+    return calls, real
+
+
+def test_an_interrupted_fit_leaves_no_marker_and_reruns_while_finished_stages_are_skipped(lm, tmp_path, counted,
+                                                                                         monkeypatch):
+    from refusal_lab.pipeline import extraction
+    from refusal_lab.pipeline.experiment import run_extract
+
+    calls, real = counted
+    run = tmp_path / "run"
+    counting = extraction.save_candidates
+
+    def dies_in_the_subspace_fit(root, candidates):
+        calls["fits"].append(root.name)
+        if root.name == "subspace":  # one candidate written, then the process dies
+            key = next(iter(candidates))
+            real["save_candidates"](root, {key: candidates[key]})
+            raise KeyboardInterrupt
+        return real["save_candidates"](root, candidates)
+
+    monkeypatch.setattr(extraction, "save_candidates", dies_in_the_subspace_fit)
+    with pytest.raises(KeyboardInterrupt):
+        run_extract(lm, _run_config(), run, ["dim", "subspace"])
+    rd = RunDirectory(run)
+    assert all(rd.done(s) for s in ("splits", "activations", "fit-dim", "select-dim-all", "ranking"))
+    assert not rd.done("fit-subspace") and not rd.done("extract")
+    assert list((run / "methods" / "subspace" / "candidates").glob("*.json"))  # a file is there: not "finished"
+
+    monkeypatch.setattr(extraction, "save_candidates", counting)
+    calls.update(context=0, fits=[], selections=[])
+    result = run_extract(lm, _run_config(), run, ["dim", "subspace"])
+    assert calls == {"context": 1, "fits": ["subspace"], "selections": ["subspace"]}  # only what had not finished
+    assert result.chosen[("subspace", "all")] is not None and rd.done("fit-subspace") and rd.done("extract")
+    layers = result.chosen[("subspace", "all")].provenance.extra["layers"]
+    assert layers == [layer for layer, _ in result.ranked][: len(layers)]  # stacked by the ranking read back
+    record = rd.record("extract")
+    assert json.loads((run / "manifest.json").read_text())["timings_s"]["extract"] == record["seconds"]
+
+    calls.update(context=0, fits=[], selections=[])
+    again = run_extract(lm, _run_config(), run, ["dim", "subspace"])  # everything finished: read back only
+    assert calls == {"context": 0, "fits": [], "selections": []}
+    assert rd.record("extract") == record  # the marker (and its timing) is not rewritten by a resume
+    assert again.ranked == result.ranked and set(again.chosen) == set(result.chosen)
+
+
+def test_an_interrupted_selection_is_not_read_back_even_with_its_files_written(lm, tmp_path, counted, monkeypatch):
+    from refusal_lab.pipeline import extraction
+    from refusal_lab.pipeline.artifacts import chosen_stem, load_chosen, selected_scopes
+    from refusal_lab.pipeline.experiment import run_extract
+
+    calls, _ = counted
+    run = tmp_path / "run"
+    real_save = extraction._save_selection
+
+    def dies_after_writing(run_dir, selection, *args):
+        real_save(run_dir, selection, *args)  # table and chosen artifact written
+        raise RuntimeError("died before the stage finished")
+
+    monkeypatch.setattr(extraction, "_save_selection", dies_after_writing)
+    with pytest.raises(RuntimeError, match="died before"):
+        run_extract(lm, _run_config(), run)
+    assert chosen_stem(run, "dim", "all").with_suffix(".json").exists()
+    assert (run / "methods" / "dim" / "selection-all.csv").exists()
+    assert selected_scopes(run, "dim") == [] and load_chosen(run, "dim", "all") is None
+    with pytest.raises(RefusalLabError, match="stage 'select-dim-all' has not finished"):
+        RunDirectory(run).require("select-dim-all", "refusal-lab extract")
+
+    monkeypatch.setattr(extraction, "_save_selection", real_save)
+    calls.update(context=0, fits=[], selections=[])
+    result = run_extract(lm, _run_config(), run)
+    assert calls == {"context": 1, "fits": [], "selections": ["dim"]}  # the fit finished: kept; the selection redone
+    assert selected_scopes(run, "dim") == ["all"] and RunDirectory(run).done("ranking")
+    assert load_chosen(run, "dim", "all").provenance.layer == result.chosen[("dim", "all")].provenance.layer
+
+
+def test_a_changed_setting_is_refused_naming_it_before_any_work(lm, tmp_path, counted):
+    from refusal_lab.pipeline.experiment import run_extract
+
+    calls, _ = counted
+    run_extract(lm, _run_config(), tmp_path / "run")
+    calls.update(context=0, fits=[], selections=[])
+    with pytest.raises(RefusalLabError) as caught:
+        run_extract(lm, _run_config(n_val=5), tmp_path / "run")
+    assert str(caught.value) == (f"{tmp_path / 'run'} was created with config n_val = 4, not 5: use the same settings "
+                                 "to resume, or a new --out")
+    with pytest.raises(RefusalLabError, match="was created for model tiny-qwen2"):
+        run_extract(tiny_model("qwen2", seed=1), _run_config(), tmp_path / "run")
+    assert calls == {"context": 0, "fits": [], "selections": []}

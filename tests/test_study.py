@@ -152,7 +152,102 @@ def test_study_rerun_resumes_without_recomputing(study):
     other = config.with_name("other.toml")
     other.write_text(config.read_text().replace("n_eval = 3", "n_eval = 2"))
     result = _cli("study", "--config", other, "--out", out, env=env)
-    assert result.returncode == 1 and "different config" in result.stderr
+    assert result.returncode == 1
+    assert f"{out} was created with config evaluate.n_eval = 3, not 2: use the same settings to resume" in result.stderr
+
+
+def _small_study(path: Path, model: Path, n_eval: int = 3) -> Path:
+    """One model, DiM only, one intervention, one metric: the study's stages in seconds."""
+    path.write_text(f"""
+models = ["{model}"]
+n_train = 8
+n_val = 4
+batch_size = 8
+dtype = "float32"
+device = "cpu"
+extract_methods = ["dim"]
+[selection]
+scopes = ["all"]
+finalists = 2
+kl_threshold = 1e9
+induce_threshold = -1e9
+[compare]
+kinds = ["ablate"]
+scopes = ["all"]
+sweep_max_k = 0
+center_variants = false
+control_seeds = 0
+[evaluate]
+metrics = ["refusal"]
+judges = ["substring"]
+lengths = [4]
+n_eval = {n_eval}
+[analysis]
+n_geometry = 4
+sensitivity = false
+""")
+    return path
+
+
+def test_study_stages_rerun_when_interrupted_and_are_skipped_when_finished(model_dir, tmp_path, monkeypatch):
+    """In process, with the stages counted: an analysis that dies after writing its files leaves no marker and is
+    redone; finished stages are not; another config is refused, naming the setting."""
+    from refusal_lab.core.errors import RefusalLabError
+    from refusal_lab.pipeline import extraction, study
+    from refusal_lab.pipeline.rundir import RunDirectory
+
+    monkeypatch.setenv("REFUSAL_LAB_CACHE", str(tmp_path / "cache"))
+    config = load_study_config(_small_study(tmp_path / "study.toml", model_dir))
+    out = tmp_path / "out"
+    model = out / model_slug(str(model_dir))
+    calls: dict[str, int] = {}
+
+    def counted(module, name, work):
+        def run(*args, **kwargs):
+            calls[name] = calls.get(name, 0) + 1
+            return work(*args, **kwargs)
+        monkeypatch.setattr(module, name, run)
+
+    real_analyse = study.analyse
+
+    def dies_after_saving(*args):
+        real_analyse(*args)  # every analysis file written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study, "analyse", dies_after_saving)
+    with pytest.raises(KeyboardInterrupt):
+        study.run_study(config, out)
+    rd = RunDirectory(model)
+    assert rd.done("extract") and rd.done("evaluate") and not rd.done("analyse") and not rd.done("figures")
+    assert (model / "analysis" / "evidence.json").exists()  # there, but the stage did not finish
+    timings = json.loads((model / "manifest.json").read_text())["timings_s"]
+    assert set(timings) == {"extract", "evaluate"} and timings["evaluate"] == rd.record("evaluate")["seconds"]
+
+    for module, name, work in ((study, "_evaluate", study._evaluate), (study, "analyse", real_analyse),
+                               (study, "draw_figures", study.draw_figures),
+                               (extraction, "select_candidates", extraction.select_candidates)):
+        counted(module, name, work)
+    report, findings = study.run_study(config, out)
+    assert calls == {"analyse": 1, "draw_figures": 1}  # extraction and evaluation had finished
+    assert rd.done("analyse") and rd.done("figures") and report.exists()
+    figures = rd.record("figures")["info"]["figures"]
+    assert figures and all(Path(path).exists() for _, path in figures)
+    stamps = {p: p.stat().st_mtime_ns for p in (model / "analysis").iterdir()}
+
+    calls.clear()
+    again, findings_again = study.run_study(config, out)
+    def verdicts(found):
+        return {m: [f.verdict for f in fs] for m, fs in found.items()}
+
+    assert calls == {} and again == report and verdicts(findings_again) == verdicts(findings)  # all read back
+    assert {p: p.stat().st_mtime_ns for p in (model / "analysis").iterdir()} == stamps
+
+    other = load_study_config(_small_study(tmp_path / "other.toml", model_dir, n_eval=2))
+    with pytest.raises(RefusalLabError) as caught:
+        study.run_study(other, out)
+    assert str(caught.value) == (f"{out} was created with config evaluate.n_eval = 3, not 2: use the same settings "
+                                 "to resume, or a new --out")
+    assert calls == {}
 
 
 def test_paper_config_fails_fast_and_clearly_offline(tmp_path):

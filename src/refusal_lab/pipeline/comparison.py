@@ -28,10 +28,11 @@ from pydantic import PositiveInt
 from rich.console import Console
 
 from refusal_lab.core.errors import RefusalLabError
-from refusal_lab.core.io import read_json, write_csv, write_json
+from refusal_lab.core.io import write_csv, write_json
 from refusal_lab.evaluation.judges import SubstringJudge
 from refusal_lab.evaluation.store import ResultsStore
 from refusal_lab.evaluation.suite import Suite
+from refusal_lab.pipeline.artifacts import ranked_layers
 from refusal_lab.pipeline.conditions import PlanConfig, plan_conditions
 from refusal_lab.pipeline.heldout import eval_prompts
 from refusal_lab.pipeline.rundir import RunDirectory
@@ -120,16 +121,13 @@ def compare(lm, run_dir: str | Path, splits, config: CompareConfig, fits=None) -
     run_dir = Path(run_dir)
     if config.measure == "landing" and fits is None:
         raise RefusalLabError("the landing measure needs the train activations' class means (pass fits)")
-    if not (run_dir / "ranking.json").exists():
-        raise RefusalLabError(f"{run_dir} has no selected DiM direction (ranking.json); run `refusal-lab extract "
-                              "--out RUN_DIR` first")
+    ranked = ranked_layers(run_dir)
     harmful, harmless = eval_prompts(splits, config.eval_set, config.n_eval, run_dir)
     out_dir = run_dir / "comparison" / (config.measure + ("" if config.eval_set == "test" else f"-{config.eval_set}"))
     directory = RunDirectory(out_dir)
     directory.bind(data_hash=_prompts_hash(harmful, harmless), config=config)
     directory.bind(lm=lm)
 
-    ranked = [layer for layer, _ in read_json(run_dir / "ranking.json")["ranked"]]
     conditions, skipped = plan_conditions(run_dir, config, lm.n_layers, lm.hidden_size, ranked, fits)
     for note in skipped:
         log(f"skipped {note}")

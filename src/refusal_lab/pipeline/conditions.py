@@ -38,7 +38,8 @@ from refusal_lab.fitting.inlp_order import reorder_inlp
 from refusal_lab.fitting.subspace import stack_subspace
 from refusal_lab.interventions.factory import build_intervention
 from refusal_lab.methods.registry import get_method
-from refusal_lab.pipeline.artifacts import chosen_for_scope, load_candidates, methods_dir
+from refusal_lab.pipeline.artifacts import chosen_for_scope, fit_stage, load_candidates, methods_dir
+from refusal_lab.pipeline.rundir import RunDirectory
 
 _NO_CONTROL = ("leace",)
 
@@ -87,10 +88,9 @@ def random_like(artifact, seed: int):
 
 def _full_stack(run_dir: Path, hidden_size: int):
     """The subspace method's whole stack (its candidate with the most rows), or None where it was not fitted."""
-    root = methods_dir(run_dir) / "subspace"
-    if not (root / "fit.json").exists():
+    if not RunDirectory(run_dir).done(fit_stage("subspace")):
         return None
-    candidates = load_candidates(root, hidden_size)
+    candidates = load_candidates(methods_dir(run_dir) / "subspace", hidden_size)
     return max(candidates.values(), key=lambda stack: stack.rank) if candidates else None
 
 

@@ -22,7 +22,7 @@ from pydantic import NonNegativeInt, PositiveInt
 
 from refusal_lab.core.config import ConfigModel
 from refusal_lab.core.errors import RefusalLabError
-from refusal_lab.core.io import json_safe, read_json, write_json
+from refusal_lab.core.io import json_safe, write_json
 from refusal_lab.core.vocabulary import Kind, Scope
 from refusal_lab.pipeline.judging import make_judge
 from refusal_lab.evaluation.multiple_choice import load_arc, load_mmlu
@@ -30,6 +30,7 @@ from refusal_lab.evaluation.store import ResultsStore
 from refusal_lab.evaluation.condition import Condition
 from refusal_lab.evaluation.suite import Suite
 from refusal_lab.evaluation.texts import CORPORA, load_texts
+from refusal_lab.pipeline.artifacts import ranked_layers
 from refusal_lab.pipeline.conditions import PlanConfig, plan_conditions
 from refusal_lab.pipeline.heldout import eval_prompts
 from refusal_lab.pipeline.extraction import fit_context
@@ -75,7 +76,7 @@ def conditions_from_run(lm, run_dir: Path, config: EvaluateConfig, run_config, s
     :class:`~refusal_lab.methods.registry.FitContext` where the caller has it (else loaded when the plan needs one)."""
     plan = plan or PlanConfig(kinds=config.kinds, scopes=config.scopes, actadd_scopes=["layer"], sweep_max_k=0,
                                  center_variants=False, control_seeds=config.control_seeds)
-    ranked = [layer for layer, _ in read_json(run_dir / "ranking.json")["ranked"]]
+    ranked = ranked_layers(run_dir)
     needs_fits = "leace" in plan.kinds or plan.center_variants
     fits = (fits or fit_context(lm, splits, run_config)) if needs_fits else None
     conditions, skipped = plan_conditions(run_dir, plan, lm.n_layers, lm.hidden_size, ranked, fits)

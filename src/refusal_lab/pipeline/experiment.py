@@ -3,8 +3,10 @@
 ``refusal-lab run`` and ``refusal-lab compare`` are the same job; the demo config is a preset of the comparison (DiM
 ablation and ActAdd with their random controls, generation measure). Layout of the run directory:
 
-    RUN_DIR/config.json     the RunConfig (a rerun with another config is refused)
-    RUN_DIR/manifest.json   model, data hash, code version, timings per stage
+    RUN_DIR/fingerprint.json  model, data hash and config (a rerun with another is refused: RunDirectory)
+    RUN_DIR/stages/*.done   one marker per finished stage, with its timing (splits, extract and its steps, compare)
+    RUN_DIR/config.json     the RunConfig, readable
+    RUN_DIR/manifest.json   model, data hash, code version, timings per stage (copied from the markers)
     RUN_DIR/splits.json     the exact train / val / test prompts (pairwise disjoint)
     RUN_DIR/ranking.json    DiM's layer ranking
     RUN_DIR/methods/...     candidates, selection tables and chosen artifacts (:mod:`refusal_lab.pipeline.artifacts`)
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 from typing import Literal
 
@@ -30,7 +31,12 @@ from refusal_lab.methods.registry import MethodsConfig
 from refusal_lab.models.bundled import DEFAULT_MODEL
 from refusal_lab.models.load import load_model
 from refusal_lab.pipeline.comparison import CompareConfig, Comparison, compare
-from refusal_lab.pipeline.extraction import Extraction, extract, fit_context
+from refusal_lab.pipeline.extraction import (
+    Extraction,
+    extract,
+    extraction_stages,
+    fit_context,
+)
 from refusal_lab.pipeline.rundir import RunDirectory
 from refusal_lab.selection.select import SelectionConfig
 
@@ -73,12 +79,16 @@ def code_version() -> str:
 
 
 def prepare_splits(config: RunConfig, run_dir: Path) -> Splits:
-    """The train / val / test splits of ``config.data`` (or the splits already saved in ``run_dir``)."""
-    path = Path(run_dir) / "splits.json"
-    if path.exists():
+    """The train / val / test splits of ``config.data``: made and saved by stage ``splits`` of ``run_dir``, read
+    back once that stage finished."""
+    directory = RunDirectory(run_dir)
+    path = directory.path / "splits.json"
+    if directory.done("splits"):
         return Splits.load(path)
-    splits = dataset_splits(config.data, n_train=config.n_train, n_val=config.n_val, seed=config.seed)
-    splits.save(path)
+    with directory.stage("splits") as info:
+        splits = dataset_splits(config.data, n_train=config.n_train, n_val=config.n_val, seed=config.seed)
+        splits.save(path)
+        info["data_hash"] = splits.data_hash()
     return splits
 
 
@@ -97,32 +107,47 @@ def open_run(config: RunConfig, run_dir: str | Path, lm=None) -> tuple[Path, Spl
     return run_dir, splits
 
 
-def _record(run_dir: Path, lm, splits: Splits, stage: str, seconds: float) -> None:
-    path = run_dir / "manifest.json"
+def record_timing(run_dir: str | Path, stage: str, lm=None, splits: Splits | None = None) -> None:
+    """Copy finished stage ``stage``'s time from its marker into ``RUN_DIR/manifest.json`` (``timings_s``, what
+    the benchmarks and the docs' timing tables read), with the model and data it ran on where given."""
+    directory = RunDirectory(run_dir)
+    path = directory.path / "manifest.json"
     manifest = read_json(path) if path.exists() else {}
-    manifest |= {"model": lm.name, "source": lm.source, "data_hash": splits.data_hash(),
-                 "code_version": code_version(), "dtype": str(lm.dtype), "split_sizes": splits.sizes()}
-    manifest.setdefault("timings_s", {})[stage] = seconds
+    if lm is not None and splits is not None:
+        manifest |= {"model": lm.name, "source": lm.source, "data_hash": splits.data_hash(),
+                     "code_version": code_version(), "dtype": str(lm.dtype), "split_sizes": splits.sizes()}
+    manifest.setdefault("timings_s", {})[stage] = directory.record(stage)["seconds"]
     write_json(path, manifest)
 
 
 def run_extract(lm, config: RunConfig, run_dir: str | Path, methods=None) -> Extraction:
+    """:func:`~refusal_lab.pipeline.extraction.extract` as stage ``extract`` (its steps are stages of their own);
+    when every step has finished it only reads them back, and the stage's marker and timing stay as they were."""
     run_dir, splits = open_run(config, run_dir, lm)
-    start = time.perf_counter()
-    extraction = extract(lm, splits, config, run_dir, methods or config.extract_methods)
-    _record(run_dir, lm, splits, "extract", time.perf_counter() - start)
+    methods = methods or config.extract_methods
+    directory = RunDirectory(run_dir)
+    if all(directory.done(stage) for stage in extraction_stages(config, methods)):
+        return extract(lm, splits, config, run_dir, methods)
+    with directory.stage("extract") as info:
+        extraction = extract(lm, splits, config, run_dir, methods)
+        info["methods"] = list(dict.fromkeys(["dim", *methods]))
+    record_timing(run_dir, "extract", lm, splits)
     return extraction
 
 
 def run_compare(lm, config: RunConfig, run_dir: str | Path, fits=None) -> Comparison:
-    """The held-out intervention matrix; ``fits``: the run's train-split fit context if the caller has one."""
+    """The held-out intervention matrix as stage ``compare-<measure>[-<eval set>]``; ``fits``: the run's train-split
+    fit context if the caller has one. The comparison checks its own settings and resumes row by row
+    (:func:`~refusal_lab.pipeline.comparison.compare`), so the stage always runs."""
     run_dir, splits = open_run(config, run_dir, lm)
-    start = time.perf_counter()
     needs_fits = (config.compare.center_variants or "leace" in config.compare.kinds
                   or config.compare.measure == "landing")
-    result = compare(lm, run_dir, splits, config.compare, (fits or fit_context(lm, splits, config)) if needs_fits
-                     else None)
-    _record(run_dir, lm, splits, f"compare-{config.compare.measure}", time.perf_counter() - start)
+    suffix = "" if config.compare.eval_set == "test" else f"-{config.compare.eval_set}"
+    stage = f"compare-{config.compare.measure}{suffix}"
+    with RunDirectory(run_dir).stage(stage):
+        result = compare(lm, run_dir, splits, config.compare,
+                         (fits or fit_context(lm, splits, config)) if needs_fits else None)
+    record_timing(run_dir, stage, lm, splits)
     return result
 
 

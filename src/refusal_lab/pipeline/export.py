@@ -13,6 +13,7 @@ from refusal_lab import __version__
 from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.core.io import write_json
 from refusal_lab.pipeline.optimize import load_study, trial_params
+from refusal_lab.pipeline.rundir import RunDirectory
 from refusal_lab.pipeline.search_data import OptimizeConfig, SearchData, load_means, load_refined
 from refusal_lab.search.edit import Abliteration
 
@@ -80,6 +81,7 @@ def export_trial(lm, run_dir: str | Path, out: str | Path, trial: int | None = N
     import transformers
 
     run_dir, out = Path(run_dir), Path(out)
+    RunDirectory(run_dir).check(lm=lm, same_dtype=False)  # the edit is built for the weights the run searched
     number = choose_trial(run_dir, trial, max_kl)
     ablation = trial_ablation(lm, run_dir, number)
     if lora:

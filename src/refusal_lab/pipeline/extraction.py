@@ -3,8 +3,11 @@
 One path for every method (DiM included): ``fit`` → candidates saved under ``RUN_DIR/methods/<fit>/`` →
 :func:`refusal_lab.selection.select.select` at each scope of ``config.selection.scopes`` → ``chosen-<scope>.*``.
 DiM runs
-first: its ranking (``RUN_DIR/ranking.json``) orders the ``top50`` scope and the subspace stack. Every stage writes
-its marker last, so an interrupted run resumes at the stage in flight; layout in :mod:`refusal_lab.pipeline.artifacts`.
+first: its ranking (``RUN_DIR/ranking.json``) orders the ``top50`` scope and the subspace stack. Each step is a stage
+of the run directory (:class:`~refusal_lab.pipeline.rundir.RunDirectory`): ``activations`` (the train activations,
+timing only: they are cached by content), ``fit-<fit>``, ``select-<method>-<scope>`` and ``ranking``. A finished
+stage is read back, never redone; an interrupted one (no marker) is cleared and redone, whatever files it left.
+Layout in :mod:`refusal_lab.pipeline.artifacts`.
 """
 
 from __future__ import annotations
@@ -22,13 +25,19 @@ from refusal_lab.core.io import read_json, write_csv, write_json
 from refusal_lab.methods.registry import METHODS, FitContext, MethodsConfig, PlanEnv, get_method
 from refusal_lab.models.activations import collect_activations
 from refusal_lab.pipeline.artifacts import (
+    RANKING_STAGE,
     chosen_stem,
+    clear_fit,
+    clear_selection,
+    fit_stage,
     load_candidates,
     load_chosen,
     methods_dir,
     save_candidates,
-    selection_marker,
+    selection_stage,
+    selection_table,
 )
+from refusal_lab.pipeline.rundir import RunDirectory
 from refusal_lab.selection.attribution import AttributionPrior
 from refusal_lab.selection.select import Baseline, Candidate, Selection, SelectionConfig, candidates_from_table, select
 
@@ -54,14 +63,42 @@ def fit_context(lm, splits, config) -> FitContext:
                       config.selection.max_layer_fraction)
 
 
-def _fit(method, ctx: FitContext, config, root: Path, hidden_size: int) -> dict[tuple, object]:
-    fit_root = root / method.fitted_by
-    if (fit_root / "fit.json").exists():
+def extraction_stages(config, methods: Sequence[str] = ("dim",)) -> list[str]:
+    """The stages :func:`extract` runs for ``methods`` (DiM always) at ``config.selection.scopes``: when all have
+    finished, extraction only reads its results back."""
+    wanted = ["dim", *[m for m in dict.fromkeys(methods) if m != "dim"]]
+    fits = dict.fromkeys(fit_stage(get_method(name).fitted_by) for name in wanted)
+    return [*fits, *(selection_stage(name, scope) for name in wanted for scope in config.selection.scopes),
+            RANKING_STAGE]
+
+
+def _context(lm, splits, config, directory: RunDirectory) -> FitContext:
+    """:func:`fit_context` as stage ``activations`` (its marker: the timing and prompt counts); the DiM ranking is
+    attached once its stage finished."""
+    with directory.stage("activations") as info:
+        ctx = fit_context(lm, splits, config)
+        info |= {"harmful": int(ctx.train_harmful.shape[0]), "harmless": int(ctx.train_harmless.shape[0])}
+    if directory.done(RANKING_STAGE):
+        ctx.ranked = _ranking(directory)
+    return ctx
+
+
+def _ranking(directory: RunDirectory) -> list[tuple[int, int]]:
+    return [tuple(cell) for cell in read_json(directory.path / "ranking.json")["ranked"]]  # (layer, position)
+
+
+def _fit(method, ctx: FitContext, config, directory: RunDirectory, hidden_size: int) -> dict[tuple, object]:
+    fit_root = methods_dir(directory.path) / method.fitted_by
+    stage = fit_stage(method.fitted_by)
+    if directory.done(stage):
         return load_candidates(fit_root, hidden_size)
     log(f"fitting {method.fitted_by} on {ctx.train_harmful.shape[0]} + {ctx.train_harmless.shape[0]} train prompts")
-    candidates = get_method(method.fitted_by).fit(ctx, config.methods)
-    save_candidates(fit_root, candidates)
-    write_json(fit_root / "fit.json", {"candidates": len(candidates), "methods": config.methods.model_dump()})
+    with directory.stage(stage) as info:
+        clear_fit(fit_root)  # whatever an interrupted fit left
+        candidates = get_method(method.fitted_by).fit(ctx, config.methods)
+        save_candidates(fit_root, candidates)
+        write_json(fit_root / "fit.json", {"candidates": len(candidates), "methods": config.methods.model_dump()})
+        info["candidates"] = len(candidates)
     return candidates
 
 
@@ -123,9 +160,10 @@ def _pool(method, scope: str, candidates: dict[tuple, object], n_layers: int, co
     return pool
 
 
-def _save_selection(run_dir: Path, selection: Selection, candidates: dict, ranked_layers: list[int]) -> object:
-    out = methods_dir(run_dir) / selection.method
-    write_csv(selection.table(), out / f"selection-{selection.scope}.csv")
+def _save_selection(run_dir: Path, selection: Selection, candidates: dict, ranked_layers: list[int]
+                    ) -> tuple[object, dict]:
+    """Write the selection's table and chosen artifact; returns the artifact and what its stage marker records."""
+    write_csv(selection.table(), selection_table(run_dir, selection.method, selection.scope))
     chosen = None
     if selection.chosen is not None:
         c = selection.chosen
@@ -139,25 +177,23 @@ def _save_selection(run_dir: Path, selection: Selection, candidates: dict, ranke
     closest = selection.chosen or selection.closest()
     record = None if closest is None else {k: getattr(closest, k) for k in ("layer", "position", "k", "bypass",
                                                                                "induce", "induce_scale", "kl")}
-    write_json(selection_marker(run_dir, selection.method, selection.scope),
-               {"chosen": selection.chosen is not None, "closest": record, "timings_s": selection.timings_s})
-    return chosen
+    return chosen, {"chosen": selection.chosen is not None, "closest": record, "timings_s": selection.timings_s}
 
 
-def _load_selection(run_dir: Path, method: str, scope: str, hidden_size: int) -> tuple[Selection, object] | None:
-    marker = selection_marker(run_dir, method, scope)
-    if not marker.exists():
-        return None
-    cands = candidates_from_table(pd.read_csv(methods_dir(run_dir) / method / f"selection-{scope}.csv"))
+def _load_selection(directory: RunDirectory, method: str, scope: str, hidden_size: int) -> tuple[Selection, object]:
+    """A finished selection read back (its stage's marker holds the timings)."""
+    finished = directory.record(selection_stage(method, scope))
+    cands = candidates_from_table(pd.read_csv(selection_table(directory.path, method, scope)))
     chosen = next((c for c in cands if c.status.startswith("selected")), None)
-    return (Selection(method, scope, cands, chosen, read_json(marker).get("timings_s", {})),
-            load_chosen(run_dir, method, scope, hidden_size))
+    return (Selection(method, scope, cands, chosen, finished["info"].get("timings_s", {})),
+            load_chosen(directory.path, method, scope, hidden_size))
 
 
 def extract(lm, splits, config, run_dir: str | Path, methods: Sequence[str] = ("dim",)) -> Extraction:
-    """Fit and select ``methods`` (DiM always first) at every scope of ``config.selection.scopes``; resumable."""
-    run_dir = Path(run_dir)
-    root = methods_dir(run_dir)
+    """Fit and select ``methods`` (DiM always first) at every scope of ``config.selection.scopes``; resumable
+    stage by stage (see the module docstring)."""
+    directory = RunDirectory(run_dir)
+    run_dir = directory.path
     wanted = ["dim", *[m for m in dict.fromkeys(methods) if m != "dim"]]
     for name in wanted:
         get_method(name)
@@ -166,42 +202,44 @@ def extract(lm, splits, config, run_dir: str | Path, methods: Sequence[str] = ("
     baseline = prior = None
     kl_cache: dict = {}
     val_harmful, val_harmless = splits.val_harmful.texts, splits.val_harmless.texts
-    ranking_path = run_dir / "ranking.json"
     for name in wanted:
         method = METHODS[name]
-        todo = [s for s in config.selection.scopes if not selection_marker(run_dir, name, s).exists()]
-        if todo or not (root / method.fitted_by / "fit.json").exists():
-            ctx = ctx or fit_context(lm, splits, config)
-            if ranking_path.exists():
-                ctx.ranked = [tuple(cell) for cell in read_json(ranking_path)["ranked"]]
+        todo = [s for s in config.selection.scopes if not directory.done(selection_stage(name, s))]
+        if todo or not directory.done(fit_stage(method.fitted_by)):
+            ctx = ctx or _context(lm, splits, config, directory)
         at_dim = _dim_cells(result, name, config.selection)
         if ctx:
             ctx.selectable = set(at_dim.values()) or None
-        candidates = _fit(method, ctx, config, root, lm.hidden_size) if ctx else {}
+        candidates = _fit(method, ctx, config, directory, lm.hidden_size) if ctx else {}
         for scope in config.selection.scopes:
-            loaded = _load_selection(run_dir, name, scope, lm.hidden_size)
-            if loaded is None:
-                if baseline is None:
-                    log(f"baseline scores on {len(val_harmful)} + {len(val_harmless)} val prompts")
-                    baseline = Baseline.compute(lm, val_harmful, val_harmless, config.selection.batch_size)
-                if prior is None and config.selection.mode == "fast":
-                    prior = attribution_prior(lm, val_harmful, baseline, config.selection)
-                ranked_layers = [layer for layer, _ in (ctx.ranked or [])]
-                selection = select_candidates(
-                    lm, name, _at_cell(candidates, at_dim.get(scope)), scope, val_harmful,
-                    val_harmless, config.selection, config.methods, baseline, prior, kl_cache, ranked_layers, fits=ctx)
-                chosen = _save_selection(run_dir, selection, candidates, ranked_layers)
+            stage = selection_stage(name, scope)
+            if directory.done(stage):
+                selection, chosen = _load_selection(directory, name, scope, lm.hidden_size)
             else:
-                selection, chosen = loaded
+                with directory.stage(stage) as info:
+                    clear_selection(run_dir, name, scope)  # whatever an interrupted selection left
+                    if baseline is None:
+                        log(f"baseline scores on {len(val_harmful)} + {len(val_harmless)} val prompts")
+                        baseline = Baseline.compute(lm, val_harmful, val_harmless, config.selection.batch_size)
+                    if prior is None and config.selection.mode == "fast":
+                        prior = attribution_prior(lm, val_harmful, baseline, config.selection)
+                    ranked_layers = [layer for layer, _ in (ctx.ranked or [])]
+                    selection = select_candidates(
+                        lm, name, _at_cell(candidates, at_dim.get(scope)), scope, val_harmful, val_harmless,
+                        config.selection, config.methods, baseline, prior, kl_cache, ranked_layers, fits=ctx)
+                    chosen, record = _save_selection(run_dir, selection, candidates, ranked_layers)
+                    info |= record
             result.selections[(name, scope)] = selection
             result.chosen[(name, scope)] = chosen
-            if name == "dim" and not ranking_path.exists():
-                ranked = _dim_ranking(selection)
-                write_json(ranking_path, {"ranked": ranked, "scope": scope})
+            if name == "dim" and not directory.done(RANKING_STAGE):
+                with directory.stage(RANKING_STAGE) as info:
+                    ranked = _dim_ranking(selection)
+                    write_json(run_dir / "ranking.json", {"ranked": ranked, "scope": scope})
+                    info["scope"] = scope
                 if ctx is not None:
                     ctx.ranked = [tuple(cell) for cell in ranked]
-    if ranking_path.exists():
-        result.ranked = [tuple(cell) for cell in read_json(ranking_path)["ranked"]]
+    if directory.done(RANKING_STAGE):
+        result.ranked = _ranking(directory)
     result.fits = ctx
     return result
 

@@ -17,6 +17,8 @@ from refusal_lab.models.bundled import cache_dir
 from refusal_lab.models.identity import weights_hash
 from refusal_lab.pipeline.artifacts import chosen_for_scope, selected_scopes
 from refusal_lab.pipeline.experiment import RunConfig, run_extract
+from refusal_lab.pipeline.extraction import extraction_stages
+from refusal_lab.pipeline.rundir import RunDirectory
 
 
 def judge_run(lm, config: RunConfig | None = None) -> Path:
@@ -25,8 +27,9 @@ def judge_run(lm, config: RunConfig | None = None) -> Path:
     fingerprint checks the weights, data and settings)."""
     config = config or RunConfig(model=lm.name, extract_methods=["dim"])
     run_dir = cache_dir() / "judge-runs" / f"{lm.name.rstrip('/').rsplit('/', 1)[-1]}-{weights_hash(lm.model)}"
-    if not (run_dir / "methods" / "dim" / "selection-all.csv").exists():
-        run_extract(lm, config, run_dir)
+    directory = RunDirectory(run_dir)
+    if not all(directory.done(stage) for stage in extraction_stages(config, config.extract_methods)):
+        run_extract(lm, config, run_dir)  # also finishes an extraction that was interrupted
     return run_dir
 
 

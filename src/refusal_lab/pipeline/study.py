@@ -6,8 +6,13 @@ k, scales, flip variants, centring, scopes, sites) with the evaluation suite (``
 prompts; one baseline per metric, judge calls cached) into ``RUN_DIR/<model>/evaluation/``; analyse the geometry
 (:mod:`refusal_lab.pipeline.study_analysis`) into ``RUN_DIR/<model>/analysis/``; draw the figures into
 ``RUN_DIR/figures/``.
-Then ``RUN_DIR/report.html`` and ``RUN_DIR/findings.json`` check the seed study's findings on every model. Each stage
-is resumable (extraction and evaluation per unit, the analysis per model), and one overall bar shows the ETA.
+Then ``RUN_DIR/report.html`` and ``RUN_DIR/findings.json`` check the seed study's findings on every model.
+
+``RUN_DIR`` binds the StudyConfig (:class:`~refusal_lab.pipeline.rundir.RunDirectory`: another config is refused,
+naming the setting). Per model, ``extract``, ``evaluate``, ``analyse`` and ``figures`` are stages of the model's run
+directory: a finished one is not redone (its results are read back), an interrupted one reruns (extraction and the
+evaluation resume inside, step by step and unit by unit); each stage's time is in its marker and in the model's
+``manifest.json``. One overall bar shows the ETA.
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ import gc
 import json
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pydantic import PositiveInt
@@ -28,14 +34,15 @@ from refusal_lab.analysis.findings import assess
 from refusal_lab.analysis.report import write_report
 from refusal_lab.core.config import ConfigModel, load_config_file
 from refusal_lab.core.errors import RefusalLabError
-from refusal_lab.core.io import read_json, write_json
+from refusal_lab.core.io import write_json
 from refusal_lab.data import Splits
 from refusal_lab.models.adapters import SUPPORTED_MODEL_TYPES
 from refusal_lab.models.bundled import BUNDLED, DEFAULT_MODEL
 from refusal_lab.models.load import load_model
 from refusal_lab.pipeline.evaluate import EvaluateConfig, evaluate
-from refusal_lab.pipeline.experiment import RunConfig, code_version, open_run, run_extract
-from refusal_lab.pipeline.study_analysis import analyse, draw_figures
+from refusal_lab.pipeline.experiment import RunConfig, code_version, open_run, record_timing, run_extract
+from refusal_lab.pipeline.rundir import RunDirectory
+from refusal_lab.pipeline.study_analysis import analyse, draw_figures, load_evidence
 
 if TYPE_CHECKING:
     from refusal_lab.analysis.findings import Finding
@@ -98,12 +105,11 @@ def check_models(models: list[str]) -> None:
 
 
 def _bind_study(config: StudyConfig, out: Path) -> None:
-    saved = out / "study.json"
-    payload = json.loads(config.model_dump_json())
-    if saved.exists() and read_json(saved) != payload:
-        raise RefusalLabError(f"{out} holds a study with a different config ({saved}); use another --out or the "
-                              "same config to resume")
-    write_json(saved, payload)
+    """Bind ``out`` to ``config`` (another config is refused, naming the setting that differs); ``study.json`` is
+    its readable copy."""
+    RunDirectory(out).bind(config=config)
+    if not (out / "study.json").exists():
+        write_json(out / "study.json", json.loads(config.model_dump_json()))
 
 
 def run_study(config: StudyConfig, out: str | Path) -> tuple[Path, dict[str, list[Finding]]]:
@@ -129,16 +135,18 @@ def run_study(config: StudyConfig, out: str | Path) -> tuple[Path, dict[str, lis
             fits = run_extract(lm, run_cfg, model_dir, config.extract_methods).fits  # reused: fitted once
             progress.advance(bar, STAGE_WEIGHTS["extract"])
             progress.update(bar, description=f"{model}: evaluate")
-            _timed(model_dir, "evaluate", _evaluate, lm, config, run_cfg, model_dir, fits)
+            _staged(model_dir, "evaluate", _evaluate, (lm, config, run_cfg, model_dir, fits))
             progress.advance(bar, STAGE_WEIGHTS["evaluate"])
             progress.update(bar, description=f"{model}: analyse")
-            evidence = _timed(model_dir, "analyse", analyse, lm, config, run_cfg, model_dir, fits)
+            evidence = _staged(model_dir, "analyse", analyse, (lm, config, run_cfg, model_dir, fits),
+                               resumed=_resumed_evidence)
             progress.advance(bar, STAGE_WEIGHTS["analyse"])
             progress.update(bar, description=f"{model}: figures")
-            figures[evidence.model] = _timed(model_dir, "figures", draw_figures, evidence,
-                                             out / "figures" / model_slug(model))
+            figures[evidence.model] = _staged(model_dir, "figures", draw_figures,
+                                              (evidence, out / "figures" / model_slug(model)),
+                                              resumed=_resumed_figures, info=_figures_info)
             findings[evidence.model] = assess(evidence, judge=config.evaluate.judges[0])
-            data_hashes[evidence.model] = read_json(model_dir / "manifest.json").get("data_hash")
+            data_hashes[evidence.model] = RunDirectory(model_dir).fingerprint().get("data_hash")
             evidences.append(evidence)
             progress.advance(bar, STAGE_WEIGHTS["figures"])
             del lm
@@ -154,14 +162,33 @@ def _evaluate(lm, config: StudyConfig, run_cfg: RunConfig, model_dir: Path, fits
     evaluate(lm, config.evaluate, model_dir / "evaluation", model_dir, run_cfg, splits, plan=config.compare, fits=fits)
 
 
-def _timed(model_dir: Path, stage: str, work, *args):
-    """``work(*args)``, its wall time recorded as ``timings_s[stage]`` in the model's manifest.json."""
-    started = time.perf_counter()
-    result = work(*args)
-    manifest = read_json(model_dir / "manifest.json")
-    manifest.setdefault("timings_s", {})[stage] = time.perf_counter() - started
-    write_json(model_dir / "manifest.json", manifest)
+def _staged(model_dir: Path, stage: str, work: Callable[..., Any], args: tuple,
+            resumed: Callable[[Path, dict], Any] = lambda model_dir, info: None,
+            info: Callable[[Any], dict] = lambda result: {}):
+    """``work(*args)`` as stage ``stage`` of the model's run directory, its time copied into the manifest's
+    ``timings_s`` and ``info(result)`` kept in its marker. A finished stage is not redone: its result is
+    ``resumed(model_dir, marker info)``."""
+    directory = RunDirectory(model_dir)
+    finished = directory.record(stage)
+    if finished is not None:
+        return resumed(directory.path, finished["info"])
+    with directory.stage(stage) as kept:
+        result = work(*args)
+        kept |= info(result)
+    record_timing(model_dir, stage)
     return result
+
+
+def _resumed_evidence(model_dir: Path, info: dict):
+    return load_evidence(model_dir)
+
+
+def _figures_info(drawn: list[tuple[str, Path]]) -> dict:
+    return {"figures": [[caption, str(path)] for caption, path in drawn]}
+
+
+def _resumed_figures(model_dir: Path, info: dict) -> list[tuple[str, Path]]:
+    return [(caption, Path(path)) for caption, path in info["figures"]]
 
 
 __all__ = ["AnalysisConfig", "StudyConfig", "check_models", "load_study_config", "model_slug",

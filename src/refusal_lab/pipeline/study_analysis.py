@@ -14,7 +14,8 @@ Everything is measured at DiM's chosen post-instruction position ``i``; activati
   activations.
 - Sensitivity: per layer, cosine of DiM collected in batches vs one prompt at a time, and trained on the matched vs
   the unmatched prompt sets (``n_sensitivity`` per side).
-Saved under ``MODEL_DIR/analysis/`` (CSV, safetensors, JSON); a rerun reads it back.
+Saved under ``MODEL_DIR/analysis/`` (CSV, safetensors, JSON) by the study's stage ``analyse``, which reads it
+back (:func:`load_evidence`) once that stage finished.
 """
 
 from __future__ import annotations
@@ -43,9 +44,10 @@ from refusal_lab.core.io import read_json, write_csv, write_json
 from refusal_lab.data import Splits, dataset_splits
 from refusal_lab.interventions.hooks import apply_interventions
 from refusal_lab.models.activations import collect_activations
-from refusal_lab.pipeline.artifacts import chosen_for_scope, load_candidates, methods_dir
+from refusal_lab.pipeline.artifacts import chosen_for_scope, fit_stage, load_candidates, methods_dir
 from refusal_lab.pipeline.evaluate import conditions_from_run
 from refusal_lab.pipeline.extraction import fit_context
+from refusal_lab.pipeline.rundir import RunDirectory
 
 PANEL_ORDER = ("refusal", "harmless_refusal", "judge", "kl", "kl_response", "perplexity", "mmlu", "arc", "repetition",
                "coherence")
@@ -60,12 +62,10 @@ def load_results(model_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def analyse(lm, config, run_cfg, model_dir: str | Path, fits=None) -> ModelEvidence:
-    """The evidence of one model of a study (``config``: a :class:`~refusal_lab.pipeline.study.StudyConfig`); resumable.
+    """The evidence of one model of a study (``config``: a :class:`~refusal_lab.pipeline.study.StudyConfig`),
+    measured and saved (the study runs it as a stage and reads a finished one back with :func:`load_evidence`).
     ``fits``: the run's train-split :class:`~refusal_lab.methods.registry.FitContext` if the caller has one."""
     model_dir = Path(model_dir)
-    directory = model_dir / "analysis"
-    if (directory / "evidence.json").exists():
-        return load_evidence(model_dir)
     splits = Splits.load(model_dir / "splits.json")
     dim, _ = chosen_for_scope(model_dir, "dim", run_cfg.selection.scopes[0], lm.hidden_size)
     layer, position = dim.provenance.layer, dim.provenance.position
@@ -104,9 +104,9 @@ def _results(model_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def _first_inlp_directions(model_dir: Path, position: int, hidden_size: int) -> dict[int, torch.Tensor]:
     """Layer → the first INLP direction (iteration order) at ``position``, where INLP was fitted."""
-    root = methods_dir(model_dir) / "inlp"
-    if not (root / "fit.json").exists():
+    if not RunDirectory(model_dir).done(fit_stage("inlp")):
         return {}
+    root = methods_dir(model_dir) / "inlp"
     found = {}
     for (layer, pos, _), artifact in load_candidates(root, hidden_size).items():
         if pos == position and artifact.rank > 0:
