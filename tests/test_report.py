@@ -35,8 +35,8 @@ CONDITIONS = {
     "classifier-actadd[layer,scale=1]": (0.93, 0.85, 2.13, 0.07),
     "nullspace[layer]": (0.35, 0.02, 2.03, 0.06),
     "nullspace[layer,centered]": (0.30, 0.02, 2.05, 0.06),
-    "flip[layer,alpha=2,flip_variant=input]": (0.04, 0.05, 2.60, 0.30),
-    "flip[layer,alpha=2,flip_variant=writes]": (0.08, 0.07, 2.90, 0.40),
+    "flip[layer,alpha=2,flip_variant=input]": (0.04, 0.05, 2.60, 0.18),  # overcorrects: ppl ×1.8, +0.13 3-grams
+    "flip[layer,alpha=2,flip_variant=writes]": (0.08, 0.07, 2.90, 0.40),  # breaks the model: ppl ×2.5
     **{f"rank-k[layer,k={k},order=iteration]": (r, 0.02, 2.0 + 0.01 * k, 0.05)
        for k, r in ((1, 0.45), (2, 0.38), (3, 0.36), (4, 0.35))},
     "leace[layer]": (0.40, 0.02, 2.01, 0.05),

@@ -7,33 +7,31 @@ part is False, else "inconclusive" — a point estimate whose interval straddles
 Refusal figures are held-out rates — ``refusal`` on ``harmful`` (bypass rows), ``harmless_refusal`` on ``harmless``
 (induce rows) — for one judge and generation length (``tokens``; default the longest stored); every comparison is a
 paired difference on common items (:func:`refusal_lab.evaluation.stats.difference`; relative for perplexity). The
-*best* row of a kind is its non-control row with the lowest point refusal. INLP rows fitted through the training
-mean (``,centered``) are left out: the findings are about the linear maps ``P`` and ``P_α``. Each rule is in its
-function's docstring and, in one sentence, in :attr:`Finding.test`.
+*best* row of a kind is its non-control row with the lowest point refusal among those that do not break the model
+(:mod:`refusal_lab.analysis.coherence`): a condition that breaks the model never counts as suppressing refusal, and a
+finding whose needed condition breaks the model says so in its note and is not supported. INLP rows fitted through
+the training mean (``,centered``) are left out: the findings are about the linear maps ``P`` and ``P_α``. Each rule
+is in its function's docstring and, in one sentence, in :attr:`Finding.test`.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import asdict, dataclass, field
-from functools import reduce
-from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
+from refusal_lab.analysis.coherence import BOUNDS
 from refusal_lab.analysis.evidence import ModelEvidence
+from refusal_lab.analysis.reader import FLIP_ALPHA, Reader, Row, interventions
 from refusal_lab.core.io import json_safe
-from refusal_lab.core.vocabulary import BASELINE
-from refusal_lab.evaluation.stats import Estimate, difference
+from refusal_lab.evaluation.stats import Estimate
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
 
 CLOSE_COSINE = 0.8  # 1: |cos(first INLP direction, DiM)| at the chosen layer is "close" at or above this
 EQUIVALENCE_MARGIN = 0.15  # 1: two ActAdds agree when their paired rate difference's CI lies inside ±this
 COMPETITIVE_MARGIN = 0.15  # 3: flip is competitive when flip − ablate refusal has CI high ≤ this
-FLIP_ALPHA = 2.0  # 3, 5: the flip the findings are about (rows naming another alpha are left out)
 KEEP_SHARE = 0.8  # 4: rank-k "keeps most" of the suppression at this share of the full nullspace's reduction
 NEAR_BASELINE_PERPLEXITY = 0.05  # 3, 4: a relative perplexity rise below this (CI high) is near baseline
 NEGLIGIBLE_REPETITION = 0.02  # 3: a repeated-3-gram rise below this (CI high) is no repetition
@@ -57,8 +55,6 @@ TITLES = {
     7: "Batched vs one-by-one extraction and confound-matched vs unmatched prompt pairs change the direction only "
        "slightly (report the cosine).",
 }
-_LENGTH_METRICS = ("refusal", "harmless_refusal")  # judged at every generation length; the rest at one
-_ITEM_COLUMNS = ("intervention", "metric", "judge", "dataset", "max_new_tokens", "item", "value", "tokens")
 
 
 @dataclass
@@ -71,35 +67,6 @@ class Finding:
     test: str
     numbers: dict = field(default_factory=dict)
     note: str = ""
-
-
-class Row(NamedTuple):
-    """A non-control intervention as the results store records it: its name (a label), kind, scope and the
-    builder's settings (``params``: k, alpha, scale, order, center, …)."""
-
-    name: str
-    kind: str
-    scope: str
-    params: dict
-
-    @property
-    def centered(self) -> bool:
-        return bool(self.params.get("center", False))
-
-    @property
-    def linear(self) -> bool:
-        """Not fitted through the training mean, and a flip only at :data:`FLIP_ALPHA`."""
-        return not self.centered and float(self.params.get("alpha", FLIP_ALPHA)) == FLIP_ALPHA
-
-
-def interventions(table: pd.DataFrame) -> list[Row]:
-    """The non-control interventions of a results (or landing) table, one :class:`Row` each."""
-    if table.empty:
-        return []
-    rows = table[(table["kind"] != BASELINE) & ~table.get("control", pd.Series(False, index=table.index)).astype(bool)]
-    unique = rows.drop_duplicates("intervention")
-    return [Row(r["intervention"], r["kind"], r.get("scope", ""), json.loads(r["params"]))
-            for r in unique.to_dict("records")]
 
 
 def _iv(e: Estimate) -> list[float]:
@@ -124,70 +91,7 @@ def _verdict(*parts: bool | None) -> str:
     return {True: SUPPORTED, False: NOT_SUPPORTED, None: INCONCLUSIVE}[_all(list(parts))]
 
 
-class _Reader:
-    """Per-item values of the evidence for one judge and generation length, and paired differences of them."""
-
-    def __init__(self, evidence: ModelEvidence, judge: str, tokens: int | None):
-        self.ev, self.judge, self.tokens = evidence, judge, tokens
-        self.items = evidence.items if not evidence.items.empty else pd.DataFrame(columns=_ITEM_COLUMNS)
-        with_items = set(self.items["intervention"])
-        self.rows = [r for r in interventions(evidence.results) if r.name in with_items]
-
-    def of(self, kind: str) -> list[Row]:
-        """Linear non-control rows of ``kind`` with items (:attr:`Row.linear`)."""
-        return sorted((r for r in self.rows if r.kind == kind and r.linear), key=lambda r: r.name)
-
-    def values(self, name: str, metric: str, dataset: str) -> pd.DataFrame | None:
-        t = self.items
-        sel = t[(t["intervention"] == name) & (t["metric"] == metric) & (t["dataset"] == dataset)]
-        if metric in _LENGTH_METRICS:
-            sel = sel[sel["judge"] == self.judge]
-        length = self.tokens if self.tokens is not None and metric in _LENGTH_METRICS else sel["max_new_tokens"].max()
-        sel = sel[sel["max_new_tokens"] == length]
-        return None if sel.empty else sel.drop_duplicates("item").set_index("item")[["value", "tokens"]]
-
-    def diff(self, method: str, base: str | dict[str, float] = "baseline", metric: str = "refusal",
-             dataset: str = "harmful") -> Estimate | None:
-        """``metric(method) − metric(base)`` on their common items; ``base`` may be a weighted per-item mix
-        ``{name: weight}`` of rows (not for perplexity). None when a side has no items."""
-        weights = {base: 1.0} if isinstance(base, str) else base
-        frames = [self.values(n, metric, dataset) for n in (method, *weights)]
-        if any(f is None for f in frames):
-            return None
-        if len(common := reduce(pd.Index.intersection, (f.index for f in frames))) == 0:
-            return None
-        m, *bases = [f.loc[common] for f in frames]
-        if metric == "perplexity":
-            return difference(metric, m["value"], bases[0]["value"], m["tokens"], bases[0]["tokens"])
-        mix = sum(w * b["value"].to_numpy() for w, b in zip(weights.values(), bases))
-        return difference(metric, m["value"].to_numpy(), mix)
-
-    def best(self, rows: list[Row]) -> tuple[Row, Estimate] | None:
-        """The row with the largest point reduction of refusal on harmful prompts, and its difference vs baseline."""
-        scored = [(r, e) for r in rows if (e := self.diff(r.name)) is not None and not math.isnan(e.value)]
-        return min(scored, key=lambda pair: pair[1].value) if scored else None
-
-    def perplexity(self, name: str, numbers: dict) -> list[Estimate]:
-        """``name``'s relative perplexity change vs baseline on every text set (recorded in ``numbers``)."""
-        found = []
-        for dataset in sorted(self.items.loc[self.items["metric"] == "perplexity", "dataset"].unique()):
-            if (e := self.diff(name, metric="perplexity", dataset=dataset)) is not None:
-                numbers[f"perplexity ({dataset}): {name} relative change"] = _iv(e)
-                found.append(e)
-        return found
-
-    def specific(self, name: str) -> bool | None:
-        """The results row's ``specific`` flag (effect beyond its random controls) for refusal on harmful."""
-        r = self.ev.results
-        if r.empty or "specific" not in r:
-            return None
-        r = r[(r["intervention"] == name) & (r["metric"] == "refusal") & (r["dataset"] == "harmful")
-              & (r["judge"] == self.judge)]
-        flags = r.loc[r["max_new_tokens"] == (self.tokens or r["max_new_tokens"].max()), "specific"].dropna()
-        return None if flags.empty else bool(flags.iloc[0])
-
-
-def _first_inlp_vs_dim(ev: ModelEvidence, rd: _Reader) -> Finding:
+def _first_inlp_vs_dim(ev: ModelEvidence, rd: Reader) -> Finding:
     """|cos| at the chosen layer ≥ CLOSE_COSINE (a direction's sign is a labelling convention), and every
     classifier-ActAdd row ≈ the DiM ActAdd row of the same scope and scale: the paired difference (``refusal`` for a
     negative scale, ``harmless_refusal`` for a positive one) has its CI inside ±EQUIVALENCE_MARGIN; a CI excluding 0
@@ -214,12 +118,16 @@ def _first_inlp_vs_dim(ev: ModelEvidence, rd: _Reader) -> Finding:
                    f"refusal-rate difference has its 95 % CI inside ±{EQUIVALENCE_MARGIN}.", numbers, "; ".join(notes))
 
 
-def _nullspace_vs_ablation(ev: ModelEvidence, rd: _Reader) -> Finding:
+def _nullspace_vs_ablation(ev: ModelEvidence, rd: Reader) -> Finding:
     """The best nullspace row suppresses (refusal − baseline CI high < 0, unless the results say its random control
     does as much; CI low ≥ 0 contradicts), and less reliably than the best ablate row (nullspace − ablate CI low
-    > 0; CI high < 0, or a CI inside ±EQUIVALENCE_MARGIN, contradicts)."""
-    null, ablate = rd.best(rd.of("nullspace")), rd.best(rd.of("ablate"))
-    numbers, notes, suppresses, weaker = {}, [], None, None
+    > 0; CI high < 0, or a CI inside ±EQUIVALENCE_MARGIN, contradicts). Rows that break the model are left out; when
+    every nullspace row does, it does not suppress."""
+    nulls, ablates = rd.of("nullspace"), rd.of("ablate")
+    null, ablate = rd.best(nulls), rd.best(ablates)
+    numbers, notes, suppresses, weaker = {}, rd.gate_notes(nulls + ablates), None, None
+    if null is None and rd.only_broken(nulls):
+        suppresses = False
     if null is not None:
         numbers[f"refusal: {null[0].name} − baseline"] = _iv(null[1])
         suppresses = _decide(null[1].high < 0, null[1].low >= 0)
@@ -227,7 +135,7 @@ def _nullspace_vs_ablation(ev: ModelEvidence, rd: _Reader) -> Finding:
             suppresses = None
             notes.append(f"{null[0].name}'s random control suppresses as much")
     if null is None or ablate is None:
-        notes.append("missing nullspace or ablate refusal items")
+        notes.append("missing nullspace or ablate refusal items (of a row that does not break the model)")
     elif (e := rd.diff(null[0].name, ablate[0].name)) is not None:
         numbers[f"refusal: {ablate[0].name} − baseline"] = _iv(ablate[1])
         numbers[f"refusal: {null[0].name} − {ablate[0].name}"] = _iv(e)
@@ -237,14 +145,20 @@ def _nullspace_vs_ablation(ev: ModelEvidence, rd: _Reader) -> Finding:
                    "(paired) has CI low > 0.", numbers, "; ".join(notes))
 
 
-def _flip(ev: ModelEvidence, rd: _Reader) -> Finding:
+def _flip(ev: ModelEvidence, rd: Reader) -> Finding:
     """The best flip row (α = FLIP_ALPHA, either variant) is competitive (flip − best ablate refusal CI high ≤
     COMPETITIVE_MARGIN; CI low above it contradicts) and overcorrects (relative perplexity rise CI low > 0 on any text
     set, or repetition rise CI low > 0; every perplexity CI high < NEAR_BASELINE_PERPLEXITY and repetition CI high <
-    NEGLIGIBLE_REPETITION contradicts)."""
-    test = (f"The best α = {FLIP_ALPHA:g} flip's paired refusal difference to the best ablation has 95 % CI high "
-            f"≤ {COMPETITIVE_MARGIN}, and its perplexity (any text set, relative) or repetition rise has CI low > 0.")
-    flip, ablate = rd.best(rd.of("flip")), rd.best(rd.of("ablate"))
+    NEGLIGIBLE_REPETITION contradicts). Rows that break the model are left out; when every flip does, none is
+    competitive (not supported)."""
+    test = (f"The best α = {FLIP_ALPHA:g} flip that does not break the model has a paired refusal difference to the "
+            f"best such ablation with 95 % CI high ≤ {COMPETITIVE_MARGIN}, and its perplexity (any text set, "
+            "relative) or repetition rise has CI low > 0.")
+    flips, ablates = rd.of("flip"), rd.of("ablate")
+    flip, ablate, gated = rd.best(flips), rd.best(ablates), rd.gate_notes(flips + ablates)
+    if flip is None and rd.only_broken(flips):
+        return Finding(3, TITLES[3], NOT_SUPPORTED, test, {},
+                       "; ".join(gated + ["every flip breaks the model: none is competitive at suppression"]))
     if flip is None:
         return Finding(3, TITLES[3], INCONCLUSIVE, test, {}, "missing flip refusal items")
     name, numbers, competitive = flip[0].name, {f"refusal: {flip[0].name} − baseline": _iv(flip[1])}, None
@@ -259,15 +173,16 @@ def _flip(ev: ModelEvidence, rd: _Reader) -> Finding:
         flat.append(e.high < NEGLIGIBLE_REPETITION)
     overcorrects = _decide(any(rises), bool(ppl) and all(flat))
     return Finding(3, TITLES[3], _verdict(competitive, overcorrects), test, numbers,
-                   "" if rises else "no perplexity or repetition items for the flip")
+                   "; ".join(gated + ([] if rises else ["no perplexity or repetition items for the flip"])))
 
 
-def _rank_k(ev: ModelEvidence, rd: _Reader) -> Finding:
+def _rank_k(ev: ModelEvidence, rd: Reader) -> Finding:
     """Per (scope, order) sweep with two or more k, against ``nullspace[scope]``: k keeps most of the suppression
     when rank-k − (KEEP_SHARE · nullspace + (1 − KEEP_SHARE) · baseline), paired, has CI high ≤ 0 (CI low > 0
     contradicts), at near-baseline perplexity (every text set's relative rise CI high < NEAR_BASELINE_PERPLEXITY; CI
     low ≥ it contradicts). Supported when some sweep whose nullspace suppresses (CI high < 0) has such a k below its
-    largest k (the INLP rank); not supported when every sweep contradicts every k below its largest."""
+    largest k (the INLP rank); not supported when every sweep contradicts every k below its largest. A k that breaks
+    the model contradicts; a nullspace that does leaves its sweep undecided (its suppression is no reference)."""
     groups: dict[tuple[str, str], dict[int, Row]] = {}
     for row in rd.of("rank-k"):
         groups.setdefault((row.scope, row.params.get("order", "")), {})[int(row.params["k"])] = row
@@ -277,6 +192,10 @@ def _rank_k(ev: ModelEvidence, rd: _Reader) -> Finding:
         if len(by_k) < 2 or (full := rd.diff(null)) is None:
             continue
         numbers[f"refusal: {null} − baseline"] = _iv(full)
+        if null in rd.broken:
+            notes.append(f"{null} breaks the model ({rd.broken[null]}): its suppression is no reference")
+            states.append(None)
+            continue
         if not full.high < 0:
             notes.append(f"{null} does not clearly suppress: nothing to keep")
             states.append(None)
@@ -284,6 +203,10 @@ def _rank_k(ev: ModelEvidence, rd: _Reader) -> Finding:
         ks = []
         for k in sorted(by_k)[:-1]:
             name = by_k[k].name
+            if name in rd.broken:
+                notes.append(f"{name} breaks the model ({rd.broken[name]})")
+                ks.append(False)
+                continue
             if (keep := rd.diff(name, {null: KEEP_SHARE, "baseline": 1 - KEEP_SHARE})) is not None:
                 numbers[f"refusal: {name} − ({KEEP_SHARE:g}·{null} + {1 - KEEP_SHARE:g}·baseline)"] = _iv(keep)
             ppl = [_decide(e.high < NEAR_BASELINE_PERPLEXITY, e.low >= NEAR_BASELINE_PERPLEXITY)
@@ -301,7 +224,7 @@ def _rank_k(ev: ModelEvidence, rd: _Reader) -> Finding:
                    f"< {NEAR_BASELINE_PERPLEXITY} on every text set.", numbers, "; ".join(notes))
 
 
-def _landing(ev: ModelEvidence, rd: _Reader) -> Finding:
+def _landing(ev: ModelEvidence, rd: Reader) -> Finding:
     """``fraction`` is how far the harmful mean moved from the harmful towards the harmless cluster (0 = stays,
     1 = at the harmless mean). Every linear nullspace row: CI inside BETWEEN = between (CI wholly outside
     contradicts); the flip row with the largest fraction: CI low ≥ OPPOSITE_FRACTION or nearer_harmless ≥
@@ -332,16 +255,20 @@ def _landing_rows(table: pd.DataFrame, kind: str) -> list[dict]:
             and np.isfinite([r["fraction"], r["fraction_ci_low"], r["fraction_ci_high"]]).all()]
 
 
-def _low_rank(ev: ModelEvidence, rd: _Reader) -> Finding:
+def _low_rank(ev: ModelEvidence, rd: Reader) -> Finding:
     """Best stacked subspace (k in SUBSPACE_KS, or k not named) − best ablate refusal, paired: CI high < 0
     supported, CI low > 0 not supported. Persistence (reported, not voted): the mean DiM cosine between the chosen
-    layer and each later layer, ≥ PERSISTENCE_COSINE = one direction persists."""
-    rows = [r for r in rd.of("subspace") if "k" not in r.params or int(r.params["k"]) in SUBSPACE_KS]
-    sub, ablate = rd.best(rows), rd.best(rd.of("ablate"))
-    numbers, notes, beats = {}, [], None
+    layer and each later layer, ≥ PERSISTENCE_COSINE = one direction persists. Rows that break the model are left
+    out; when every subspace row does, none beats the single direction."""
+    rows, ablates = [r for r in rd.of("subspace") if "k" not in r.params or int(r.params["k"]) in SUBSPACE_KS], \
+        rd.of("ablate")
+    sub, ablate = rd.best(rows), rd.best(ablates)
+    numbers, notes, beats = {}, rd.gate_notes(rows + ablates), None
     if sub is not None and ablate is not None and (e := rd.diff(sub[0].name, ablate[0].name)) is not None:
         numbers[f"refusal: {sub[0].name} − {ablate[0].name}"] = _iv(e)
         beats = _decide(e.high < 0, e.low > 0)
+    elif sub is None and rd.only_broken(rows):
+        beats = False
     else:
         notes.append("missing subspace or ablate refusal items")
     heat = ev.heatmaps.get("dim")
@@ -355,7 +282,7 @@ def _low_rank(ev: ModelEvidence, rd: _Reader) -> Finding:
                    "has 95 % CI high < 0.", numbers, "; ".join(notes))
 
 
-def _sensitivity(ev: ModelEvidence, rd: _Reader) -> Finding:
+def _sensitivity(ev: ModelEvidence, rd: Reader) -> Finding:
     """At the chosen layer: batched_vs_single ≥ BATCHED_COSINE and matched_vs_unmatched ≥ MATCHED_COSINE (cosines
     of directions, no interval); a missing one leaves its part undecided."""
     table, numbers, parts = ev.sensitivity, {}, {}
@@ -376,17 +303,18 @@ _RULES = (_first_inlp_vs_dim, _nullspace_vs_ablation, _flip, _rank_k, _landing, 
 def assess(evidence: ModelEvidence, judge: str = "substring", tokens: int | None = None) -> list[Finding]:
     """The seven findings for one model, from refusal judged by ``judge`` at ``tokens`` new tokens (None: the
     longest stored length)."""
-    reader = _Reader(evidence, judge, tokens)
+    reader = Reader(evidence, judge, tokens)
     return [rule(evidence, reader) for rule in _RULES]
 
 
 THRESHOLDS = {n: v for n, v in dict(globals()).items() if n.isupper() and not n.startswith("_")
-              and isinstance(v, float | tuple)}
+              and isinstance(v, float | tuple)} | BOUNDS
 
 
 def findings_json(evidences: list[ModelEvidence], findings_by_model: dict[str, list[Finding]]) -> dict:
-    """``{"thresholds": THRESHOLDS (every public float or tuple constant above), "models": {model: {n_layers, layer,
-    position, landing_layer, findings: [...]}}}``, JSON-safe (NaN and ±inf → None, numpy scalars → Python)."""
+    """``{"thresholds": THRESHOLDS (every public float or tuple constant above, and the coherence gate's
+    :data:`~refusal_lab.analysis.coherence.BOUNDS`), "models": {model: {n_layers, layer, position, landing_layer,
+    findings: [...]}}}``, JSON-safe (NaN and ±inf → None, numpy scalars → Python)."""
     models = {ev.model: {"n_layers": ev.n_layers, "layer": ev.layer, "position": ev.position,
                          "landing_layer": ev.landing_layer,
                          "findings": [asdict(f) for f in findings_by_model.get(ev.model, [])]} for ev in evidences}

@@ -2,14 +2,16 @@
 
 Each ``build_*_figure`` returns a matplotlib :class:`~matplotlib.figure.Figure` (the caller closes it); each
 ``*_figure`` builds the same figure, saves it as a PNG (dpi 120, tight bounding box) at ``path``, closes it and
-returns the path.
+returns the path. A condition that breaks the model (:mod:`refusal_lab.analysis.coherence`) is marked in every
+figure that shows conditions (grey hatched bar and a label in the Δ figure, a grey panel in the landing figure, a
+cross on the rank-k curve) and is never starred best.
 Inputs are :class:`refusal_lab.analysis.evidence.ModelEvidence` tables (see there for the columns).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -23,6 +25,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from refusal_lab.analysis.coherence import BROKEN_LABEL, broken  # noqa: E402
 from refusal_lab.analysis.evidence import FAMILIES, FAMILY  # noqa: E402
 
 DPI = 120
@@ -30,7 +33,8 @@ DELTA_LABEL = "Δ (higher = better for the intervention's goal)"
 FAMILY_COLOURS = {"DiM": "#1f77b4", "INLP": "#ff7f0e", "classifier": "#2ca02c", "LEACE": "#9467bd",
                   "subspace": "#8c564b"}
 OTHER_COLOUR = "#7f7f7f"
-BEST_LABEL = "best (highest Δ)"
+BEST_LABEL = "best (highest Δ among conditions that do not break the model)"
+BROKEN_COLOUR, BROKEN_HATCH = "#d9d9d9", "//"
 HARMFUL, HARMLESS = "#d62728", "#1f77b4"
 HARMFUL_LIGHT, HARMLESS_LIGHT = "#f5b7b1", "#aed6f1"
 MetricKey = tuple[str, str, str, int]  # metric, judge, dataset, max_new_tokens
@@ -118,7 +122,18 @@ def _interventions(results: pd.DataFrame) -> pd.DataFrame:
     return rows
 
 
-def _delta_panel(ax, rows: pd.DataFrame, key: MetricKey) -> None:
+def best_bars(delta: Sequence[float], breaks: Sequence[bool]) -> np.ndarray:
+    """Which bars of a panel get the star: the highest finite Δ among the bars that do not break the model (no star
+    when every bar breaks the model, or when every finite bar has that same Δ: nothing to be best over)."""
+    delta, breaks = np.asarray(delta, dtype=np.float64), np.asarray(breaks, dtype=bool)
+    finite = np.isfinite(delta)
+    coherent = finite & ~breaks
+    if not coherent.any() or (delta[finite] == delta[coherent].max()).all():
+        return np.zeros(len(delta), bool)
+    return coherent & (delta == delta[coherent].max())
+
+
+def _delta_panel(ax, rows: pd.DataFrame, key: MetricKey, gone: Collection[str]) -> None:
     rows = rows.drop_duplicates("intervention", keep="last").sort_values("_order")
     y = np.arange(len(rows))
     delta = rows["delta"].to_numpy(dtype=np.float64)
@@ -126,21 +141,26 @@ def _delta_panel(ax, rows: pd.DataFrame, key: MetricKey) -> None:
     high = np.nan_to_num(rows["delta_ci_high"].to_numpy(dtype=np.float64) - delta).clip(min=0)
     colours = [FAMILY_COLOURS.get(f, OTHER_COLOUR) for f in rows["family"]]
     bars = ax.barh(y, np.nan_to_num(delta), xerr=[low, high], color=colours, ecolor="0.25", capsize=2, height=0.7)
-    finite = delta[np.isfinite(delta)]
-    best = (np.isfinite(delta) & (delta == finite.max())) if len(finite) and finite.max() > finite.min() else \
-        np.zeros(len(delta), bool)
+    breaks = rows["intervention"].isin(list(gone)).to_numpy()
+    best = best_bars(delta, breaks)
     span = max(float(np.nanmax(np.abs(np.r_[delta - low, delta + high, 0.0]))), 1e-9)
     for i in np.flatnonzero(best):
         bars[i].set_edgecolor("black")
         bars[i].set_linewidth(2.0)
+    for i in np.flatnonzero(breaks):
+        bars[i].set_facecolor(BROKEN_COLOUR)
+        bars[i].set_edgecolor(colours[i])
+        bars[i].set_hatch(BROKEN_HATCH)
     if best.any():
         ax.plot(delta[best] + high[best] + 0.06 * span, y[best], linestyle="none", marker="*", markersize=12,
                 color="gold", markeredgecolor="black", label=BEST_LABEL)
     ax.axvline(0.0, color="black", linewidth=0.8)
     ax.set_xlim(-1.15 * span, 1.2 * span)
-    ax.set_yticks(y, [short_name(n) for n in rows["intervention"]], fontsize=8)
-    for tick, is_best in zip(ax.get_yticklabels(), best):
+    ax.set_yticks(y, [short_name(n) + (f"\n({BROKEN_LABEL})" if b else "") for n, b in
+                      zip(rows["intervention"], breaks)], fontsize=8)
+    for tick, is_best, b in zip(ax.get_yticklabels(), best, breaks):
         tick.set_fontweight("bold" if is_best else "normal")
+        tick.set_color("0.45" if b else "black")
     ax.set_ylim(len(rows) - 0.5, -0.5)  # first row on top
     ax.set_title(panel_title(key), fontsize=10)
     ax.set_xlabel(DELTA_LABEL, fontsize=9)
@@ -148,10 +168,13 @@ def _delta_panel(ax, rows: pd.DataFrame, key: MetricKey) -> None:
 
 
 def build_delta_figure(results: pd.DataFrame, metrics: Sequence[MetricKey] | None = None,
-                       title: str = "Δ vs baseline") -> Figure:
+                       title: str = "Δ vs baseline", breaks: Collection[str] | None = None) -> Figure:
     """One horizontal-bar panel per ``(metric, judge, dataset, max_new_tokens)`` in ``metrics`` (default: every one
     in the non-control rows, in table order) that has rows; bars = Δ with its 95 % interval per intervention,
-    coloured and grouped by family (:data:`FAMILIES` order), the highest Δ starred and outlined; no baseline."""
+    coloured and grouped by family (:data:`FAMILIES` order), the highest Δ of a condition that does not break the
+    model starred and outlined (:func:`best_bars`); no baseline. ``breaks``: the conditions that break the model
+    (default: :func:`refusal_lab.analysis.coherence.broken` of ``results``), grey, hatched and labelled."""
+    gone = set(broken(results) if breaks is None else breaks)
     rows = _interventions(results)
     keys = list(metrics) if metrics is not None else list(dict.fromkeys(
         zip(rows["metric"], rows["judge"], rows["dataset"], rows["max_new_tokens"])))
@@ -173,13 +196,15 @@ def build_delta_figure(results: pd.DataFrame, metrics: Sequence[MetricKey] | Non
     tallest = max(panel["intervention"].nunique() for _, panel in panels)
     fig, axes = plt.subplots(nrows, ncols, figsize=(7.0 * ncols, nrows * (0.32 * tallest + 1.6)), squeeze=False)
     for ax, (key, panel) in zip(axes.flat, panels):
-        _delta_panel(ax, panel, key)
+        _delta_panel(ax, panel, key, gone)
     for ax in axes.flat[len(panels):]:
         fig.delaxes(ax)
     present = [f for f in (*FAMILIES, "other") if f in set(rows["family"])]
     handles = [Patch(color=FAMILY_COLOURS.get(f, OTHER_COLOUR), label=f) for f in present]
     handles.append(Line2D([], [], linestyle="none", marker="*", markersize=12, color="gold", markeredgecolor="black",
                           label=BEST_LABEL))
+    if gone & set(rows["intervention"]):
+        handles.append(Patch(facecolor=BROKEN_COLOUR, edgecolor="0.3", hatch=BROKEN_HATCH, label=BROKEN_LABEL))
     fig.suptitle(title, fontsize=13)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(handles), frameon=False)
@@ -187,18 +212,19 @@ def build_delta_figure(results: pd.DataFrame, metrics: Sequence[MetricKey] | Non
 
 
 def delta_figure(results: pd.DataFrame, path: str | Path, metrics: Sequence[MetricKey] | None = None,
-                 title: str = "Δ vs baseline") -> Path:
+                 title: str = "Δ vs baseline", breaks: Collection[str] | None = None) -> Path:
     """:func:`build_delta_figure` saved at ``path``."""
-    return _save(build_delta_figure(results, metrics, title), path)
+    return _save(build_delta_figure(results, metrics, title, breaks), path)
 
 
 # --- landing on the fixed frame ---------------------------------------------------------------------------------------
 
 def build_landing_figure(frames: Mapping[str, Mapping[str, np.ndarray]], title: str,
-                         axis_labels: tuple[str, str] = ("DiM direction (h·r̂)", "first orthogonal PC (h·p)")
-                         ) -> Figure:
+                         axis_labels: tuple[str, str] = ("DiM direction (h·r̂)", "first orthogonal PC (h·p)"),
+                         breaks: Collection[str] = ()) -> Figure:
     """One panel per intervention of ``frames`` (name → ``{"harmful": [n, 2], "harmless": [m, 2]}``): the clean
-    clusters (``frames["baseline"]``) in light colours under the transformed points, centroids as crosses / stars."""
+    clusters (``frames["baseline"]``) in light colours under the transformed points, centroids as crosses / stars;
+    the panel of a condition in ``breaks`` (it breaks the model) grey, its title saying so."""
     clean = frames.get("baseline")
     names = [name for name in frames if name != "baseline"] or list(frames)
     ncols = min(4, len(names))
@@ -216,7 +242,10 @@ def build_landing_figure(frames: Mapping[str, Mapping[str, np.ndarray]], title: 
             points = np.asarray(frames[name][side])
             ax.scatter(points[:, 0], points[:, 1], s=9, color=colour, alpha=0.6, linewidths=0)
             ax.scatter(*points.mean(0), s=180, marker="*", color=colour, edgecolors="black", linewidths=0.9)
-        ax.set_title(short_name(name, 34), fontsize=9)
+        ax.set_title(short_name(name, 34) + (f"\n({BROKEN_LABEL})" if name in breaks else ""), fontsize=9,
+                     color="0.45" if name in breaks else "black")
+        if name in breaks:
+            ax.set_facecolor("#eeeeee")
         ax.set_xlabel(axis_labels[0], fontsize=8)
         ax.set_ylabel(axis_labels[1], fontsize=8)
         ax.grid(alpha=0.25)
@@ -241,17 +270,19 @@ def build_landing_figure(frames: Mapping[str, Mapping[str, np.ndarray]], title: 
 
 
 def landing_figure(frames: Mapping[str, Mapping[str, np.ndarray]], path: str | Path, title: str,
-                   axis_labels: tuple[str, str] = ("DiM direction (h·r̂)", "first orthogonal PC (h·p)")) -> Path:
+                   axis_labels: tuple[str, str] = ("DiM direction (h·r̂)", "first orthogonal PC (h·p)"),
+                   breaks: Collection[str] = ()) -> Path:
     """:func:`build_landing_figure` saved at ``path``."""
-    return _save(build_landing_figure(frames, title, axis_labels), path)
+    return _save(build_landing_figure(frames, title, axis_labels, breaks), path)
 
 
 # --- rank-k curves and per-layer lines --------------------------------------------------------------------------------
 
 def build_rank_k_figure(rows: pd.DataFrame, ylabel: str, references: Mapping[str, float] | None = None,
                         title: str = "Removing the top-k INLP directions") -> Figure:
-    """``value`` vs ``k`` per ``order`` (columns k, order, value, ci_low, ci_high) with 95 % error bars, slightly
-    dodged so orders do not hide each other; ``references`` (label → value) as dashed horizontal lines."""
+    """``value`` vs ``k`` per ``order`` (columns k, order, value, ci_low, ci_high; optionally ``breaks``: the point's
+    condition breaks the model, crossed out) with 95 % error bars, slightly dodged so orders do not hide each other;
+    ``references`` (label → value) as dashed horizontal lines."""
     fig, ax = plt.subplots(figsize=(6.8, 4.2))
     orders = list(dict.fromkeys(rows["order"]))
     for i, order in enumerate(orders):
@@ -259,8 +290,13 @@ def build_rank_k_figure(rows: pd.DataFrame, ylabel: str, references: Mapping[str
         k, value = line["k"].to_numpy(dtype=np.float64), line["value"].to_numpy(dtype=np.float64)
         err = [np.nan_to_num(value - line["ci_low"].to_numpy(dtype=np.float64)).clip(min=0),
                np.nan_to_num(line["ci_high"].to_numpy(dtype=np.float64) - value).clip(min=0)]
-        ax.errorbar(k + 0.08 * (i - (len(orders) - 1) / 2), value, yerr=err, marker="o", markersize=4, capsize=3,
-                    label=f"order: {order}")
+        x = k + 0.08 * (i - (len(orders) - 1) / 2)
+        ax.errorbar(x, value, yerr=err, marker="o", markersize=4, capsize=3, label=f"order: {order}")
+        gone = line["breaks"].fillna(False).astype(bool).to_numpy() if "breaks" in line else np.zeros(len(line), bool)
+        if gone.any():
+            ax.plot(x[gone], value[gone], linestyle="none", marker="x", markersize=10, color="black",
+                    markeredgewidth=2, label=BROKEN_LABEL if BROKEN_LABEL not in ax.get_legend_handles_labels()[1]
+                    else "_nolegend_")
     for (label, value), style in zip((references or {}).items(), ("--", ":", "-.", (0, (5, 1)))):
         ax.axhline(value, color="0.35", linestyle=style, linewidth=1.2, label=f"{label} ({value:.2f})")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -303,6 +339,6 @@ def layer_lines_figure(frame: pd.DataFrame, x: str, columns: Sequence[str], path
     return _save(build_layer_lines_figure(frame, x, columns, title, ylabel, marked_layer), path)
 
 
-__all__ = ["DELTA_LABEL", "FAMILY_COLOURS", "build_delta_figure", "build_heatmap_figure", "build_landing_figure",
-           "build_layer_lines_figure", "build_rank_k_figure", "delta_figure", "heatmap_figure", "landing_figure",
-           "layer_lines_figure", "panel_title", "rank_k_figure", "short_name"]
+__all__ = ["BEST_LABEL", "DELTA_LABEL", "FAMILY_COLOURS", "best_bars", "build_delta_figure", "build_heatmap_figure",
+           "build_landing_figure", "build_layer_lines_figure", "build_rank_k_figure", "delta_figure", "heatmap_figure",
+           "landing_figure", "layer_lines_figure", "panel_title", "rank_k_figure", "short_name"]

@@ -5,9 +5,10 @@ URI, the style sheet is inline, there is no script, font, link or external addre
 evidence, the findings, the captions and ``meta`` is HTML-escaped.
 
 Per model, in order: a header (model, data hash, config, code version, date, the chosen layer and position), the
-first figure of the model's list (the Δ-vs-baseline figure), the results table (non-control, non-baseline rows), the
-other figures with their captions, and the findings (verdict badge, the rule, the numbers with their intervals, the
-note). A verdict summary across models opens the page.
+first figure of the model's list (the Δ-vs-baseline figure), the conditions that break the model and why, the results
+table (non-control, non-baseline rows, a column saying which break the model), the other figures with their captions,
+and the findings (verdict badge, the rule, the numbers with their intervals, the note). A verdict summary across
+models and the coherence gate's rule with its bounds (:mod:`refusal_lab.analysis.coherence`) open the page.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from refusal_lab.analysis.coherence import BROKEN_LABEL, bounds_text, broken
 from refusal_lab.analysis.evidence import ModelEvidence
 from refusal_lab.analysis.findings import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, TITLES, Finding, findings_json
 
@@ -158,10 +160,20 @@ def _header(ev: ModelEvidence, meta: dict) -> str:
     return _table(None, [[k.replace("_", " "), _value(fields[k])] for k in order], "meta")
 
 
+def _gate(ev: ModelEvidence) -> str:
+    """The conditions that break the model, each with the rows past their bounds."""
+    gone = broken(ev.results)
+    if not gone:
+        return '<p class="muted">No condition breaks the model.</p>'
+    return ('<p class="note">These conditions break the model: they are never ranked best, and their suppression '
+            'counts for no finding.</p>' + _table(["condition", "why"], [[n, why] for n, why in gone.items()]))
+
+
 def _results(ev: ModelEvidence) -> str:
     """Non-control, non-baseline rows (the baseline is each row's baseline column); Δ coloured where its 95 %
-    interval excludes 0 (green: better for the row's goal)."""
-    r = ev.results
+    interval excludes 0 (green: better for the row's goal); the last column marks a condition that breaks the
+    model."""
+    r, gone = ev.results, broken(ev.results)
     if r.empty:
         return '<p class="muted">No result rows.</p>'
     if "control" in r:
@@ -180,15 +192,21 @@ def _results(ev: ModelEvidence) -> str:
                      row["dataset"], _num(row.get("max_new_tokens") or None), _num(row.get("n")),
                      (_interval(row["value"], row.get("ci_low"), row.get("ci_high")), "num"),
                      (_num(row.get("baseline")), "num"), (_interval(row.get("delta"), low, high), f"num {css}"),
-                     "–" if _missing(specific) else ("yes" if specific else "no")])
+                     "–" if _missing(specific) else ("yes" if specific else "no"),
+                     (BROKEN_LABEL, "worse") if row["intervention"] in gone else "ok"])
     return _table(["intervention", "family", "metric", "judge", "dataset", "tokens", "n", "value [95 % CI]",
-                   "baseline", "Δ [95 % CI]", "specific"], rows, "results")
+                   "baseline", "Δ [95 % CI]", "specific", "coherence gate"], rows, "results")
 
 
 def _analysis_tables(ev: ModelEvidence) -> list[str]:
-    """The geometry, landing and sensitivity tables (those with rows), numbers as in every table."""
+    """The geometry, landing and sensitivity tables (those with rows), numbers as in every table; a landing row of a
+    condition that breaks the model says so beside its name."""
+    landing, gone = ev.landing.drop(columns=["kind"], errors="ignore"), broken(ev.results)
+    if "intervention" in landing:
+        landing = landing.assign(intervention=[f"{n} ({BROKEN_LABEL})" if n in gone else n
+                                               for n in landing["intervention"]])
     tables = (("Where harmful activations land (fraction of the way from the harmful to the harmless centroid; "
-               f"layer {ev.landing_layer})", ev.landing.drop(columns=["kind"], errors="ignore")),
+               f"layer {ev.landing_layer})", landing),
               ("Residual geometry per layer", ev.geometry),
               ("DiM sensitivity per layer (cosine)", ev.sensitivity))
     parts = []
@@ -240,12 +258,13 @@ def render(evidences: Sequence[ModelEvidence], findings: dict[str, list[Finding]
              "bootstrap over items otherwise, paired on the same items for a difference (relative for perplexity). "
              "Δ is signed so that higher is better for what the row is for (bypass: less refusal; induce: more). "
              f"{_uncertainty(evidences)}</p>",
+             f"<p><b>Coherence gate.</b> {_e(bounds_text())}</p>",
              "<h3>Findings at a glance</h3>", _summary(evidences, findings)]
     for ev in evidences:
         figs = figures.get(ev.model, [])
         parts += [f"<h2>{_e(ev.model)}</h2>", _header(ev, meta)]
         parts += [_figure(*figs[0])] if figs else []
-        parts += ["<h3>Results</h3>", _results(ev)]
+        parts += ["<h3>Conditions that break the model</h3>", _gate(ev), "<h3>Results</h3>", _results(ev)]
         parts += ["<h3>Figures</h3>"] + [_figure(*fig) for fig in figs[1:]] if len(figs) > 1 else []
         parts += _analysis_tables(ev)
         parts += ["<h3>Findings</h3>"] + [_finding(f) for f in findings.get(ev.model, [])]

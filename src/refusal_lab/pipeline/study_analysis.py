@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from refusal_lab.analysis import plots
+from refusal_lab.analysis.coherence import BROKEN_LABEL, broken
 from refusal_lab.analysis.evidence import FAMILY, ModelEvidence
 from refusal_lab.analysis.geometry import (
     cluster_silhouette,
@@ -194,12 +195,14 @@ def draw_figures(evidence: ModelEvidence, directory: str | Path) -> list[tuple[s
             figures.append((caption, Path(path)))
 
     main = evidence.results[~evidence.results["control"].astype(bool)]
+    gone = set(broken(evidence.results))
     rank = {metric: i for i, metric in enumerate(PANEL_ORDER)}
     main = main.sort_values(["metric", "judge", "dataset"], key=lambda c: c.map(rank).fillna(len(rank))
                             if c.name == "metric" else c.fillna(""), kind="stable")  # panels: refusal first
     add(f"{model}: Δ vs the unmodified model per metric (95 % intervals; higher = better for the intervention's "
-        "goal), grouped by method family, best per panel marked",
-        plots.delta_figure(main, directory / "delta.png", None))
+        "goal), grouped by method family, best per panel starred among the conditions that do not break the model "
+        "(those that do: grey, hatched, labelled)",
+        plots.delta_figure(main, directory / "delta.png", None, breaks=gone))
     for name, matrix in evidence.heatmaps.items():
         label = "DiM directions" if name == "dim" else "first INLP directions"
         add(f"{model}: cosine between the {label} of every pair of layers (position {evidence.position}); the "
@@ -208,24 +211,27 @@ def draw_figures(evidence: ModelEvidence, directory: str | Path) -> list[tuple[s
                                  marked_layer=evidence.layer))
     if evidence.frames:
         add(f"{model}: validation activations at layer {evidence.landing_layer} before (light) and after each "
-            "intervention on the fixed frame (DiM direction × first orthogonal principal component)",
+            "intervention on the fixed frame (DiM direction × first orthogonal principal component); a grey panel "
+            "breaks the model",
             plots.landing_figure(evidence.frames, directory / "landing.png",
-                                 f"{model}: where activations land (layer {evidence.landing_layer})"))
+                                 f"{model}: where activations land (layer {evidence.landing_layer})", breaks=gone))
         pca = {name: {"harmful": xy["harmful_pca"], "harmless": xy["harmless_pca"]}
                for name, xy in evidence.frames.items() if "harmful_pca" in xy}
         if pca:
             add(f"{model}: the same activations on the top two principal axes of the clean ones",
                 plots.landing_figure(pca, directory / "landing-pca.png",
                                      f"{model}: where activations land, PCA (layer {evidence.landing_layer})",
-                                     axis_labels=("PC 1 of the clean activations", "PC 2")))
+                                     axis_labels=("PC 1 of the clean activations", "PC 2"), breaks=gone))
     curve = _rank_curve(evidence)
     if len(curve):
+        curve["breaks"] = curve.pop("intervention").isin(gone)  # crossed out on the curve
         base = main[(main["intervention"] == curve.attrs["reference"])]
         refs = {"baseline": float(curve.attrs["baseline"])}
         if len(base):
-            refs[curve.attrs["reference"]] = float(base["value"].iloc[0])
+            mark = f" ({BROKEN_LABEL})" if curve.attrs["reference"] in gone else ""
+            refs[curve.attrs["reference"] + mark] = float(base["value"].iloc[0])
         add(f"{model}: refusal on held-out harmful requests vs k — INLP rank-k (per row order) and the stacked "
-            "multi-layer subspace's leading k rows, beside the single best direction",
+            "multi-layer subspace's leading k rows, beside the single best direction; a cross: breaks the model",
             plots.rank_k_figure(curve, directory / "rank-k.png", "refusal rate on harmful (95 % CI)", refs,
                                 title=f"{model}: refusal vs k (INLP rank-k, stacked-layer subspace)"))
     if len(evidence.geometry):
@@ -253,7 +259,7 @@ def _rank_curve(evidence: ModelEvidence) -> pd.DataFrame:
         if "k" in params:
             order = params.get("order") if r["kind"] == "rank-k" else "stacked layers (subspace)"
             picked.append({"k": int(params["k"]), "order": order, "value": r["value"], "ci_low": r["ci_low"],
-                           "ci_high": r["ci_high"]})
+                           "ci_high": r["ci_high"], "intervention": r["intervention"]})
     curve = pd.DataFrame(picked).sort_values(["order", "k"]) if picked else pd.DataFrame()
     if len(curve):
         curve.attrs["baseline"] = float(rows["baseline"].iloc[0])
