@@ -18,7 +18,6 @@ store ``results.duckdb`` (per-item values and generations; a rerun computes only
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -31,7 +30,7 @@ from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.core.io import write_csv, write_json
 from refusal_lab.evaluation.judges import SubstringJudge
 from refusal_lab.evaluation.store import ResultsStore
-from refusal_lab.evaluation.suite import Suite
+from refusal_lab.evaluation.suite import Suite, data_hash
 from refusal_lab.pipeline.artifacts import ranked_layers
 from refusal_lab.pipeline.conditions import PlanConfig, plan_conditions
 from refusal_lab.pipeline.heldout import eval_prompts
@@ -110,10 +109,6 @@ class Comparison:
     out_dir: Path
 
 
-def _prompts_hash(harmful: list[str], harmless: list[str]) -> str:
-    return hashlib.sha256("\n".join(["harmful", *harmful, "harmless", *harmless]).encode()).hexdigest()[:16]
-
-
 def compare(lm, run_dir: str | Path, splits, config: CompareConfig, fits=None) -> Comparison:
     """Score every planned condition on the held-out prompts of ``splits`` and write the tables (resumable).
     ``fits`` (a :class:`~refusal_lab.methods.registry.FitContext`) gives the affine maps one fit per layer at
@@ -125,7 +120,7 @@ def compare(lm, run_dir: str | Path, splits, config: CompareConfig, fits=None) -
     harmful, harmless = eval_prompts(splits, config.eval_set, config.n_eval, run_dir)
     out_dir = run_dir / "comparison" / (config.measure + ("" if config.eval_set == "test" else f"-{config.eval_set}"))
     directory = RunDirectory(out_dir)
-    directory.bind(data_hash=_prompts_hash(harmful, harmless), config=config)
+    directory.bind(data_hash=data_hash(["harmful", *harmful, "harmless", *harmless]), config=config)
     directory.bind(lm=lm)
 
     conditions, skipped = plan_conditions(run_dir, config, lm.n_layers, lm.hidden_size, ranked, fits)
