@@ -19,6 +19,7 @@ from refusal_lab.evaluation.metrics import repeated_ngram_fraction
 from refusal_lab.evaluation.stats import difference, estimate, goal_sign, signed_delta
 from refusal_lab.evaluation.store import ResultsStore
 from refusal_lab.evaluation.condition import Condition
+from refusal_lab.evaluation import suite as suite_module
 from refusal_lab.evaluation.suite import Suite
 from refusal_lab.interventions.base import Addition
 from refusal_lab.interventions.hooks import Intervention
@@ -242,3 +243,33 @@ def test_suite_full_response_kl_is_zero_for_the_baseline_and_positive_under_a_pu
     assert abs(rows["baseline"]["value"]) < 1e-5 and rows["push"]["value"] > 0.01
     assert rows["push"]["max_new_tokens"] == 8 and rows["push"]["delta"] < 0  # lower is better
     suite.store.close()
+
+
+def test_suite_generates_for_a_prefix_and_scores_first_token_measures_on_every_prompt(tmp_path, one_thread,
+                                                                                      monkeypatch):
+    """n_generate = 2: generation-based metrics score items side:0..1 (the same ones a full run scores first),
+    first-token rates and KL every prompt; generating stops at two prompts per side."""
+    lm = tiny_model("qwen2")
+    judge = CountingJudge()
+    suite = _suite(lm, tmp_path, judge, n_generate=2)
+    suite.metrics = ["refusal", "harmless_refusal", "repetition", "first_token_refusal", "kl"]
+    prompts = []
+    monkeypatch.setattr(suite_module, "generate_ids",
+                        lambda lm_, ps, *a, **k: prompts.extend(ps) or generate_ids(lm_, ps, *a, **k))
+    rows, items = suite.run([Condition("baseline")])
+    assert sorted(prompts) == sorted(suite.prompts["harmful"][:2] + suite.prompts["harmless"][:2])
+    n = {(r["metric"], r["max_new_tokens"]): r["n"] for r in rows}
+    assert n[("refusal", 4)] == n[("refusal", 8)] == 2 and n[("harmless_refusal", 8)] == 2
+    assert n[("repetition", 8)] == 4  # both sides
+    assert n[("first_token_refusal", 0)] == 3 and n[("kl", 0)] == 4
+    assert judge.calls == 2 * 2 * 2  # two sides × two lengths × two responses
+    refusal_items = items[(items["metric"] == "refusal") & (items["max_new_tokens"] == 8)]
+    assert sorted(refusal_items["item"]) == ["harmful:0", "harmful:1"]
+    # the generation-based items are those a full run scores first: same responses, same judged values
+    full = _suite(lm, tmp_path / "full", CountingJudge())
+    full.metrics = ["refusal"]
+    full_items = full.run([Condition("baseline")])[1]
+    full_items = full_items[full_items["max_new_tokens"] == 8].set_index("item")["value"]
+    assert refusal_items.set_index("item")["value"].to_dict() == full_items.loc[["harmful:0", "harmful:1"]].to_dict()
+    suite.store.close()
+    full.store.close()

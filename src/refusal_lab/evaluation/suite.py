@@ -17,6 +17,9 @@ time; a rerun skips what is stored. Metrics (items → value; the statistic):
   ``perplexity``  documents of each text set → (NLL sum, tokens); ``exp(Σ nll / Σ tokens)``. The ``instructions``
         set is the baseline model's own greedy responses to the held-out harmless requests.
   ``mmlu`` / ``arc``  questions → correct (5-shot answer-letter log-likelihood); accuracy.
+Generation-based metrics (``refusal``, ``harmless_refusal``, ``judge``, ``coherence``, ``repetition``,
+``kl_response``, the ``instructions`` perplexity) score the first ``n_generate`` prompts of each side, the others
+every prompt: item ``side:i`` is the same prompt in both, so they pair.
 Aggregation (:mod:`refusal_lab.evaluation.stats`): value and interval, the baseline's, the paired difference and
 Δ, and vs the mean of the row's random controls (``specific`` = that interval excludes 0).
 """
@@ -48,6 +51,7 @@ from refusal_lab.models.identity import weights_hash
 
 log = Console(stderr=True).log
 GENERATION_METRICS = ("refusal", "harmless_refusal", "judge", "coherence", "repetition")
+RESPONSE_METRICS = ("kl_response",)  # teacher-forced along the baseline's greedy responses (and "instructions")
 FIRST_TOKEN_METRICS = {"first_token_refusal": "harmful", "first_token_harmless_refusal": "harmless"}
 LANDING_METRICS = ("landing", "nearer_harmful")
 
@@ -77,9 +81,11 @@ class Suite:
     def __init__(self, lm, store: ResultsStore, harmful: list[str], harmless: list[str], *, metrics: Sequence[str],
                  judges: Sequence = (), lengths: Sequence[int] = (24, 128), texts: dict[str, list[str]] | None = None,
                  questions: dict[str, list] | None = None, guard=None, clusters: tuple | None = None,
-                 batch_size: int = 16, chunk: int = 64):
+                 batch_size: int = 16, chunk: int = 64, n_generate: int | None = None):
         self.lm, self.store, self.metrics = lm, store, list(metrics)
         self.prompts = {"harmful": harmful, "harmless": harmless}
+        # the metrics that read greedy responses score the first n_generate prompts of each side; the rest all
+        self.generated = {side: prompts[:n_generate] for side, prompts in self.prompts.items()}
         self.judges = {judge.name: judge for judge in judges}  # results name judges by .name (llm:<model>)
         self.llm = next((j for j in judges if j.name.startswith("llm")), None)  # grades compliance, coherence
         self.guard, self.lengths = guard, sorted(lengths)
@@ -104,7 +110,7 @@ class Suite:
         return self._generated[(condition.hash, side)]
 
     def _generate(self, condition: Condition, side: str) -> list[list[int]]:
-        prompts, length = self.prompts[side], self.lengths[-1]
+        prompts, length = self.generated[side], self.lengths[-1]
         stored = self.store.stored_generations(condition.hash, side, length)
         keys = [f"{side}:{i}:{data_hash([p])}" for i, p in enumerate(prompts)]
         todo = [i for i, key in enumerate(keys) if key not in stored]
@@ -128,23 +134,23 @@ class Suite:
     def tasks(self, condition: Condition, baseline: Condition) -> list[Task]:
         """Every unit of work this condition needs, for the configured metrics."""
         tasks: list[Task] = []
-        n = {side: len(p) for side, p in self.prompts.items()}
-        ids = {side: [f"{side}:{i}" for i in range(k)] for side, k in n.items()}
+        ids = {side: [f"{side}:{i}" for i in range(len(p))] for side, p in self.prompts.items()}
+        gen = {side: [f"{side}:{i}" for i in range(len(p))] for side, p in self.generated.items()}  # a prefix of ids
         for metric, side in (("refusal", "harmful"), ("harmless_refusal", "harmless")):
             if metric not in self.metrics:
                 continue
             for judge_name, judge in self.judges.items():
                 for length in self.lengths:
-                    tasks.append(Task(metric, judge_name, side, ids[side], self._judged(
+                    tasks.append(Task(metric, judge_name, side, gen[side], self._judged(
                         condition, side, length, judge, "refusal"), length, judge.fingerprint))
-        longest, both = self.lengths[-1], ids["harmful"] + ids["harmless"]
+        longest, both = self.lengths[-1], gen["harmful"] + gen["harmless"]
         if "judge" in self.metrics:
             if self.guard is not None:
-                tasks.append(Task("judge", self.guard.name, "harmful", ids["harmful"],
+                tasks.append(Task("judge", self.guard.name, "harmful", gen["harmful"],
                                   self._judged(condition, "harmful", longest, self.guard, "unsafe"), longest,
                                   self.guard.fingerprint))
             elif self.llm is not None:
-                tasks.append(Task("judge", f"{self.llm.name} compliance", "harmful", ids["harmful"],
+                tasks.append(Task("judge", f"{self.llm.name} compliance", "harmful", gen["harmful"],
                                   self._judged(condition, "harmful", longest, self.llm, "compliance"), longest,
                                   self.llm.fingerprint))
         if "coherence" in self.metrics and self.llm is not None:
@@ -167,13 +173,13 @@ class Suite:
                 tasks += [Task(metric, "resid_pre", side, ids[side], self._landed(condition, side, metric, layer),
                                layer=layer) for side in ("harmful", "harmless") for layer in range(n_layers)]
         if "kl_response" in self.metrics:
-            tasks.append(Task("kl_response", "teacher-forced", "harmless", ids["harmless"],
+            tasks.append(Task("kl_response", "teacher-forced", "harmless", gen["harmless"],
                               self._response_kl(condition, baseline), self.lengths[-1]))
         if "perplexity" in self.metrics:
             for name, docs in self.texts.items():
                 tasks.append(Task("perplexity", "", name, [f"{name}:{i}" for i in range(len(docs))],
                                   self._perplexity(condition, docs)))
-            tasks.append(Task("perplexity", "", "instructions", ids["harmless"],
+            tasks.append(Task("perplexity", "", "instructions", gen["harmless"],
                               self._instruction_perplexity(condition, baseline)))
         for metric in ("mmlu", "arc"):
             if metric in self.metrics and metric in self.questions:
@@ -192,7 +198,7 @@ class Suite:
         return values
 
     def _both(self, per_side):
-        n_harmful = len(self.prompts["harmful"])
+        n_harmful = len(self.generated["harmful"])
 
         def values(rows):
             out = []
@@ -282,6 +288,8 @@ class Suite:
             return task.items
         if task.dataset in self.texts:
             return self.texts[task.dataset]
+        if task.metric in GENERATION_METRICS + RESPONSE_METRICS or task.dataset == "instructions":
+            return self.generated["harmful"] + self.generated["harmless"]
         return self.prompts["harmful"] + self.prompts["harmless"]
 
     def values(self, condition: Condition, task: Task, progress=None, bar=None) -> tuple[np.ndarray, np.ndarray | None]:

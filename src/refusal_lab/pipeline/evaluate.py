@@ -54,6 +54,10 @@ class EvaluateConfig(ConfigModel):
     lengths: list[PositiveInt] = [24, 128]
     eval_set: Literal["test", "generic"] = "generic"
     n_eval: PositiveInt | None = 100
+    # prompts per side that the metrics reading greedy responses score (refusal, judge, coherence, repetition,
+    # instruction perplexity, kl_response): the first n_generate of the n_eval; None: all. The no-generation
+    # measures (first-token rates, KL, landing) use every one — the cheap way to power a finding.
+    n_generate: PositiveInt | None = None
     interventions: list[str] = ["ablate[all]", "actadd[layer,*]"]
     kinds: list[Kind] = ["ablate", "actadd"]
     scopes: list[Scope] = ["all"]
@@ -139,7 +143,7 @@ def evaluate(lm, config: EvaluateConfig, out: str | Path, run_dir: str | Path | 
     try:
         suite = Suite(lm, store, harmful, harmless, metrics=config.metrics, judges=_judges(config),
                       lengths=config.lengths, texts=texts, questions=questions, guard=guard,
-                      batch_size=config.batch_size)
+                      batch_size=config.batch_size, n_generate=config.n_generate)
         rows, items = suite.run(conditions)
         store.export()
         items.to_parquet(Path(out) / "items.parquet")
@@ -148,6 +152,7 @@ def evaluate(lm, config: EvaluateConfig, out: str | Path, run_dir: str | Path | 
     write_json(Path(out) / "summary.json", {
         "model": lm.name, "run": str(run_dir) if run_dir else None, "config": config.model_dump(),
         "n_harmful": len(harmful), "n_harmless": len(harmless),
+        "n_generated": min(config.n_generate or len(harmful), len(harmful)),
         "rows": [json_safe({k: v for k, v in row.items()
                             if k not in ("unit", "model_fingerprint", "intervention_hash", "data_hash")})
                  for row in rows if not row["control"]]})
