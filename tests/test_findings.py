@@ -235,3 +235,43 @@ def test_findings_json_is_strict_json():
     assert model["findings"][0]["numbers"]["nan"] == [None, 0.5, None]
     assert model["findings"][6]["verdict"] == SUPPORTED
     assert data["thresholds"]["CLOSE_COSINE"] == 0.8
+
+
+# --- the measure and the power ------------------------------------------------------------------------------------
+
+def first_token(name, values, dataset="harmful"):
+    metric = "first_token_refusal" if dataset == "harmful" else "first_token_harmless_refusal"
+    return rates(name, values, metric=metric, dataset=dataset, judge="log-odds > 0", length=0)
+
+
+def test_first_token_rates_decide_where_measured_and_generation_for_the_flip():
+    """Judged responses say the nullspace is as reliable as ablation (not supported); 120 first-token items say it
+    is weaker (supported): finding 2 reads the first-token rates once they exist, finding 3 stays on responses."""
+    judged = (rates("baseline", ONES), rates("ablate[layer]", ZEROS), rates("nullspace[layer]", ZEROS))
+    assert verdict(evidence(*judged), 2) == NOT_SUPPORTED
+    n = 120
+    fast = (first_token("baseline", [1] * n), first_token("ablate[layer]", [0] * n),
+            first_token("nullspace[layer]", [1, 0] * (n // 2)))
+    found = assess(evidence(*judged, *fast))
+    assert found[1].verdict == SUPPORTED and found[1].n == n and "first-token" in found[1].measure
+    assert found[1].numbers["refusal: nullspace[layer] − ablate[layer]"][0] == pytest.approx(0.5)
+    flip = assess(evidence(*judged, *fast, rates(FLIP, ZEROS), first_token(FLIP, [1] * n)))[2]
+    assert flip.numbers[f"refusal: {FLIP} − baseline"][0] == pytest.approx(-1.0)  # the judged rate, not the first-token
+    assert "judged" in flip.measure and flip.n == N
+
+
+def test_each_finding_states_its_power_and_an_underpowered_one_says_so():
+    """Finding 2 at n = 12 with a 3-item difference between nullspace and ablation: its interval straddles 0, so it
+    is inconclusive for its size; detectable = 2.8 × the interval's width / 3.92 of its widest difference."""
+    few = [1, 1, 1] + [0] * 9
+    ev = evidence(rates("baseline", [1] * 12), rates("ablate[layer]", [0] * 12), rates("nullspace[layer]", few))
+    found = assess(ev)[1]
+    assert found.verdict == INCONCLUSIVE and found.reason == "underpowered: n = 12"
+    assert found.label == "inconclusive (underpowered: n = 12)"
+    apart = found.numbers["refusal: nullspace[layer] − ablate[layer]"]
+    suppress = found.numbers["refusal: nullspace[layer] − baseline"]
+    widest = max(apart[2] - apart[1], suppress[2] - suppress[1], 0.0)
+    assert found.detectable == pytest.approx(max(2.8 * widest / 3.92, 2.8 * 0.5 / math.sqrt(12)), rel=1e-6)
+    assert found.detectable > 0.25  # a 3-in-12 difference is below what 12 items can detect
+    missing = assess(evidence(rates("baseline", ONES)))[1]  # no rows to compare: no power claim, no size reason
+    assert missing.verdict == INCONCLUSIVE and missing.reason == "" and missing.n is None

@@ -175,10 +175,14 @@ def test_report_is_self_contained_and_escaped(tmp_path):
     assert "~random0" not in page  # controls stay out of the results table
     results = evidences[0].results
     n = int(results.loc[results["metric"] == "refusal", "n"].min())  # the 95 % Wilson half-width at p = ½ ≈ 0.98/√n
-    assert f"With {n} prompts per side a rate is uncertain by up to about ±{0.98 / n ** 0.5:.2f}." in page
+    assert f"A judged rate of a response on {n} prompts per side is uncertain by up to about ±{0.98 / n ** 0.5:.2f}." \
+        in page
     assert "f397dc4" in page and "3f2a9c1e77d0b4a5" in page and "9b0c4d2e11aa5f60" in page
-    for verdict in {f.verdict for fs in findings.values() for f in fs}:
-        assert f">{verdict}</span>" in page
+    for label in {f.label for fs in findings.values() for f in fs}:  # e.g. "inconclusive (underpowered: n = 30)"
+        assert f">{label}</span>" in page
+    for f in findings[evidences[0].model]:
+        if f.n is not None:
+            assert f"n = {f.n} items per compared row" in page and f"±{f.detectable:.2f}" in page
     data = json.loads((tmp_path / "run" / "findings.json").read_text(encoding="utf-8"))
     assert data == json.loads(json.dumps(findings_json(evidences, findings)))
     assert [f["verdict"] for f in data["models"][evidences[0].model]["findings"]] == \

@@ -4,14 +4,21 @@ Every finding is a conjunction of *parts*; a part is True (shown), False (contra
 or its 95 % interval straddles the threshold). Verdict: "supported" when every part is True, "not supported" when any
 part is False, else "inconclusive" — a point estimate whose interval straddles a threshold never decides a part.
 
-Refusal figures are held-out rates — ``refusal`` on ``harmful`` (bypass rows), ``harmless_refusal`` on ``harmless``
-(induce rows) — for one judge and generation length (``tokens``; default the longest stored); every comparison is a
-paired difference on common items (:func:`refusal_lab.evaluation.stats.difference`; relative for perplexity). The
+Refusal figures are held-out rates on ``harmful`` (bypass rows) and ``harmless`` (induce rows), read with the
+cheapest measure that answers the finding (:data:`MEASURE`; :data:`~refusal_lab.analysis.reader.MEASURES`): the
+first-token refusal rate where the study measured it (no generation, so on every held-out prompt), else — and for
+finding 3, whose overcorrection is about the generated text — the judged greedy response for one judge and
+generation length (``tokens``; default the longest stored). Every comparison is a paired difference on common items (:func:`refusal_lab.evaluation.stats.difference`; relative for perplexity). The
 *best* row of a kind is its non-control row with the lowest point refusal among those that do not break the model
 (:mod:`refusal_lab.analysis.coherence`): a condition that breaks the model never counts as suppressing refusal, and a
 finding whose needed condition breaks the model says so in its note and is not supported. INLP rows fitted through
 the training mean (``,centered``) are left out: the findings are about the linear maps ``P`` and ``P_α``. Each rule
 is in its function's docstring and, in one sentence, in :attr:`Finding.test`.
+
+Power: each finding states its ``n`` (the fewest items of a rate difference it decided on) and ``detectable``, the
+largest over those differences of the smallest paired difference a 5 % test detects with 80 % power there
+(:func:`~refusal_lab.analysis.reader.detectable`). An inconclusive finding that compared rates is
+``inconclusive (underpowered: n = …)`` (:attr:`Finding.reason`): its intervals straddle a threshold at that size.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import pandas as pd
 
 from refusal_lab.analysis.coherence import BOUNDS
 from refusal_lab.analysis.evidence import ModelEvidence
-from refusal_lab.analysis.reader import FLIP_ALPHA, Reader, Row, interventions
+from refusal_lab.analysis.reader import FLIP_ALPHA, Reader, Row, detectable, interventions
 from refusal_lab.core.io import json_safe
 from refusal_lab.evaluation.stats import Estimate
 
@@ -59,7 +66,9 @@ TITLES = {
 
 @dataclass
 class Finding:
-    """One finding's verdict for one model; ``numbers`` holds the figures behind it, intervals as [value, low, high]."""
+    """One finding's verdict for one model; ``numbers`` holds the figures behind it, intervals as [value, low, high];
+    ``measure`` the refusal measure it read, ``n`` and ``detectable`` its power (module docstring), ``reason`` why
+    it is inconclusive where that is its size."""
 
     id: int
     title: str
@@ -67,6 +76,15 @@ class Finding:
     test: str
     numbers: dict = field(default_factory=dict)
     note: str = ""
+    measure: str = ""
+    n: int | None = None
+    detectable: float | None = None
+    reason: str = ""
+
+    @property
+    def label(self) -> str:
+        """The verdict as the report writes it: ``inconclusive (underpowered: n = 16)``."""
+        return f"{self.verdict} ({self.reason})" if self.reason else self.verdict
 
 
 def _iv(e: Estimate) -> list[float]:
@@ -105,8 +123,8 @@ def _first_inlp_vs_dim(ev: ModelEvidence, rd: Reader) -> Finding:
         notes.append(f"no INLP–DiM cosine at layer {ev.layer}")
     for row in rd.of("classifier-actadd"):
         dim = "actadd" + row.name[len("classifier-actadd"):]
-        metric, dataset = ("harmless_refusal", "harmless") if float(row.params.get("scale", -1)) > 0 else \
-            ("refusal", "harmful")
+        metric, dataset = (rd.harmless_metric, "harmless") if float(row.params.get("scale", -1)) > 0 else \
+            (rd.refusal_metric, "harmful")
         if (e := rd.diff(row.name, dim, metric, dataset)) is not None:
             numbers[f"{metric}: {row.name} − {dim}"] = _iv(e)
             agree.append(_decide(-EQUIVALENCE_MARGIN <= e.low and e.high <= EQUIVALENCE_MARGIN,
@@ -300,11 +318,24 @@ def _sensitivity(ev: ModelEvidence, rd: Reader) -> Finding:
 _RULES = (_first_inlp_vs_dim, _nullspace_vs_ablation, _flip, _rank_k, _landing, _low_rank, _sensitivity)
 
 
+MEASURE = {3: "generation"}  # finding → the refusal measure it reads; every other: first-token where measured
+
+
 def assess(evidence: ModelEvidence, judge: str = "substring", tokens: int | None = None) -> list[Finding]:
-    """The seven findings for one model, from refusal judged by ``judge`` at ``tokens`` new tokens (None: the
-    longest stored length)."""
-    reader = Reader(evidence, judge, tokens)
-    return [rule(evidence, reader) for rule in _RULES]
+    """The seven findings for one model; a generation-based refusal rate is judged by ``judge`` at ``tokens`` new
+    tokens (None: the longest stored length)."""
+    found = []
+    for number, rule in enumerate(_RULES, 1):
+        reader = Reader(evidence, judge, tokens, MEASURE.get(number, "first-token"))
+        finding = rule(evidence, reader)
+        if reader.compared:
+            finding.measure = reader.describe()
+            finding.n = min(e.n for e in reader.compared)
+            finding.detectable = max(detectable(e) for e in reader.compared)
+            if finding.verdict == INCONCLUSIVE:
+                finding.reason = f"underpowered: n = {finding.n}"
+        found.append(finding)
+    return found
 
 
 THRESHOLDS = {n: v for n, v in dict(globals()).items() if n.isupper() and not n.startswith("_")

@@ -1,7 +1,12 @@
 """How the findings read one model's evidence: its non-control interventions (:class:`Row`, from the stored kind,
 scope and params, not the names), their per-item values for one judge and generation length, paired differences
 of them, and the best row of a kind — among the rows that do not break the model (:mod:`refusal_lab.analysis
-.coherence`)."""
+.coherence`).
+
+A refusal rate is read with one *measure* (:data:`MEASURES`): ``first-token`` (refusal-token log-odds > 0 at the
+first generated position — no generation, so the study can afford every held-out prompt) or ``generation`` (the
+judged greedy response). The Reader keeps every rate difference it decides on (:attr:`Reader.compared`), so a
+finding can say its ``n`` and the smallest paired difference it could detect there (:func:`detectable`)."""
 
 from __future__ import annotations
 
@@ -17,6 +22,9 @@ from refusal_lab.analysis.evidence import ModelEvidence
 from refusal_lab.core.vocabulary import BASELINE
 from refusal_lab.evaluation.stats import Estimate, difference
 
+MEASURES = {"first-token": ("first_token_refusal", "first_token_harmless_refusal"),
+            "generation": ("refusal", "harmless_refusal")}  # measure → (harmful-side, harmless-side rate metric)
+DETECTABLE_Z = 1.96 + 0.84  # a two-sided 5 % test with 80 % power: the effect is this many standard errors
 FLIP_ALPHA = 2.0  # 3, 5: the flip the findings are about (rows naming another alpha are left out)
 _LENGTH_METRICS = ("refusal", "harmless_refusal")  # judged at every generation length; the rest at one
 _ITEM_COLUMNS = ("intervention", "metric", "judge", "dataset", "max_new_tokens", "item", "value", "tokens")
@@ -55,12 +63,23 @@ class Reader:
     """Per-item values of the evidence for one judge and generation length, paired differences of them, and which
     interventions break the model (``broken``: name → why, from :func:`refusal_lab.analysis.coherence.broken`)."""
 
-    def __init__(self, evidence: ModelEvidence, judge: str, tokens: int | None):
+    def __init__(self, evidence: ModelEvidence, judge: str, tokens: int | None, measure: str = "generation"):
         self.ev, self.judge, self.tokens = evidence, judge, tokens
         self.items = evidence.items if not evidence.items.empty else pd.DataFrame(columns=_ITEM_COLUMNS)
         with_items = set(self.items["intervention"])
         self.rows = [r for r in interventions(evidence.results) if r.name in with_items]
         self.broken = broken(evidence.results)
+        if measure == "first-token" and MEASURES[measure][0] not in set(self.items["metric"]):
+            measure = "generation"  # not measured in this study: the judged responses
+        self.measure = measure
+        self.refusal_metric, self.harmless_metric = MEASURES[measure]
+        self.compared: list[Estimate] = []  # every rate difference a decision read (see detectable)
+
+    def describe(self) -> str:
+        """The refusal measure in words."""
+        if self.measure == "first-token":
+            return "first-token refusal (refusal-token log-odds > 0; no generation)"
+        return f"judged refusal of the greedy response ({self.judge}, {self.tokens or 'longest'} tokens)"
 
     def of(self, kind: str) -> list[Row]:
         """Linear non-control rows of ``kind`` with items (:attr:`Row.linear`)."""
@@ -75,10 +94,18 @@ class Reader:
         sel = sel[sel["max_new_tokens"] == length]
         return None if sel.empty else sel.drop_duplicates("item").set_index("item")[["value", "tokens"]]
 
-    def diff(self, method: str, base: str | dict[str, float] = "baseline", metric: str = "refusal",
-             dataset: str = "harmful") -> Estimate | None:
-        """``metric(method) − metric(base)`` on their common items; ``base`` may be a weighted per-item mix
-        ``{name: weight}`` of rows (not for perplexity). None when a side has no items."""
+    def diff(self, method: str, base: str | dict[str, float] = "baseline", metric: str | None = None,
+             dataset: str = "harmful", record: bool = True) -> Estimate | None:
+        """``metric(method) − metric(base)`` on their common items (``metric``: default the measure's refusal rate);
+        ``base`` may be a weighted per-item mix ``{name: weight}`` of rows (not for perplexity). None when a side
+        has no items. A rate difference is kept in :attr:`compared` unless ``record`` is False."""
+        metric = metric or self.refusal_metric
+        found = self._diff(method, base, metric, dataset)
+        if record and found is not None and metric in (self.refusal_metric, self.harmless_metric):
+            self.compared.append(found)
+        return found
+
+    def _diff(self, method: str, base: str | dict[str, float], metric: str, dataset: str) -> Estimate | None:
         weights = {base: 1.0} if isinstance(base, str) else base
         frames = [self.values(n, metric, dataset) for n in (method, *weights)]
         if any(f is None for f in frames):
@@ -94,9 +121,13 @@ class Reader:
     def best(self, rows: list[Row]) -> tuple[Row, Estimate] | None:
         """The row with the largest point reduction of refusal on harmful prompts, and its difference vs baseline,
         among the rows that do not break the model."""
-        scored = [(r, e) for r in rows if r.name not in self.broken and (e := self.diff(r.name)) is not None
-                  and not math.isnan(e.value)]
-        return min(scored, key=lambda pair: pair[1].value) if scored else None
+        scored = [(r, e) for r in rows if r.name not in self.broken and (e := self.diff(r.name, record=False))
+                  is not None and not math.isnan(e.value)]
+        if not scored:
+            return None
+        best = min(scored, key=lambda pair: pair[1].value)
+        self.compared.append(best[1])
+        return best
 
     def only_broken(self, rows: list[Row]) -> bool:
         """There are rows, and every one breaks the model."""
@@ -117,14 +148,25 @@ class Reader:
         return found
 
     def specific(self, name: str) -> bool | None:
-        """The results row's ``specific`` flag (effect beyond its random controls) for refusal on harmful."""
+        """The results row's ``specific`` flag (effect beyond its random controls) for the measure's refusal on
+        harmful."""
         r = self.ev.results
         if r.empty or "specific" not in r:
             return None
-        r = r[(r["intervention"] == name) & (r["metric"] == "refusal") & (r["dataset"] == "harmful")
-              & (r["judge"] == self.judge)]
-        flags = r.loc[r["max_new_tokens"] == (self.tokens or r["max_new_tokens"].max()), "specific"].dropna()
+        r = r[(r["intervention"] == name) & (r["metric"] == self.refusal_metric) & (r["dataset"] == "harmful")]
+        if self.measure == "generation":
+            r = r[r["judge"] == self.judge]
+        length = self.tokens if self.tokens and self.measure == "generation" else r["max_new_tokens"].max()
+        flags = r.loc[r["max_new_tokens"] == length, "specific"].dropna()
         return None if flags.empty else bool(flags.iloc[0])
 
 
-__all__ = ["FLIP_ALPHA", "Reader", "Row", "interventions"]
+def detectable(e: Estimate) -> float:
+    """The smallest paired rate difference a two-sided 5 % test detects with 80 % power at ``e``'s items:
+    :data:`DETECTABLE_Z` standard errors, the standard error read from the 95 % interval (width / 3.92); for an
+    interval of zero width (no discordant pair) the worst case at a rate of ½, ``DETECTABLE_Z · ½ / √n``."""
+    se = (e.high - e.low) / (2 * 1.96)
+    return DETECTABLE_Z * (se if se > 0 else 0.5 / math.sqrt(max(e.n, 1)))
+
+
+__all__ = ["DETECTABLE_Z", "FLIP_ALPHA", "MEASURES", "Reader", "Row", "detectable", "interventions"]

@@ -138,8 +138,9 @@ def _figure(caption: str, path: Path) -> str:
     return f'<figure><img src="{uri}" alt="{_e(caption)}"><figcaption>{_e(caption)}</figcaption></figure>'
 
 
-def _badge(verdict: str) -> _Html:
-    return _Html(f'<span class="badge {BADGE.get(verdict, "inconclusive")}">{_e(verdict)}</span>')
+def _badge(verdict: str, label: str | None = None) -> _Html:
+    """The verdict's coloured badge, reading ``label`` (default the verdict)."""
+    return _Html(f'<span class="badge {BADGE.get(verdict, "inconclusive")}">{_e(label or verdict)}</span>')
 
 
 def _header(ev: ModelEvidence, meta: dict) -> str:
@@ -223,28 +224,34 @@ def _finding(f: Finding) -> str:
     css = BADGE.get(f.verdict, "inconclusive")
     numbers = [[name, (_interval(*v) if isinstance(v, list | tuple) and len(v) == 3 else _num(v), "num")]
                for name, v in f.numbers.items()]
-    return (f'<div class="finding {css}"><h4>{_badge(f.verdict)}<span>{f.id}. {_e(f.title)}</span></h4>'
-            f'<p class="test"><b>Test.</b> {_e(f.test)}</p>'
+    power = "" if f.n is None else (
+        f'<p class="power"><b>Power.</b> {_e(f.measure)}; n = {f.n} items per compared row; the smallest paired '
+        f"difference detectable there (5 % test, 80 % power) is about ±{f.detectable:.2f}.</p>")
+    return (f'<div class="finding {css}"><h4>{_badge(f.verdict, f.label)}<span>{f.id}. {_e(f.title)}</span></h4>'
+            f'<p class="test"><b>Test.</b> {_e(f.test)}</p>' + power
             + (_table(["figure", "value [95 % CI]"], numbers, "numbers") if numbers else "")
             + (f'<p class="note">{_e(f.note)}</p>' if f.note else "") + "</div>")
 
 
 def _summary(evidences: Sequence[ModelEvidence], findings: dict[str, list[Finding]]) -> str:
     """Finding × model: the verdict badges."""
-    verdicts = {ev.model: {f.id: f.verdict for f in findings.get(ev.model, [])} for ev in evidences}
-    rows = [[f"{i}. {title}"] + [_badge(verdicts[m][i]) if i in verdicts[m] else "–" for m in verdicts]
+    verdicts = {ev.model: {f.id: f for f in findings.get(ev.model, [])} for ev in evidences}
+    rows = [[f"{i}. {title}"] + [_badge(verdicts[m][i].verdict, verdicts[m][i].label) if i in verdicts[m] else "–"
+                                 for m in verdicts]
             for i, title in TITLES.items()]
     return _table(["finding", *verdicts], rows, "summary")
 
 
 def _uncertainty(evidences: Sequence[ModelEvidence]) -> str:
-    """How uncertain a refusal rate is at the fewest prompts per side: the 95 % half-width at p = ½, ≈ 1/√n."""
-    sizes = [int(n) for ev in evidences if "n" in ev.results
-             for n in ev.results.loc[ev.results["metric"] == "refusal", "n"].dropna()]
-    if not sizes:
-        return ""
-    n = min(sizes)
-    return f"With {n} prompts per side a rate is uncertain by up to about ±{1.96 * 0.5 / n ** 0.5:.2f}."
+    """How uncertain a rate is at the fewest prompts per side, per measure: the 95 % half-width at p = ½, ≈ 1/√n."""
+    said = []
+    for metric, what in (("first_token_refusal", "first-token rate"), ("refusal", "judged rate of a response")):
+        sizes = [int(n) for ev in evidences if "n" in ev.results
+                 for n in ev.results.loc[ev.results["metric"] == metric, "n"].dropna()]
+        if sizes:
+            n = min(sizes)
+            said.append(f"a {what} on {n} prompts per side is uncertain by up to about ±{1.96 * 0.5 / n ** 0.5:.2f}")
+    return (said[0][0].upper() + "; ".join(said)[1:] + ".") if said else ""
 
 
 def render(evidences: Sequence[ModelEvidence], findings: dict[str, list[Finding]],
