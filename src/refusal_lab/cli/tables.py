@@ -64,7 +64,9 @@ def print_findings(findings) -> None:
     """A study's findings, one row each: ``{model: [Finding]}``."""
     import pandas as pd
 
-    print_table(pd.DataFrame([{"model": model, "finding": f.id, "verdict": f.verdict,
+    print_table(pd.DataFrame([{"model": model, "finding": f.id, "verdict": f.label,
+                               "n": "" if f.n is None else f.n,
+                               "detectable": "" if f.detectable is None else f"±{f.detectable:.2f}",
                                "title": f.title[:60] + ("…" if len(f.title) > 60 else "")}
                               for model, found in findings.items() for f in found]), "findings")
 
