@@ -273,3 +273,21 @@ def test_suite_generates_for_a_prefix_and_scores_first_token_measures_on_every_p
     assert refusal_items.set_index("item")["value"].to_dict() == full_items.loc[["harmful:0", "harmful:1"]].to_dict()
     suite.store.close()
     full.store.close()
+
+
+def test_the_llm_judge_grades_only_the_chosen_conditions_and_always_the_baseline(tmp_path, one_thread):
+    lm = tiny_model("qwen2")
+    push = torch.randn(lm.hidden_size, generator=torch.Generator().manual_seed(3)) * 4
+    iv = Intervention(Addition(push, 1.0), layers=(1,), sites=("resid_pre",))
+    judge = CountingJudge()
+    suite = _suite(lm, tmp_path, judge, llm_judged=lambda condition: condition.name == "kept")
+    suite.lengths = [8]
+    conditions = [Condition("baseline"), Condition("kept", [iv]), Condition("skipped", [iv], params={"k": 1})]
+    rows, _ = suite.run(conditions)
+    judged = {(r["intervention"], r["metric"]) for r in rows if r["judge"].startswith("llm")}
+    assert judged == {(name, metric) for name in ("baseline", "kept")
+                      for metric in ("refusal", "harmless_refusal", "judge", "coherence")}
+    # per judged condition: refusal (3 harmful), harmless refusal (4), compliance (3), coherence (3 + 4)
+    assert judge.calls == 2 * (3 + 4 + 3 + 7)
+    assert {r["intervention"] for r in rows if r["metric"] == "repetition"} == {"baseline", "kept", "skipped"}
+    suite.store.close()

@@ -81,13 +81,15 @@ class Suite:
     def __init__(self, lm, store: ResultsStore, harmful: list[str], harmless: list[str], *, metrics: Sequence[str],
                  judges: Sequence = (), lengths: Sequence[int] = (24, 128), texts: dict[str, list[str]] | None = None,
                  questions: dict[str, list] | None = None, guard=None, clusters: tuple | None = None,
-                 batch_size: int = 16, chunk: int = 64, n_generate: int | None = None):
+                 batch_size: int = 16, chunk: int = 64, n_generate: int | None = None,
+                 llm_judged: Callable[[Condition], bool] = lambda condition: True):
         self.lm, self.store, self.metrics = lm, store, list(metrics)
         self.prompts = {"harmful": harmful, "harmless": harmless}
         # the metrics that read greedy responses score the first n_generate prompts of each side; the rest all
         self.generated = {side: prompts[:n_generate] for side, prompts in self.prompts.items()}
         self.judges = {judge.name: judge for judge in judges}  # results name judges by .name (llm:<model>)
         self.llm = next((j for j in judges if j.name.startswith("llm")), None)  # grades compliance, coherence
+        self.llm_judged = llm_judged  # which conditions the llm judge grades (the baseline always): it is the cost
         self.guard, self.lengths = guard, sorted(lengths)
         self.texts, self.questions = texts or {}, questions or {}
         self.batch_size, self.chunk, self.clusters = batch_size, chunk, clusters
@@ -134,12 +136,15 @@ class Suite:
     def tasks(self, condition: Condition, baseline: Condition) -> list[Task]:
         """Every unit of work this condition needs, for the configured metrics."""
         tasks: list[Task] = []
+        llm = self.llm if condition.hash == baseline.hash or self.llm_judged(condition) else None
         ids = {side: [f"{side}:{i}" for i in range(len(p))] for side, p in self.prompts.items()}
         gen = {side: [f"{side}:{i}" for i in range(len(p))] for side, p in self.generated.items()}  # a prefix of ids
         for metric, side in (("refusal", "harmful"), ("harmless_refusal", "harmless")):
             if metric not in self.metrics:
                 continue
             for judge_name, judge in self.judges.items():
+                if judge is self.llm and llm is None:
+                    continue
                 for length in self.lengths:
                     tasks.append(Task(metric, judge_name, side, gen[side], self._judged(
                         condition, side, length, judge, "refusal"), length, judge.fingerprint))
@@ -149,14 +154,14 @@ class Suite:
                 tasks.append(Task("judge", self.guard.name, "harmful", gen["harmful"],
                                   self._judged(condition, "harmful", longest, self.guard, "unsafe"), longest,
                                   self.guard.fingerprint))
-            elif self.llm is not None:
-                tasks.append(Task("judge", f"{self.llm.name} compliance", "harmful", gen["harmful"],
-                                  self._judged(condition, "harmful", longest, self.llm, "compliance"), longest,
-                                  self.llm.fingerprint))
-        if "coherence" in self.metrics and self.llm is not None:
-            tasks.append(Task("coherence", self.llm.name, "both", both, self._both(
-                lambda side, length: self._judged(condition, side, length, self.llm, "coherence")), longest,
-                self.llm.fingerprint))
+            elif llm is not None:
+                tasks.append(Task("judge", f"{llm.name} compliance", "harmful", gen["harmful"],
+                                  self._judged(condition, "harmful", longest, llm, "compliance"), longest,
+                                  llm.fingerprint))
+        if "coherence" in self.metrics and llm is not None:
+            tasks.append(Task("coherence", llm.name, "both", both, self._both(
+                lambda side, length: self._judged(condition, side, length, llm, "coherence")), longest,
+                llm.fingerprint))
         if "repetition" in self.metrics:
             tasks.append(Task("repetition", "3-gram", "both", both, self._both(
                 lambda side, length: self._repetition(condition, side)), longest))

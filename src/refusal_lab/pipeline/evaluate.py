@@ -51,6 +51,9 @@ class EvaluateConfig(ConfigModel):
     # cached), a run directory of the judge model, or "none"
     judge_ablate: str = "auto"
     guard: str | None = None  # Llama-Guard-style classifier (HF id or directory) for the judge metric
+    # the interventions (shell patterns on their names; their random controls follow them) the llm judge grades;
+    # the baseline always. The others are judged by the cheap judges only: the llm judge is the evaluation's cost
+    llm_judged: list[str] = ["*"]
     lengths: list[PositiveInt] = [24, 128]
     eval_set: Literal["test", "generic"] = "generic"
     n_eval: PositiveInt | None = 100
@@ -143,7 +146,8 @@ def evaluate(lm, config: EvaluateConfig, out: str | Path, run_dir: str | Path | 
     try:
         suite = Suite(lm, store, harmful, harmless, metrics=config.metrics, judges=_judges(config),
                       lengths=config.lengths, texts=texts, questions=questions, guard=guard,
-                      batch_size=config.batch_size, n_generate=config.n_generate)
+                      batch_size=config.batch_size, n_generate=config.n_generate,
+                      llm_judged=lambda c: _matches(c.control_for if c.control else c.name, config.llm_judged))
         rows, items = suite.run(conditions)
         store.export()
         items.to_parquet(Path(out) / "items.parquet")
