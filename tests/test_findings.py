@@ -275,3 +275,19 @@ def test_each_finding_states_its_power_and_an_underpowered_one_says_so():
     assert found.detectable > 0.25  # a 3-in-12 difference is below what 12 items can detect
     missing = assess(evidence(rates("baseline", ONES)))[1]  # no rows to compare: no power claim, no size reason
     assert missing.verdict == INCONCLUSIVE and missing.reason == "" and missing.n is None
+
+
+def test_finding_3_counts_llm_judged_compliance_not_a_missing_refusal_phrase():
+    """The flip never says a refusal phrase (refusal 0, as low as ablation) but the llm judge finds it complies with
+    none of the requests the ablation complies with: not competitive, so not supported."""
+    llm = "llm:judge compliance"
+    items = (rates("baseline", ONES), rates("ablate[layer]", ZEROS), rates(FLIP, ZEROS),
+             perplexity("baseline", 1.0), perplexity(FLIP, 1.5))
+    assert verdict(evidence(*items), 3) == SUPPORTED  # refusal-based: competitive, and perplexity rises
+    judged = (rates("ablate[layer]", ONES, metric="judge", judge=llm), rates(FLIP, ZEROS, metric="judge", judge=llm),
+              rates("baseline", ZEROS, metric="judge", judge=llm))
+    found = assess(evidence(*items, *judged))[2]
+    assert found.verdict == NOT_SUPPORTED
+    assert found.numbers[f"llm compliance: ablate[layer] − {FLIP}"][0] == pytest.approx(1.0)
+    assert verdict(evidence(*items, *(rates(n, ONES, metric="judge", judge=llm)
+                                      for n in ("ablate[layer]", FLIP, "baseline"))), 3) == SUPPORTED

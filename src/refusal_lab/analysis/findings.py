@@ -30,7 +30,7 @@ import pandas as pd
 
 from refusal_lab.analysis.coherence import BOUNDS
 from refusal_lab.analysis.evidence import ModelEvidence
-from refusal_lab.analysis.reader import FLIP_ALPHA, Reader, Row, detectable, interventions
+from refusal_lab.analysis.reader import COMPLIANCE, FLIP_ALPHA, Reader, Row, detectable, interventions
 from refusal_lab.core.io import json_safe
 from refusal_lab.evaluation.stats import Estimate
 
@@ -164,14 +164,16 @@ def _nullspace_vs_ablation(ev: ModelEvidence, rd: Reader) -> Finding:
 
 
 def _flip(ev: ModelEvidence, rd: Reader) -> Finding:
-    """The best flip row (α = FLIP_ALPHA, either variant) is competitive (flip − best ablate refusal CI high ≤
-    COMPETITIVE_MARGIN; CI low above it contradicts) and overcorrects (relative perplexity rise CI low > 0 on any text
+    """The best flip row (α = FLIP_ALPHA, either variant) is competitive (best ablate − flip llm-judged compliance
+    on harmful requests where both were judged, else flip − best ablate refusal: CI high ≤ COMPETITIVE_MARGIN; CI
+    low above it contradicts) and overcorrects (relative perplexity rise CI low > 0 on any text
     set, or repetition rise CI low > 0; every perplexity CI high < NEAR_BASELINE_PERPLEXITY and repetition CI high <
     NEGLIGIBLE_REPETITION contradicts). Rows that break the model are left out; when every flip does, none is
     competitive (not supported)."""
-    test = (f"The best α = {FLIP_ALPHA:g} flip that does not break the model has a paired refusal difference to the "
-            f"best such ablation with 95 % CI high ≤ {COMPETITIVE_MARGIN}, and its perplexity (any text set, "
-            "relative) or repetition rise has CI low > 0.")
+    test = (f"The best α = {FLIP_ALPHA:g} flip that does not break the model has a paired difference to the best "
+            f"such ablation — in llm-judged compliance where judged (ablate − flip), else in refusal (flip − "
+            f"ablate) — with 95 % CI high ≤ {COMPETITIVE_MARGIN}, and its perplexity (any text set, relative) or "
+            "repetition rise has CI low > 0.")
     flips, ablates = rd.of("flip"), rd.of("ablate")
     flip, ablate, gated = rd.best(flips), rd.best(ablates), rd.gate_notes(flips + ablates)
     if flip is None and rd.only_broken(flips):
@@ -180,9 +182,14 @@ def _flip(ev: ModelEvidence, rd: Reader) -> Finding:
     if flip is None:
         return Finding(3, TITLES[3], INCONCLUSIVE, test, {}, "missing flip refusal items")
     name, numbers, competitive = flip[0].name, {f"refusal: {flip[0].name} − baseline": _iv(flip[1])}, None
-    if ablate is not None and (e := rd.diff(name, ablate[0].name)) is not None:
+    if ablate is not None and rd.complied(name, ablate[0].name):  # coherent compliance, not a missing phrase
+        if (e := rd.diff(ablate[0].name, name, metric=COMPLIANCE)) is not None:
+            numbers[f"llm compliance: {ablate[0].name} − {name}"] = _iv(e)
+            competitive = _decide(e.high <= COMPETITIVE_MARGIN, e.low > COMPETITIVE_MARGIN)
+    elif ablate is not None and (e := rd.diff(name, ablate[0].name)) is not None:
         numbers[f"refusal: {name} − {ablate[0].name}"] = _iv(e)
         competitive = _decide(e.high <= COMPETITIVE_MARGIN, e.low > COMPETITIVE_MARGIN)
+        gated.append("no llm-judged compliance: suppression read as the absence of refusal")
     ppl = rd.perplexity(name, numbers)
     rises, flat = [e.low > 0 for e in ppl], [e.high < NEAR_BASELINE_PERPLEXITY for e in ppl]
     if (e := rd.diff(name, metric="repetition", dataset="both")) is not None:

@@ -24,6 +24,7 @@ from refusal_lab.evaluation.stats import Estimate, difference
 
 MEASURES = {"first-token": ("first_token_refusal", "first_token_harmless_refusal"),
             "generation": ("refusal", "harmless_refusal")}  # measure → (harmful-side, harmless-side rate metric)
+COMPLIANCE = "judge"  # the suite's llm-judged compliance on harmful requests (with no guard configured)
 DETECTABLE_Z = 1.96 + 0.84  # a two-sided 5 % test with 80 % power: the effect is this many standard errors
 FLIP_ALPHA = 2.0  # 3, 5: the flip the findings are about (rows naming another alpha are left out)
 _LENGTH_METRICS = ("refusal", "harmless_refusal")  # judged at every generation length; the rest at one
@@ -101,7 +102,7 @@ class Reader:
         has no items. A rate difference is kept in :attr:`compared` unless ``record`` is False."""
         metric = metric or self.refusal_metric
         found = self._diff(method, base, metric, dataset)
-        if record and found is not None and metric in (self.refusal_metric, self.harmless_metric):
+        if record and found is not None and metric in (self.refusal_metric, self.harmless_metric, COMPLIANCE):
             self.compared.append(found)
         return found
 
@@ -128,6 +129,12 @@ class Reader:
         best = min(scored, key=lambda pair: pair[1].value)
         self.compared.append(best[1])
         return best
+
+    def complied(self, *names: str) -> bool:
+        """Every named row has llm-judged compliance items on harmful requests."""
+        t = self.items
+        judged = t[(t["metric"] == COMPLIANCE) & t["judge"].astype(str).str.startswith("llm")]
+        return all(name in set(judged["intervention"]) for name in names)
 
     def only_broken(self, rows: list[Row]) -> bool:
         """There are rows, and every one breaks the model."""
@@ -169,4 +176,4 @@ def detectable(e: Estimate) -> float:
     return DETECTABLE_Z * (se if se > 0 else 0.5 / math.sqrt(max(e.n, 1)))
 
 
-__all__ = ["DETECTABLE_Z", "FLIP_ALPHA", "MEASURES", "Reader", "Row", "detectable", "interventions"]
+__all__ = ["COMPLIANCE", "DETECTABLE_Z", "FLIP_ALPHA", "MEASURES", "Reader", "Row", "detectable", "interventions"]
