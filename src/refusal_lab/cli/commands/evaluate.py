@@ -39,6 +39,9 @@ def evaluate(
     eval_set: Annotated[Optional[EvalSet], typer.Option(help="generic (default) or the run's test split")] = None,
     control_seeds: Annotated[Optional[int], typer.Option(min=0, help="random controls per intervention")] = None,
     full: Annotated[bool, typer.Option(help="full MMLU and ARC instead of seeded subsets")] = False,
+    capability_scorer: Annotated[Optional[str], typer.Option(help="mmlu/arc scorer: builtin (default) or lm-eval "
+                                                             "(EleutherAI's harness on the same offline questions; "
+                                                             "pip install 'refusal-lab[lm-eval]')")] = None,
     device_map: DeviceMapOption = None,
     offload_folder: OffloadFolderOption = None,
 ):
@@ -47,7 +50,8 @@ def evaluate(
                            judges=judge, judge_url=judge_url, judge_model=judge_model, judge_ablate=judge_ablate,
                            guard=guard,
                            interventions=intervention, n_eval=n_eval, eval_set=eval_set.value if eval_set else None,
-                           control_seeds=control_seeds, full_benchmarks=full or None)
+                           control_seeds=control_seeds, full_benchmarks=full or None,
+                           capability_scorer=capability_scorer)
     if run_dir is not None:
         require_run_dir(run_dir)
     run_cfg = run_config(None, run_dir, model=model, device_map=device_map, offload_folder=offload_folder)
