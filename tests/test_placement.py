@@ -89,10 +89,17 @@ def test_a_bad_device_map_is_one_line_naming_the_problem(value, problem):
         parse_device_map(value)
 
 
-def test_the_run_config_checks_its_device_map_when_read():
+def test_the_run_config_checks_its_device_map_when_read(tmp_path):
     assert load_config(None, device_map="auto").device_map == "auto"
     with pytest.raises(RefusalLabError, match=r"--device-map: device_map = .*not a device"):
         load_config(None, device_map='{"model.layers.0": "gpu7"}')
+    config = tmp_path / "run.toml"
+    config.write_text('dtype = "float32"\noffload_folder = "/tmp/x"\n[device_map]\n"model.layers.0" = 0\nlm_head = "disk"\n')
+    loaded = load_config(config)
+    assert loaded.device_map == {"model.layers.0": 0, "lm_head": "disk"} and loaded.offload_folder == "/tmp/x"
+    config.write_text('[device_map]\n"model.layers.0" = "tpu:x"\n')
+    with pytest.raises(RefusalLabError, match=r"run\.toml: device_map = .*not a device"):
+        load_config(config)
 
 
 def test_offloaded_load_is_dispatched_and_hashes_like_one_device(pair):
@@ -217,3 +224,13 @@ def test_extract_with_a_device_map_selects_what_one_device_selects(varied_dir, t
     result, text = invoke_cli("abliterate", "--run", runs["mapped"], "--out", tmp_path / "edited", "--dtype", "float32",
                               "--device-map", "none")
     assert result.exit_code == 0, text
+
+
+def test_an_offload_folder_without_a_device_map_and_maps_that_cannot_be_placed_are_one_line(varied_dir, tmp_path):
+    with pytest.raises(RefusalLabError, match="offload_folder is only used with a device map"):
+        load_model(str(varied_dir), dtype="float32", offload_folder=str(tmp_path / "offload"))
+    if not torch.cuda.is_available():
+        with pytest.raises(RefusalLabError, match=r"places 'model.layers.0' on cuda:0, but this machine has 0 CUDA"):
+            load_model(str(varied_dir), dtype="float32", device_map={"model.layers.0": 0, "lm_head": "cpu"})
+    with pytest.raises(RefusalLabError, match=r"names module\(s\) model.nothing that the model lacks"):
+        load_model(str(varied_dir), dtype="float32", device_map={"model.layers.0": "cpu", "model.nothing": "cpu"})

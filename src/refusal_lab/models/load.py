@@ -13,7 +13,12 @@ from torch import nn
 from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.models.adapters import Adapter, adapter_for
 from refusal_lab.models.bundled import BUNDLED, cache_dir, convert_gguf, ensure_cached
-from refusal_lab.models.placement import execution_device, parse_device_map
+from refusal_lab.models.placement import (
+    check_devices_exist,
+    check_module_names,
+    execution_device,
+    parse_device_map,
+)
 
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32,
           "float16": torch.float16, "fp16": torch.float16}
@@ -134,6 +139,7 @@ def _placement(device_map, offload_folder: str | None) -> dict:
             raise RefusalLabError("offload_folder is only used with a device map that offloads to disk; set "
                                   "device_map too (e.g. --device-map auto) or drop offload_folder")
         return {}
+    check_devices_exist(parsed)
     placement = {"device_map": parsed}
     if offload_folder is not None:
         Path(offload_folder).expanduser().mkdir(parents=True, exist_ok=True)
@@ -175,4 +181,6 @@ def load_model(spec: str, dtype: str = "auto", device: str = "cpu", device_map=N
                               f"{str(error).splitlines()[0]}") from None
     if not placement:
         model = model.to(device)
+    else:
+        check_module_names(model, placement["device_map"])
     return wrap_model(model, tokenizer, name, source=location)

@@ -107,6 +107,34 @@ def parse_device_map(value: str | dict | None) -> str | dict[str, int | str] | N
     return {str(module): _device_value(str(module), device, source) for module, device in value.items()}
 
 
+def check_devices_exist(device_map: str | dict[str, int | str] | None) -> None:
+    """Raise :class:`RefusalLabError` when a parsed map places a module on a CUDA device this machine lacks."""
+    if not isinstance(device_map, dict):
+        return
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for module, value in device_map.items():
+        if value in PLACES:
+            continue
+        device = torch.device("cuda", value) if isinstance(value, int) else torch.device(value)
+        if device.type == "cuda" and (device.index or 0) >= count:
+            raise RefusalLabError(f"the device map places {module!r} on {device}, but this machine has {count} CUDA "
+                                  f"device(s); place it on one of them, \"cpu\" or \"disk\"")
+
+
+def check_module_names(model: nn.Module, device_map: str | dict[str, int | str] | None) -> None:
+    """Raise :class:`RefusalLabError` when a map names a module ``model`` lacks (transformers would put it, and
+    whatever the map leaves out, on the CPU without a word)."""
+    if not isinstance(device_map, dict):
+        return
+    names = {name for name, _ in model.named_modules()}
+    unknown = [module for module in device_map if module and module not in names]
+    if unknown:
+        shown = ", ".join(sorted(unknown)[:3])
+        top = ", ".join(sorted(name for name in names if name and name.count(".") <= 1))
+        raise RefusalLabError(f"the device map names module(s) {shown} that the model lacks; its modules include "
+                              f"{top} (and their children, e.g. model.layers.0)")
+
+
 def _check_setting(value: str | dict | None) -> str | dict | None:
     try:
         parse_device_map(value)
