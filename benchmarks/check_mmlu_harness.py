@@ -1,5 +1,9 @@
 """Check :func:`refusal_lab.evaluation.multiple_choice.choice_logprobs` against EleutherAI's lm-evaluation-harness.
 
+The same comparison runs in-process on a tiny model as ``tests/test_harness.py`` (lm-eval from the project's
+``lm-eval`` extra, ``refusal_lab.evaluation.harness``); this script checks the bundled model through lm-eval's
+command line in a separate venv, as recorded below.
+
 lm-eval lives in its own virtual environment (it pins other versions than refusal-lab); create it once:
 
     python3 -m venv /work/lmeval-venv

@@ -20,8 +20,9 @@ def run_config(config: Optional[Path], run_dir: Optional[Path] = None, **overrid
 
 
 def load(cfg, dtype: str | None = None):
-    """The config's model, in ``dtype`` (default: the config's)."""
-    return load_model(cfg.model, dtype=dtype or cfg.dtype)
+    """The config's model, in ``dtype`` (default: the config's), placed by its device map."""
+    return load_model(cfg.model, dtype=dtype or cfg.dtype, device_map=cfg.device_map,
+                      offload_folder=cfg.offload_folder)
 
 
 def require_run_dir(run_dir: Path) -> None:

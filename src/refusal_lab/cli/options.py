@@ -74,3 +74,9 @@ class Measure(str, Enum):
 ModelOption = Annotated[str, typer.Option("--model", "-m", help="bundled name, Hugging Face id, directory or .gguf")]
 ConfigOption = Annotated[Optional[Path], typer.Option(help="RunConfig as .toml or .json")]
 RunDirOption = Annotated[Optional[Path], typer.Option("--run", help="run directory (from refusal-lab extract)")]
+DeviceMapOption = Annotated[Optional[str], typer.Option(
+    help="place the model's modules through accelerate (models larger than one device): auto (or balanced, "
+         "sequential), a JSON object {\"module\": device} (0, \"cuda:1\", \"cpu\", \"disk\") or a .json/.toml file "
+         "holding one; none: one device (overrides the config's); default: the config's, else one device")]
+OffloadFolderOption = Annotated[Optional[str], typer.Option(help="with --device-map: where weights placed on "
+                                                            "\"disk\" are written when not read from the checkpoint")]

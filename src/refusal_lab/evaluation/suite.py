@@ -16,7 +16,8 @@ time; a rerun skips what is stored. Metrics (items → value; the statistic):
   ``kl_response`` (optional) harmless requests → per-token KL along the baseline's own greedy response; the mean.
   ``perplexity``  documents of each text set → (NLL sum, tokens); ``exp(Σ nll / Σ tokens)``. The ``instructions``
         set is the baseline model's own greedy responses to the held-out harmless requests.
-  ``mmlu`` / ``arc``  questions → correct (5-shot answer-letter log-likelihood); accuracy.
+  ``mmlu`` / ``arc``  questions → correct (5-shot answer-letter log-likelihood); accuracy. Scored by the built-in
+        scorer or, ``capability_scorer="lm-eval"``, by EleutherAI's harness (:mod:`.harness`; judge ``5-shot lm-eval``).
 Generation-based metrics (``refusal``, ``harmless_refusal``, ``judge``, ``coherence``, ``repetition``,
 ``kl_response``, the ``instructions`` perplexity) score the first ``n_generate`` prompts of each side, the others
 every prompt: item ``side:i`` is the same prompt in both, so they pair.
@@ -40,6 +41,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from refusal_lab.evaluation.condition import Condition
 from refusal_lab.evaluation.generate import decode, generate_ids
+from refusal_lab.evaluation.harness import harness_logprobs
 from refusal_lab.evaluation.landing import landing_items
 from refusal_lab.evaluation.metrics import repeated_ngram_fraction
 from refusal_lab.evaluation.multiple_choice import choice_logprobs
@@ -54,6 +56,7 @@ GENERATION_METRICS = ("refusal", "harmless_refusal", "judge", "coherence", "repe
 RESPONSE_METRICS = ("kl_response",)  # teacher-forced along the baseline's greedy responses (and "instructions")
 FIRST_TOKEN_METRICS = {"first_token_refusal": "harmful", "first_token_harmless_refusal": "harmless"}
 LANDING_METRICS = ("landing", "nearer_harmful")
+CAPABILITY_SCORERS = {"builtin": ("5-shot", choice_logprobs), "lm-eval": ("5-shot lm-eval", harness_logprobs)}
 
 
 def data_hash(items: Sequence[str]) -> str:
@@ -81,9 +84,10 @@ class Suite:
     def __init__(self, lm, store: ResultsStore, harmful: list[str], harmless: list[str], *, metrics: Sequence[str],
                  judges: Sequence = (), lengths: Sequence[int] = (24, 128), texts: dict[str, list[str]] | None = None,
                  questions: dict[str, list] | None = None, guard=None, clusters: tuple | None = None,
-                 batch_size: int = 16, chunk: int = 64, n_generate: int | None = None,
-                 llm_judged: Callable[[Condition], bool] = lambda condition: True):
+                 batch_size: int = 16, chunk: int = 64, capability_scorer: str = "builtin",
+                 n_generate: int | None = None, llm_judged: Callable[[Condition], bool] = lambda condition: True):
         self.lm, self.store, self.metrics = lm, store, list(metrics)
+        self.scorer_name, self.choice_logprobs = CAPABILITY_SCORERS[capability_scorer]
         self.prompts = {"harmful": harmful, "harmless": harmless}
         # the metrics that read greedy responses score the first n_generate prompts of each side; the rest all
         self.generated = {side: prompts[:n_generate] for side, prompts in self.prompts.items()}
@@ -189,7 +193,8 @@ class Suite:
         for metric in ("mmlu", "arc"):
             if metric in self.metrics and metric in self.questions:
                 qs = self.questions[metric]
-                tasks.append(Task(metric, "5-shot", metric, [str(q.id) for q in qs], self._choices(condition, qs)))
+                tasks.append(Task(metric, self.scorer_name, metric, [str(q.id) for q in qs],
+                                  self._choices(condition, qs)))
         return tasks
 
     def _judged(self, condition, side, length, judge, field_name):
@@ -276,7 +281,7 @@ class Suite:
     def _choices(self, condition, questions):
         def values(rows):
             chosen = [questions[i] for i in rows]
-            logprobs = choice_logprobs(self.lm, chosen, condition.interventions, batch_size=self.batch_size)
+            logprobs = self.choice_logprobs(self.lm, chosen, condition.interventions, batch_size=self.batch_size)
             return [float(int(lp.argmax()) == q.answer) for lp, q in zip(logprobs, chosen)], None
         return values
 

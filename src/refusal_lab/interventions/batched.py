@@ -40,12 +40,15 @@ class PerCandidate:
         if self.stacked:
             self.basis = torch.stack([t.basis for t in transforms]).float()  # [C, k, d]
             self.alpha = torch.tensor([float(t.alpha) for t in transforms])[:, None, None]  # [C, 1, 1]
+            self._placed: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # per device (a device map)
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
         if self.stacked:
-            self.basis, self.alpha = self.basis.to(h.device), self.alpha.to(h.device)
+            if h.device not in self._placed:
+                self._placed[h.device] = (self.basis.to(h.device), self.alpha.to(h.device))
+            basis, alpha = self._placed[h.device]
             blocks = h.float().reshape(self.n_candidates, -1, h.shape[-1])  # [C, m·…, d]
-            projected = blocks - self.alpha * (blocks @ self.basis.mT) @ self.basis
+            projected = blocks - alpha * (blocks @ basis.mT) @ basis
             return projected.reshape(h.shape).to(h.dtype)
         per = h.shape[0] // self.n_candidates
         out = h.clone()

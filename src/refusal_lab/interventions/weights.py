@@ -5,7 +5,9 @@ Writers and their edits (activations are rows, ``y = x Wᵀ + b`` with ``W [d, d
   * token embeddings ``E [vocab, d]`` (rows are residual vectors):      ``E ← E P = E − (E Vᵀ) V``
   * attention ``o_proj`` and MLP ``down_proj`` weights ``W [d, d_in]``: ``W ← P W = W − Vᵀ (V W)``
   * their biases ``b [d]``:                                             ``b ← b P``
-Tied input/output embeddings are untied first so the unembedding is left unchanged.
+Tied input/output embeddings are untied first so the unembedding is left unchanged. Each matrix is edited on its
+own device (a device map spreads them); offloaded ones are refused (:func:`~refusal_lab.models.placement.
+require_in_memory`: an edit of a copy read in for one forward would be lost).
 
 Because every write lies in range(P) and P is idempotent, the residual stream never leaves range(P): the edited
 model equals the hooked model that projects ``resid_pre``, ``attn_out`` and ``mlp_out`` of every layer. A flip
@@ -21,16 +23,19 @@ from torch import nn
 
 from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.interventions.base import Projection
+from refusal_lab.models.placement import require_in_memory
 
 
 @torch.no_grad()
 def _project_rows(weight: torch.Tensor, basis: torch.Tensor) -> None:
+    basis = basis.to(weight.device)  # each weight is edited on its own device (a device map spreads them)
     w = weight.float()
     weight.copy_(w - (w @ basis.T) @ basis)
 
 
 @torch.no_grad()
 def _project_columns(weight: torch.Tensor, basis: torch.Tensor) -> None:
+    basis = basis.to(weight.device)
     w = weight.float()
     weight.copy_(w - basis.T @ (basis @ w))
 
@@ -57,11 +62,16 @@ def orthogonalize_weights(lm, projection: Projection) -> None:
             f"{lm.adapter.family} normalises block outputs after o_proj/down_proj, so a projection cannot be baked "
             "into its weights exactly; use hooks (refusal-lab generate --intervention ...) instead"
         )
-    basis = projection.basis.to(device=lm.device, dtype=torch.float32)
+    writers = [linear for layer in lm.adapter.layers(lm.model)
+               for linear in (lm.adapter.attn_out_proj(layer), lm.adapter.mlp_out_proj(layer))]
+    embedding = lm.adapter.embedding(lm.model)
+    tied = [lm.model.get_output_embeddings()] if getattr(lm.model.config, "tie_word_embeddings", False) else []
+    require_in_memory(lm.model, [embedding, *writers, *[m for m in tied if m is not None]],
+                      "weight orthogonalization")
+    basis = projection.basis.detach().to(dtype=torch.float32)
     _untie_embeddings(lm.model)
-    _project_rows(lm.adapter.embedding(lm.model).weight, basis)
-    for layer in lm.adapter.layers(lm.model):
-        for linear in (lm.adapter.attn_out_proj(layer), lm.adapter.mlp_out_proj(layer)):
-            _project_columns(linear.weight, basis)
-            if linear.bias is not None:
-                _project_rows(linear.bias[None, :], basis)
+    _project_rows(embedding.weight, basis)
+    for linear in writers:
+        _project_columns(linear.weight, basis)
+        if linear.bias is not None:
+            _project_rows(linear.bias[None, :], basis)

@@ -3,7 +3,8 @@
 ``collect_activations`` returns, for prompts ``x_1..x_n``, the inputs of every decoder layer (``resid_pre``) at
 the last ``P`` prompt positions (the chat template's post-instruction tokens; with left padding they are the last
 ``P`` positions of every row): per-prompt ``acts [n, L, P, d]`` in the model's dtype and their float64 mean
-``[L, P, d]`` accumulated batch by batch. Results are cached on disk keyed by model + prompts + template.
+``[L, P, d]`` accumulated batch by batch, on the host whatever devices the layers run on (a device map). Results are
+cached on disk keyed by model + prompts + template.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from refusal_lab.core.io import atomic_path
 from refusal_lab.models.bundled import cache_dir
 from refusal_lab.models.forward import prefix_batches
+from refusal_lab.models.placement import stack_on_host
 
 
 @dataclass
@@ -69,7 +71,7 @@ def collect_activations(lm, prompts: list[str], batch_size: int = 16, use_cache:
             task = progress.add_task(description, total=len(prompts))
             for batch in prefix_batches(lm, prompts, batch_size, keep=n_pos, body_only=True):
                 lm.model.model(**batch.inputs, use_cache=True)
-                stacked = torch.stack(captured, dim=1).cpu()  # [b, L, P, d]
+                stacked = stack_on_host(captured, dim=1)  # [b, L, P, d]; layers may sit on several devices
                 acts[batch.rows] = stacked.to(acts.dtype)
                 total += stacked.double().sum(0)
                 progress.advance(task, len(batch.rows))

@@ -13,6 +13,12 @@ from torch import nn
 from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.models.adapters import Adapter, adapter_for
 from refusal_lab.models.bundled import BUNDLED, cache_dir, convert_gguf, ensure_cached
+from refusal_lab.models.placement import (
+    check_devices_exist,
+    check_module_names,
+    execution_device,
+    parse_device_map,
+)
 
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32,
           "float16": torch.float16, "fp16": torch.float16}
@@ -39,7 +45,14 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the input embedding's execution device (with a device map, accelerate moves every
+        later module's inputs to its own device)."""
+        return execution_device(self.model.get_input_embeddings())
+
+    @property
+    def device_map(self) -> dict[str, int | str] | None:
+        """The module → device placement accelerate dispatched (None: the model was not dispatched)."""
+        return getattr(self.model, "hf_device_map", None)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -118,24 +131,56 @@ def default_dtype(device: str) -> str:
     return "float32"
 
 
-def load_model(spec: str, dtype: str = "auto", device: str = "cpu") -> LoadedModel:
+def _placement(device_map, offload_folder: str | None) -> dict:
+    """``from_pretrained`` keyword arguments for a device map (none without one: the caller moves the model)."""
+    parsed = parse_device_map(device_map)
+    if parsed is None:
+        if offload_folder is not None:
+            raise RefusalLabError("offload_folder is only used with a device map that offloads to disk; set "
+                                  "device_map too (e.g. --device-map auto) or drop offload_folder")
+        return {}
+    check_devices_exist(parsed)
+    placement = {"device_map": parsed}
+    if offload_folder is not None:
+        Path(offload_folder).expanduser().mkdir(parents=True, exist_ok=True)
+        placement["offload_folder"] = str(Path(offload_folder).expanduser())
+    return placement
+
+
+def load_model(spec: str, dtype: str = "auto", device: str = "cpu", device_map=None,
+               offload_folder: str | None = None) -> LoadedModel:
     """Load ``spec``: a bundled name (see ``refusal-lab models``), a HF id, a model directory or a ``.gguf`` file.
 
-    ``dtype="auto"`` picks :func:`default_dtype` for the device."""
+    ``dtype="auto"`` picks :func:`default_dtype` for the device (for the first accelerator with a device map).
+    ``device_map`` (:mod:`refusal_lab.models.placement`: a strategy, a dict, a JSON string or a file) places the
+    modules through accelerate instead of moving the whole model to ``device``; ``offload_folder`` is where weights
+    placed on ``"disk"`` are written when they cannot be read from the checkpoint in place."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a seconds-long weight load needs no bar; our own stages show progress
+    placement = _placement(device_map, offload_folder)
+    if placement and dtype == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = default_dtype(device) if dtype == "auto" else dtype
     if dtype not in DTYPES:
         raise RefusalLabError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     name, location = resolve_model_dir(spec)
     try:
         tokenizer = AutoTokenizer.from_pretrained(location)
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=DTYPES[dtype]).to(device)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=DTYPES[dtype], **placement)
     except OSError as error:
         raise RefusalLabError(
             f"could not load model {spec!r}: it is not a bundled model ({', '.join(BUNDLED)}), a local directory "
             f"or .gguf file, and the Hugging Face hub could not provide it ({str(error).splitlines()[0]})"
         ) from None
+    except (ValueError, KeyError) as error:
+        if not placement:
+            raise
+        raise RefusalLabError(f"could not place model {spec!r} with device map {device_map!r}: "
+                              f"{str(error).splitlines()[0]}") from None
+    if not placement:
+        model = model.to(device)
+    else:
+        check_module_names(model, placement["device_map"])
     return wrap_model(model, tokenizer, name, source=location)

@@ -69,6 +69,9 @@ class EvaluateConfig(ConfigModel):
     mmlu_subjects: list[str] | None = None  # None: stratified over all 57 (one subject shares one 5-shot prefix)
     arc_n: PositiveInt = 300
     full_benchmarks: bool = False
+    # mmlu / arc scored by the built-in scorer or by EleutherAI's lm-evaluation-harness on the same questions
+    # (refusal_lab.evaluation.harness; pip install 'refusal-lab[lm-eval]')
+    capability_scorer: Literal["builtin", "lm-eval"] = "builtin"
     text_docs: PositiveInt = 64  # documents per general-text set (lambada, boolq, prose)
     text_sets: list[Literal["lambada", "boolq", "speeches"]] | None = None  # perplexity sets (None: all)
     batch_size: PositiveInt = 16
@@ -146,7 +149,8 @@ def evaluate(lm, config: EvaluateConfig, out: str | Path, run_dir: str | Path | 
     try:
         suite = Suite(lm, store, harmful, harmless, metrics=config.metrics, judges=_judges(config),
                       lengths=config.lengths, texts=texts, questions=questions, guard=guard,
-                      batch_size=config.batch_size, n_generate=config.n_generate,
+                      batch_size=config.batch_size, capability_scorer=config.capability_scorer,
+                      n_generate=config.n_generate,
                       llm_judged=lambda c: _matches(c.control_for if c.control else c.name, config.llm_judged))
         rows, items = suite.run(conditions)
         store.export()

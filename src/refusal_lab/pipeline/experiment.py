@@ -30,6 +30,7 @@ from refusal_lab.data import Splits, dataset_splits
 from refusal_lab.methods.registry import MethodsConfig
 from refusal_lab.models.bundled import DEFAULT_MODEL
 from refusal_lab.models.load import load_model
+from refusal_lab.models.placement import DeviceMapSetting
 from refusal_lab.pipeline.comparison import CompareConfig, Comparison, compare
 from refusal_lab.pipeline.extraction import (
     Extraction,
@@ -48,6 +49,10 @@ class RunConfig(ConfigModel):
 
     model: str = DEFAULT_MODEL
     dtype: str = "auto"
+    # where the model's modules go (refusal_lab.models.placement): None, one device; "auto", a {module: device} table
+    # or a .json/.toml file, through accelerate. Placement only: not part of the run's fingerprint (PLACEMENT)
+    device_map: DeviceMapSetting = None
+    offload_folder: str | None = None  # where "disk"-placed weights are written when not read from the checkpoint
     seed: int = 0
     # refusal_lab.data.sources; mixed (half topic-matched pairs, half AdvBench vs generic requests) is the default:
     # its direction both bypasses and induces on held-out generic requests (docs/results/training-data.md, "Which
@@ -61,6 +66,16 @@ class RunConfig(ConfigModel):
     methods: MethodsConfig = MethodsConfig()
     compare: CompareConfig = CompareConfig(measure="generation", kinds=["ablate", "actadd"], scopes=["all"],
                                            actadd_scopes=["layer"], sweep_max_k=0, center_variants=False)
+
+
+#: the settings that only say where the model runs: a run directory made on one device resumes on several
+PLACEMENT = {"device_map": None, "offload_folder": None}
+
+
+def load_run_model(config):
+    """The model of a RunConfig / OptimizeConfig, in its dtype and placement."""
+    return load_model(config.model, dtype=config.dtype, device_map=config.device_map,
+                      offload_folder=config.offload_folder)
 
 
 def load_config(path: str | Path | None, **overrides) -> RunConfig:
@@ -99,7 +114,7 @@ def open_run(config: RunConfig, run_dir: str | Path, lm=None) -> tuple[Path, Spl
     comparison directory checks its own."""
     run_dir = Path(run_dir)
     directory = RunDirectory(run_dir)
-    directory.bind(config=config.model_copy(update={"compare": CompareConfig()}))
+    directory.bind(config=config.model_copy(update={"compare": CompareConfig(), **PLACEMENT}))
     if not (run_dir / "config.json").exists():
         write_json(run_dir / "config.json", json.loads(config.model_dump_json()))
     splits = prepare_splits(config, run_dir)
@@ -154,7 +169,7 @@ def run_compare(lm, config: RunConfig, run_dir: str | Path, fits=None) -> Compar
 def run(config: RunConfig, run_dir: str | Path, lm=None) -> tuple[Extraction, Comparison | None]:
     """The whole job, resumable: extract every configured method → compare on held-out prompts."""
     open_run(config, run_dir)  # settings and data checked (and recorded) before minutes of model loading
-    lm = lm or load_model(config.model, dtype=config.dtype)
+    lm = lm or load_run_model(config)
     extraction = run_extract(lm, config, run_dir)
     if extraction.chosen.get(("dim", config.selection.scopes[0])) is None:
         return extraction, None

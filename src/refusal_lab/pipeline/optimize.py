@@ -51,7 +51,8 @@ from refusal_lab.search.edit import Abliteration
 from refusal_lab.search.space import AbliterationParams, suggest
 
 log = Console(stderr=True, width=None if sys.stderr.isatty() else 150).log
-UNTRACKED = ("trials", "time_budget_min", "survivors")  # settings a resumed search may change
+# settings a resumed search may change (the placement: where the model runs, not what it computes)
+UNTRACKED = ("trials", "time_budget_min", "survivors", "device_map", "offload_folder")
 STUDY = "abliteration"  # the study's name in RUN_DIR/optuna.journal
 
 

@@ -32,6 +32,7 @@ from refusal_lab.evaluation.texts import load_texts
 from refusal_lab.interventions.scoring import last_token_logprobs
 from refusal_lab.models.activations import collect_activations
 from refusal_lab.models.bundled import DEFAULT_MODEL
+from refusal_lab.models.placement import DeviceMapSetting
 from refusal_lab.pipeline.heldout import record_seen
 from refusal_lab.search.edit import Abliteration
 from refusal_lab.search.refine import RefineSettings, refine_direction
@@ -47,6 +48,8 @@ class OptimizeConfig(ConfigModel):
 
     model: str = DEFAULT_MODEL
     dtype: str = "auto"
+    device_map: DeviceMapSetting = None  # as RunConfig's (refusal_lab.models.placement); not fingerprinted
+    offload_folder: str | None = None
     seed: int = 0
     sources: list[Source] = ["mixed", "unmatched", "matched", "refined"]
     n_train: int = Field(128, ge=2)

@@ -40,7 +40,14 @@ from refusal_lab.models.adapters import SUPPORTED_MODEL_TYPES
 from refusal_lab.models.bundled import BUNDLED, DEFAULT_MODEL
 from refusal_lab.models.load import load_model
 from refusal_lab.pipeline.evaluate import EvaluateConfig, evaluate
-from refusal_lab.pipeline.experiment import RunConfig, code_version, open_run, record_timing, run_extract
+from refusal_lab.pipeline.experiment import (
+    PLACEMENT,
+    RunConfig,
+    code_version,
+    open_run,
+    record_timing,
+    run_extract,
+)
 from refusal_lab.pipeline.rundir import RunDirectory
 from refusal_lab.pipeline.study_analysis import analyse, draw_figures, load_evidence
 
@@ -66,7 +73,7 @@ class StudyConfig(RunConfig):
     to analyse it. ``model`` is ignored; ``models`` lists them."""
 
     models: list[str] = [DEFAULT_MODEL]
-    device: str = "auto"  # auto: cuda when present, else cpu
+    device: str = "auto"  # auto: cuda when present, else cpu; a device_map (RunConfig) places the model instead
     evaluate: EvaluateConfig = EvaluateConfig(interventions=["*"], judges=["substring", "markers"], control_seeds=1)
     analysis: AnalysisConfig = AnalysisConfig()
 
@@ -107,7 +114,7 @@ def check_models(models: list[str]) -> None:
 def _bind_study(config: StudyConfig, out: Path) -> None:
     """Bind ``out`` to ``config`` (another config is refused, naming the setting that differs); ``study.json`` is
     its readable copy."""
-    RunDirectory(out).bind(config=config)
+    RunDirectory(out).bind(config=config.model_copy(update=PLACEMENT))
     if not (out / "study.json").exists():
         write_json(out / "study.json", json.loads(config.model_dump_json()))
 
@@ -130,7 +137,8 @@ def run_study(config: StudyConfig, out: str | Path) -> tuple[Path, dict[str, lis
         for model in config.models:
             run_cfg, model_dir = config.run_config(model), out / model_slug(model)
             progress.update(bar, description=f"{model}: load")
-            lm = load_model(model, dtype=config.dtype, device=device)
+            lm = load_model(model, dtype=config.dtype, device=device, device_map=config.device_map,
+                            offload_folder=config.offload_folder)
             progress.update(bar, description=f"{model}: extract")
             fits = run_extract(lm, run_cfg, model_dir, config.extract_methods).fits  # reused: fitted once
             progress.advance(bar, STAGE_WEIGHTS["extract"])

@@ -29,6 +29,7 @@ from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.core.io import atomic_path
 from refusal_lab.interventions.base import Projection
 from refusal_lab.interventions.hooks import Intervention
+from refusal_lab.models.placement import materialized, require_in_memory
 from refusal_lab.search.space import COMPONENTS, SITE_OF, AbliterationParams, layer_directions
 
 
@@ -101,8 +102,9 @@ class Abliteration:
                                   "interventions(lm=lm)")
         hooks = []
         for l, c, linear, r, w in self.writers(lm, dense=dense):
-            s_in, s_out = row_norm_scales(linear.weight.detach().float(), r, w)
-            bias = linear.bias.detach().float() if linear.bias is not None else None
+            with materialized(linear):  # an offloaded writer's weights are read in (a device map)
+                s_in, s_out = row_norm_scales(linear.weight.detach().float(), r.to(linear.weight.device), w)
+                bias = linear.bias.detach().float() if linear.bias is not None else None
             hooks.append(Intervention(RowNormalizedAblation(r, w, s_in.float(), s_out.float(), bias), layers=(l,),
                                       sites=(SITE_OF[c],), placement="writes", name=f"abliterate-{c}-{l}"))
         return hooks
@@ -129,7 +131,8 @@ class Abliteration:
 
     @torch.no_grad()
     def apply_to_weights(self, lm) -> None:
-        """Edit ``lm.model`` in place (see module docstring)."""
+        """Edit ``lm.model`` in place (see module docstring); each writer on its own device, none offloaded."""
+        require_in_memory(lm.model, [linear for *_, linear, _, _ in self.writers(lm)], "the abliteration")
         for _, _, linear, r, w in self.writers(lm):
             weight = linear.weight
             r = r.to(weight.device)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from refusal_lab.cli.common import load, run_config
-from refusal_lab.cli.options import out_dir_option
+from refusal_lab.cli.options import DeviceMapOption, OffloadFolderOption, out_dir_option
 from refusal_lab.cli.tables import console, print_table
 from refusal_lab.core.config import load_config_file
 from refusal_lab.core.io import write_csv
@@ -29,14 +29,16 @@ def abliterate(run_dir: Annotated[Path, typer.Option("--run", help="run director
                lora: Annotated[bool, typer.Option(help="optimize runs: also write the edit as a PEFT LoRA adapter "
                                                   "(OUT/lora)")] = False,
                dtype: Annotated[str, typer.Option(help="weights' dtype: auto (bf16 where the CPU is fast at it), "
-                                                "float32, bfloat16 or float16")] = "auto"):
+                                                "float32, bfloat16 or float16")] = "auto",
+               device_map: DeviceMapOption = None, offload_folder: OffloadFolderOption = None):
     """Bake a run's edit into the weights and save a plain transformers model directory: an extract run's
     projection at every layer, or one trial of an optimize run (with reproduce.json)."""
     if (run_dir / "optuna.journal").exists():
-        cfg = load_config_file(run_dir / "config.json", OptimizeConfig, model=model)
+        cfg = load_config_file(run_dir / "config.json", OptimizeConfig, model=model, device_map=device_map,
+                               offload_folder=offload_folder)
         written = export_trial(load(cfg, dtype), run_dir, out, trial, max_kl, lora)
     else:
-        cfg = run_config(None, run_dir, model=model)
+        cfg = run_config(None, run_dir, model=model, device_map=device_map, offload_folder=offload_folder)
         written = abliterate_job(load(cfg, dtype), run_dir, out, kind)
     console.print(f"abliterated model written to {written}")
 
@@ -51,12 +53,15 @@ def optimize(
     config: Annotated[Optional[Path], typer.Option(help="OptimizeConfig as .toml or .json ([optimize] table)")] = None,
     heldout: Annotated[int, typer.Option(help="also score the front on this many held-out requests per side "
                                          "(RUN_DIR/heldout.csv; 0: skip)")] = 100,
+    device_map: DeviceMapOption = None,
+    offload_folder: OffloadFolderOption = None,
 ):
     """Search abliteration parameters for a refusal × KL Pareto front on the validation split (Optuna TPE)."""
     if config is None and (out / "config.json").exists():
         config = out / "config.json"
     cfg = load_config_file(config, OptimizeConfig, section="optimize" if config and config.suffix == ".toml" else None,
-                           model=model, trials=trials, max_kl=max_kl, time_budget_min=time_budget)
+                           model=model, trials=trials, max_kl=max_kl, time_budget_min=time_budget,
+                           device_map=device_map, offload_folder=offload_folder)
     lm = load(cfg)
     pareto = optimize_job(lm, cfg, out)
     shown = pareto[[c for c in ("trial", "refusals", "n", "kl", "nll_change", "p_refusal", "source",

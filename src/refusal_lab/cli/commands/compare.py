@@ -13,8 +13,10 @@ from refusal_lab.cli.commands.study import run_and_report
 from refusal_lab.cli.common import cap_n_eval, load, require_run_dir, run_config
 from refusal_lab.cli.options import (
     ConfigOption,
+    DeviceMapOption,
     EvalSet,
     Measure,
+    OffloadFolderOption,
     RunDirOption,
     Scope,
     out_dir_option,
@@ -47,6 +49,8 @@ def compare(
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="prompts per forward pass")] = None,
     eval_set: Annotated[Optional[EvalSet], typer.Option(help="test (the run's test split) or generic (held-out "
                                                         "AdvBench vs generic everyday requests)")] = None,
+    device_map: DeviceMapOption = None,
+    offload_folder: OffloadFolderOption = None,
 ):
     """The intervention matrix of one run (--run RUN_DIR) on held-out prompts
     (RUN/comparison/<measure>/{comparison,rank_k_sweep}.csv; resumable). The study of a whole config is
@@ -61,7 +65,7 @@ def compare(
         raise RefusalLabError("compare needs --run RUN_DIR (one run's intervention matrix); the study of a config "
                               "is refusal-lab study --config FILE --out DIR")
     require_run_dir(run_dir)
-    cfg = run_config(config, run_dir, model=model)
+    cfg = run_config(config, run_dir, model=model, device_map=device_map, offload_folder=offload_folder)
     n_eval = cap_n_eval(n_eval, Splits.load(run_dir / "splits.json")) if (run_dir / "splits.json").exists() else n_eval
     options = {"measure": measure.value if measure else None, "n_eval": n_eval, "kinds": kind,
                "scopes": [s.value for s in scope] if scope else None, "control_seeds": control_seeds,

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from refusal_lab.cli.common import load, require_run_dir, run_config
-from refusal_lab.cli.options import ConfigOption, EvalSet, out_dir_option
+from refusal_lab.cli.options import ConfigOption, DeviceMapOption, EvalSet, OffloadFolderOption, out_dir_option
 from refusal_lab.cli.tables import print_table
 from refusal_lab.core.config import load_config_file
 from refusal_lab.data import Splits, dataset_splits
@@ -39,16 +39,22 @@ def evaluate(
     eval_set: Annotated[Optional[EvalSet], typer.Option(help="generic (default) or the run's test split")] = None,
     control_seeds: Annotated[Optional[int], typer.Option(min=0, help="random controls per intervention")] = None,
     full: Annotated[bool, typer.Option(help="full MMLU and ARC instead of seeded subsets")] = False,
+    capability_scorer: Annotated[Optional[str], typer.Option(help="mmlu/arc scorer: builtin (default) or lm-eval "
+                                                             "(EleutherAI's harness on the same offline questions; "
+                                                             "pip install 'refusal-lab[lm-eval]')")] = None,
+    device_map: DeviceMapOption = None,
+    offload_folder: OffloadFolderOption = None,
 ):
     """Score the model and the run's interventions on every metric, each as Δ vs the baseline with intervals."""
     cfg = load_config_file(config, EvaluateConfig, section="evaluate", metrics=metrics.split(",") if metrics else None,
                            judges=judge, judge_url=judge_url, judge_model=judge_model, judge_ablate=judge_ablate,
                            guard=guard,
                            interventions=intervention, n_eval=n_eval, eval_set=eval_set.value if eval_set else None,
-                           control_seeds=control_seeds, full_benchmarks=full or None)
+                           control_seeds=control_seeds, full_benchmarks=full or None,
+                           capability_scorer=capability_scorer)
     if run_dir is not None:
         require_run_dir(run_dir)
-    run_cfg = run_config(None, run_dir, model=model)
+    run_cfg = run_config(None, run_dir, model=model, device_map=device_map, offload_folder=offload_folder)
     splits = (Splits.load(run_dir / "splits.json") if run_dir else
               dataset_splits(run_cfg.data, n_train=run_cfg.n_train, n_val=run_cfg.n_val, seed=run_cfg.seed))
     rows = evaluate_job(lambda: load(run_cfg), cfg, out, run_dir, run_cfg, splits)  # loads after the held-out rule

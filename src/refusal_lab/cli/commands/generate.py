@@ -8,9 +8,11 @@ from typing import Annotated, Optional
 import typer
 
 from refusal_lab.cli.options import (
+    DeviceMapOption,
     FlipVariant,
     InterventionKind,
     ModelOption,
+    OffloadFolderOption,
     RunDirOption,
     Scope,
     Site,
@@ -43,12 +45,14 @@ def generate(
                                                    "subspace, layer otherwise)")] = None,
     site: Annotated[Optional[list[Site]], typer.Option(help="repeatable; default resid_pre for ActAdd kinds, "
                                                        "all three sites otherwise")] = None,
+    device_map: DeviceMapOption = None,
+    offload_folder: OffloadFolderOption = None,
 ):
     """Greedy completions, optionally under one of the run's interventions."""
     texts = load_prompts_for_generation(prompts)
     if intervention != InterventionKind.none and run_dir is None:
         raise RefusalLabError(f"--intervention {intervention.value} needs --run RUN_DIR (from refusal-lab extract)")
-    lm = load_model(model)
+    lm = load_model(model, device_map=device_map, offload_folder=offload_folder)
     params = {"scale": scale, "alpha": alpha, "k": k, "sites": [s.value for s in site] if site else None}
     if flip_variant is not None:
         params["flip_variant"] = flip_variant.value

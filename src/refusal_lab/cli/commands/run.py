@@ -10,8 +10,10 @@ import typer
 from refusal_lab.cli.common import cap_n_eval, load, run_config
 from refusal_lab.cli.options import (
     ConfigOption,
+    DeviceMapOption,
     Method,
     ModelOption,
+    OffloadFolderOption,
     Scope,
     out_dir_option,
 )
@@ -25,10 +27,13 @@ def run(
     config: ConfigOption = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m")] = None,
     n_eval: Annotated[Optional[int], typer.Option(help="held-out prompts per side", min=1)] = None,
+    device_map: DeviceMapOption = None,
+    offload_folder: OffloadFolderOption = None,
 ):
     """One run: extract and select every configured method, then compare on held-out prompts (the DiM preset; the
     study of every method, metric and figure is `refusal-lab study --config FILE --out DIR`)."""
-    cfg = run_config(config, None, model=model, **{"compare.n_eval": n_eval})
+    cfg = run_config(config, None, model=model, device_map=device_map, offload_folder=offload_folder,
+                     **{"compare.n_eval": n_eval})
     n_eval = cap_n_eval(cfg.compare.n_eval, prepare_splits(cfg, out))
     cfg = cfg.model_copy(update={"compare": cfg.compare.model_copy(update={"n_eval": n_eval})})
     console.print(f"[bold]refusal-lab run[/] model={cfg.model} → {out}")
@@ -44,10 +49,11 @@ def extract(model: ModelOption, out: Annotated[Path, typer.Option(help="run dire
             method: Annotated[Optional[list[Method]], typer.Option(help="repeatable; methods to fit and select "
                                                                   "(DiM always runs first)")] = None,
             scope: Annotated[Optional[list[Scope]], typer.Option(help="repeatable; scopes to select at "
-                                                                "(default: the config's, else all)")] = None):
+                                                                "(default: the config's, else all)")] = None,
+            device_map: DeviceMapOption = None, offload_folder: OffloadFolderOption = None):
     """Fit every requested method on the train split, select each at every scope on the val split, and write the
     ranked tables and chosen artifacts to OUT/methods/<method>/."""
-    overrides = {"model": model}
+    overrides = {"model": model, "device_map": device_map, "offload_folder": offload_folder}
     if scope:
         overrides["selection.scopes"] = [s.value for s in scope]
     cfg = run_config(config, out, **overrides)
