@@ -18,7 +18,7 @@ from refusal_lab.core.vocabulary import BASELINE
 from refusal_lab.evaluation.stats import Estimate, difference
 
 FLIP_ALPHA = 2.0  # 3, 5: the flip the findings are about (rows naming another alpha are left out)
-_LENGTH_METRICS = ("refusal", "harmless_refusal")  # judged at every generation length; the rest at one
+REFUSAL_METRICS = ("refusal", "harmless_refusal")  # read per judge and length (``tokens``); the rest at one
 _ITEM_COLUMNS = ("intervention", "metric", "judge", "dataset", "max_new_tokens", "item", "value", "tokens")
 
 
@@ -69,9 +69,9 @@ class Reader:
     def values(self, name: str, metric: str, dataset: str) -> pd.DataFrame | None:
         t = self.items
         sel = t[(t["intervention"] == name) & (t["metric"] == metric) & (t["dataset"] == dataset)]
-        if metric in _LENGTH_METRICS:
+        if metric in REFUSAL_METRICS:
             sel = sel[sel["judge"] == self.judge]
-        length = self.tokens if self.tokens is not None and metric in _LENGTH_METRICS else sel["max_new_tokens"].max()
+        length = self.tokens if self.tokens is not None and metric in REFUSAL_METRICS else sel["max_new_tokens"].max()
         sel = sel[sel["max_new_tokens"] == length]
         return None if sel.empty else sel.drop_duplicates("item").set_index("item")[["value", "tokens"]]
 
@@ -127,4 +127,4 @@ class Reader:
         return None if flags.empty else bool(flags.iloc[0])
 
 
-__all__ = ["FLIP_ALPHA", "Reader", "Row", "interventions"]
+__all__ = ["FLIP_ALPHA", "REFUSAL_METRICS", "Reader", "Row", "interventions"]
