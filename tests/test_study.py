@@ -163,6 +163,16 @@ def _rows(stdout: str) -> list[list[str]]:
             if line.startswith("│")]
 
 
+def test_finding_differences_name_the_fields_with_numbers_within_tolerance():
+    stored = {"id": 1, "verdict": "supported", "numbers": {"cosine": 0.9, "refusal": [0.5, 0.1, 0.9]}, "note": ""}
+    assert differences(stored, stored | {"numbers": {"cosine": 0.9 + 1e-12, "refusal": [0.5, 0.1, 0.9]}}) == ()
+    assert differences(stored, stored | {"verdict": "inconclusive", "numbers": {"cosine": 0.9}}) == ("verdict",
+                                                                                                   "numbers")
+    assert differences(stored, stored | {"numbers": {"cosine": 0.9, "refusal": [0.5, 0.1, 0.91]}}) == ("numbers",)
+    assert differences(stored, stored | {"power": 0.8}) == ("power",)  # a field a finding gains is compared too
+    assert differences(stored, None) == ("missing",) and differences(None, None) == ()
+
+
 @pytest.mark.slow
 def test_findings_recomputes_every_verdict_and_names_a_disagreement(study, tmp_path):
     root, _, env, _ = study

@@ -86,11 +86,11 @@ def load_finished_study(run_dir: str | Path) -> tuple[StudyConfig, dict]:
     return config, read_json(run_dir / "findings.json")
 
 
-def _check_setting(evidence: ModelEvidence, judge: str, tokens: int | None, model_dir: Path) -> None:
-    """``judge`` and ``tokens`` name a judge and a generation length of the model's refusal rows."""
+def _check_setting(evidence: ModelEvidence, judge: str | None, tokens: int | None, model_dir: Path) -> None:
+    """``judge`` and ``tokens``, where given, name a judge and a generation length of the model's refusal rows."""
     judged = evidence.results[evidence.results["metric"].isin(REFUSAL_METRICS)]
     judges, lengths = sorted(set(judged["judge"])), sorted({int(n) for n in judged["max_new_tokens"].dropna()})
-    if judge not in judges:
+    if judge is not None and judge not in judges:
         raise RefusalLabError(f"judge {judge!r} is not stored in {model_dir / 'evaluation'} (stored: "
                               f"{', '.join(judges) or 'none'}); pass one of them as --judge")
     if tokens is not None and tokens not in lengths:
@@ -132,9 +132,8 @@ def recheck(run_dir: str | Path, judge: str | None = None, tokens: int | None = 
     study's setting."""
     run_dir = Path(run_dir)
     config, stored = load_finished_study(run_dir)
-    study_judge = config.evaluate.judges[0]
-    judge = judge or study_judge
-    compared = judge == study_judge and tokens is None
+    study_judge = config.evaluate.judges[0]  # as the study assessed (run_study)
+    compared = judge in (None, study_judge) and tokens is None
     checks, seen = [], set()
     for model in config.models:
         model_dir = run_dir / model_slug(model)
@@ -142,11 +141,11 @@ def recheck(run_dir: str | Path, judge: str | None = None, tokens: int | None = 
         _check_setting(evidence, judge, tokens, model_dir)
         seen.add(evidence.model)
         old = stored.get("models", {}).get(evidence.model, {}).get("findings", [])
-        checks += _checks(evidence.model, old, assess(evidence, judge=judge, tokens=tokens), compared)
+        checks += _checks(evidence.model, old, assess(evidence, judge=judge or study_judge, tokens=tokens), compared)
     for name, entry in stored.get("models", {}).items():  # stored for a model the study does not name
         if name not in seen:
             checks += _checks(name, entry.get("findings", []), [], compared)
-    return Recheck(run_dir, judge, tokens, compared, checks)
+    return Recheck(run_dir, judge or study_judge, tokens, compared, checks)
 
 
 __all__ = ["ATOL", "RTOL", "FindingCheck", "Recheck", "differences", "load_finished_study", "recheck"]
