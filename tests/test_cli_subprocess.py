@@ -212,3 +212,13 @@ def test_compare_without_run_points_to_study(tmp_path, bad_study_config):
     line = one_line_error(cli("compare", "--config", bad_study_config, cwd=tmp_path), 1, "compare needs --run RUN_DIR",
                           "refusal-lab study --config FILE --out DIR")
     assert "deprecated" not in line
+
+
+def test_findings_outside_a_finished_study_is_one_line(tmp_path):
+    one_line_error(cli("findings", "--run", tmp_path, cwd=tmp_path), 1,
+                   f"{tmp_path} is not a study directory (no study.json)")
+    (tmp_path / "study.json").write_text(json.dumps({"models": ["qwen2.5-coder-0.5b-instruct"]}))
+    one_line_error(cli("findings", "--run", tmp_path, cwd=tmp_path), 1,
+                   f"{tmp_path} is not a finished study (no {tmp_path / 'findings.json'})",
+                   f"refusal-lab study --config {tmp_path / 'study.json'} --out {tmp_path}")
+    one_line_error(cli("findings", cwd=tmp_path), 2, "Missing option '--run'")

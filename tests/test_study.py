@@ -15,6 +15,7 @@ import pytest
 from conftest import ARCHITECTURES
 
 from refusal_lab.models.adapters import SUPPORTED_MODEL_TYPES
+from refusal_lab.pipeline.recheck import differences
 from refusal_lab.pipeline.study import load_study_config, model_slug
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,6 +157,78 @@ def test_study_rerun_resumes_without_recomputing(study):
     result = _cli("study", "--config", other, "--out", out, env=env)
     assert result.returncode == 1
     assert f"{out} was created with config evaluate.n_eval = 3, not 2: use the same settings to resume" in result.stderr
+
+
+def _rows(stdout: str) -> list[list[str]]:
+    """The body rows of a rich table, as stripped cells."""
+    return [[cell.strip() for cell in line.strip("│").split("│")] for line in stdout.splitlines()
+            if line.startswith("│")]
+
+
+def test_finding_differences_name_the_fields_with_numbers_within_tolerance():
+    stored = {"id": 1, "verdict": "supported", "numbers": {"cosine": 0.9, "refusal": [0.5, 0.1, 0.9]}, "note": ""}
+    assert differences(stored, stored | {"numbers": {"cosine": 0.9 + 1e-12, "refusal": [0.5, 0.1, 0.9]}}) == ()
+    assert differences(stored, stored | {"verdict": "inconclusive", "numbers": {"cosine": 0.9}}) == ("verdict",
+                                                                                                   "numbers")
+    assert differences(stored, stored | {"numbers": {"cosine": 0.9, "refusal": [0.5, 0.1, 0.91]}}) == ("numbers",)
+    assert differences(stored, stored | {"power": 0.8}) == ("power",)  # a field a finding gains is compared too
+    assert differences(stored, None) == ("missing",) and differences(None, None) == ()
+
+
+@pytest.mark.slow
+def test_findings_recomputes_every_verdict_and_names_a_disagreement(study, tmp_path):
+    root, _, env, _ = study
+    out = root / "out"
+    (model, entry), = json.loads((out / "findings.json").read_text())["models"].items()
+    result = _cli("findings", "--run", out, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _rows(result.stdout) == [[model, str(f["id"]), f["verdict"], f["verdict"], "yes"]
+                                    for f in entry["findings"]]
+    assert f"all 7 findings agree with {out / 'findings.json'}" in result.stdout
+    # another stored judge: its verdicts, not compared
+    result = _cli("findings", "--run", out, "--judge", "markers", env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {row[-1] for row in _rows(result.stdout)} == {"not compared"} and "not compared" in result.stdout
+    # one verdict changed in a copy: exit 1, one line naming it
+    tampered = tmp_path / "tampered"
+    shutil.copytree(out, tampered)
+    stored = json.loads((tampered / "findings.json").read_text())
+    changed = stored["models"][model]["findings"][2]
+    changed["verdict"] = "inconclusive" if changed["verdict"] != "inconclusive" else "supported"
+    (tampered / "findings.json").write_text(json.dumps(stored))
+    result = _cli("findings", "--run", tampered, env=env, timeout=300)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: 1 of 7 findings disagree with {tampered / 'findings.json'}: {model} finding 3 (verdict)"]
+    assert [model, "3", changed["verdict"], entry["findings"][2]["verdict"], "no: verdict"] in _rows(result.stdout)
+    # not a finished study: one line naming the missing file and the fix
+    missing = next(tampered.glob("*/analysis/landing.csv"))
+    missing.unlink()
+    result = _cli("findings", "--run", tampered, env=env, timeout=300)
+    assert result.returncode == 1 and result.stderr.strip().splitlines() == [
+        f"error: {tampered} is not a finished study (no {missing}); finish it with refusal-lab study --config "
+        f"{tampered / 'study.json'} --out {tampered}"]
+    result = _cli("findings", "--run", tmp_path, env=env, timeout=300)
+    assert result.returncode == 1 and result.stderr.strip().splitlines() == [
+        f"error: {tmp_path} is not a study directory (no study.json); refusal-lab study --config FILE --out "
+        f"{tmp_path} makes one"]
+
+
+@pytest.mark.slow
+def test_study_from_scratch_reproduces_the_findings(study, tmp_path):
+    """The same config and seed in a fresh directory with a fresh cache: the same verdicts and numbers."""
+    root, config, _, _ = study
+    result = _cli("study", "--config", config, "--out", tmp_path / "out", env={"REFUSAL_LAB_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    first, second = (json.loads((d / "findings.json").read_text()) for d in (root / "out", tmp_path / "out"))
+    assert first["thresholds"] == second["thresholds"] and first["models"].keys() == second["models"].keys()
+    for model, entry in first["models"].items():
+        again = second["models"][model]
+        assert {k: v for k, v in entry.items() if k != "findings"} == {k: v for k, v in again.items()
+                                                                       if k != "findings"}
+        assert [f["id"] for f in entry["findings"]] == [f["id"] for f in again["findings"]]
+        for old, new in zip(entry["findings"], again["findings"]):
+            assert differences(old, new) == (), (model, old, new)
 
 
 def _small_study(path: Path, model: Path, n_eval: int = 3) -> Path:

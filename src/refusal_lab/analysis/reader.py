@@ -27,7 +27,7 @@ MEASURES = {"first-token": ("first_token_refusal", "first_token_harmless_refusal
 COMPLIANCE = "judge"  # the suite's llm-judged compliance on harmful requests (with no guard configured)
 DETECTABLE_Z = 1.96 + 0.84  # a two-sided 5 % test with 80 % power: the effect is this many standard errors
 FLIP_ALPHA = 2.0  # 3, 5: the flip the findings are about (rows naming another alpha are left out)
-_LENGTH_METRICS = ("refusal", "harmless_refusal")  # judged at every generation length; the rest at one
+REFUSAL_METRICS = ("refusal", "harmless_refusal")  # read per judge and length (``tokens``); the rest at one
 _ITEM_COLUMNS = ("intervention", "metric", "judge", "dataset", "max_new_tokens", "item", "value", "tokens")
 
 
@@ -89,9 +89,9 @@ class Reader:
     def values(self, name: str, metric: str, dataset: str) -> pd.DataFrame | None:
         t = self.items
         sel = t[(t["intervention"] == name) & (t["metric"] == metric) & (t["dataset"] == dataset)]
-        if metric in _LENGTH_METRICS:
+        if metric in REFUSAL_METRICS:
             sel = sel[sel["judge"] == self.judge]
-        length = self.tokens if self.tokens is not None and metric in _LENGTH_METRICS else sel["max_new_tokens"].max()
+        length = self.tokens if self.tokens is not None and metric in REFUSAL_METRICS else sel["max_new_tokens"].max()
         sel = sel[sel["max_new_tokens"] == length]
         return None if sel.empty else sel.drop_duplicates("item").set_index("item")[["value", "tokens"]]
 
@@ -176,4 +176,5 @@ def detectable(e: Estimate) -> float:
     return DETECTABLE_Z * (se if se > 0 else 0.5 / math.sqrt(max(e.n, 1)))
 
 
-__all__ = ["COMPLIANCE", "DETECTABLE_Z", "FLIP_ALPHA", "MEASURES", "Reader", "Row", "detectable", "interventions"]
+__all__ = ["COMPLIANCE", "DETECTABLE_Z", "FLIP_ALPHA", "MEASURES", "REFUSAL_METRICS", "Reader", "Row", "detectable",
+           "interventions"]

@@ -12,6 +12,7 @@ from rich.markup import escape
 from refusal_lab.cli.commands.abliterate import abliterate, optimize
 from refusal_lab.cli.commands.compare import compare
 from refusal_lab.cli.commands.evaluate import evaluate
+from refusal_lab.cli.commands.findings import findings
 from refusal_lab.cli.commands.generate import generate
 from refusal_lab.cli.commands.models import models
 from refusal_lab.cli.commands.run import extract, run
@@ -20,8 +21,9 @@ from refusal_lab.core.errors import RefusalLabError
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
                   help="Locate, erase, flip and induce refusal in chat language models with linear methods.")
-COMMANDS = {"models": models, "study": study, "run": run, "extract": extract, "generate": generate,
-            "compare": compare, "abliterate": abliterate, "optimize": optimize, "evaluate": evaluate}  # help order
+COMMANDS = {"models": models, "study": study, "findings": findings, "run": run, "extract": extract,
+            "generate": generate, "compare": compare, "abliterate": abliterate, "optimize": optimize,
+            "evaluate": evaluate}  # help order
 for _name, _command in COMMANDS.items():
     app.command(_name)(_command)
 
