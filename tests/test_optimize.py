@@ -14,6 +14,7 @@ import pytest
 import torch
 from conftest import tiny_model
 
+import refusal_lab
 from refusal_lab.evaluation.store import ResultsStore
 from refusal_lab.interventions.batched import batched_scores
 from refusal_lab.interventions.hooks import apply_interventions
@@ -270,7 +271,8 @@ def test_export_reproduces_the_trials_refusals_and_kl(searched, tmp_path):
 
 def test_cli_optimize_and_abliterate_as_users_run_them(tmp_path, model_dir):
     bin_dir = Path(sys.executable).parent
-    env = {"REFUSAL_LAB_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", "PATH": str(bin_dir)}
+    env = {"REFUSAL_LAB_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", "PATH": str(bin_dir),
+           "PYTHONPATH": str(Path(refusal_lab.__file__).parents[1])}  # the script imports the code under test
     config = tmp_path / "optimize.toml"
     config.write_text('[optimize]\ndtype = "float32"\nsources = ["mixed"]\nn_train = 8\nn_val = 4\n'
                       'startup_trials = 2\ntrials_per_pass = 2\nrows_per_pass = 16\nsurvivors = 2\n'
@@ -286,6 +288,15 @@ def test_cli_optimize_and_abliterate_as_users_run_them(tmp_path, model_dir):
     assert heldout["trial"].tolist() == ["baseline", *map(str, pareto["trial"])]
     assert heldout.loc[0, "heldout_kl"] == pytest.approx(0, abs=1e-6) and (heldout["heldout_n"] == 3).all()
     assert heldout["val_kl"].iloc[1:].tolist() == pytest.approx(pareto["kl"].tolist())
+    per_context = pd.read_csv(run / "heldout-contexts.csv")  # 6 contexts × 2 request sets per trial
+    assert len(per_context) == 12 * len(heldout) and (per_context["n"] == 3).all()
+    assert set(per_context["context"]) == {"default", "none", "helpful", "persona", "terse", "two-turn"}
+    assert set(per_context["set"]) == {"advbench", "harmbench"}
+    for row in heldout.itertuples():
+        rows = per_context[per_context["trial"].astype(str) == row.trial]
+        first = rows[(rows["context"] == "default") & (rows["set"] == "advbench")].iloc[0]
+        assert (first["refusals"], first["kl"]) == (row.heldout_refusals, pytest.approx(row.heldout_kl))
+        assert row.worst_refusals == rows["refusals"].max() and row.worst_kl == pytest.approx(rows["kl"].max())
     out = tmp_path / "model"
     done = subprocess.run([str(bin_dir / "refusal-lab"), "abliterate", "--run", str(run), "--out", str(out),
                            "--max-kl", "100", "--dtype", "float32"], capture_output=True, text=True, env=env,

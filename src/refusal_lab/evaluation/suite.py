@@ -100,6 +100,7 @@ class Suite:
         if any(m in LANDING_METRICS for m in self.metrics) and clusters is None:
             raise ValueError("the landing metrics need the train activations' class means (clusters)")
         self.fingerprint = weights_hash(lm.model)
+        self.context = getattr(lm, "context_key", "")  # the chat context's, "" for the default: in every key
         self._base_logprobs: torch.Tensor | None = None
         self._first_token: dict[tuple[str, str], dict[str, torch.Tensor]] = {}  # (hash, side) → per-prompt values
         self._landing: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}  # (hash, side) → t, nearer
@@ -118,7 +119,8 @@ class Suite:
     def _generate(self, condition: Condition, side: str) -> list[list[int]]:
         prompts, length = self.generated[side], self.lengths[-1]
         stored = self.store.stored_generations(condition.hash, side, length)
-        keys = [f"{side}:{i}:{data_hash([p])}" for i, p in enumerate(prompts)]
+        keys = [f"{side}:{i}:{data_hash([p])}" + (f":{self.context}" if self.context else "")
+                for i, p in enumerate(prompts)]
         todo = [i for i, key in enumerate(keys) if key not in stored]
         if todo:
             def save(rows, ids):
@@ -288,10 +290,11 @@ class Suite:
     # --- running -------------------------------------------------------------------------------------------------
 
     def unit(self, condition: Condition, task: Task) -> str:
-        per_layer = {} if task.layer is None else {"layer": task.layer}
+        extra = ({} if task.layer is None else {"layer": task.layer}) | (
+            {"context": self.context} if self.context else {})
         return unit_key(model=self.fingerprint, intervention=condition.hash, metric=task.metric,
                         judge=task.scorer or task.judge, dataset=task.dataset,
-                        max_new_tokens=task.max_new_tokens, data=data_hash(self._task_data(task)), **per_layer)
+                        max_new_tokens=task.max_new_tokens, data=data_hash(self._task_data(task)), **extra)
 
     def _task_data(self, task: Task) -> list[str]:
         if task.metric in ("mmlu", "arc"):

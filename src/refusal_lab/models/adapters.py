@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from refusal_lab.core.errors import RefusalLabError
+from refusal_lab.models.contexts import DEFAULT, ChatContext, render
 
 _SENTINEL = "\u2063INSTRUCTION\u2063"
 
@@ -23,6 +24,24 @@ INST = "[INST] {instruction} [/INST]"
 GEMMA = "<start_of_turn>user\n{instruction}<end_of_turn>\n<start_of_turn>model\n"
 PHI3 = "<|user|>\n{instruction}<|end|>\n<|assistant|>\n"
 
+# The same formats as chat templates, for tokenizers without one: one user turn renders exactly as above; a system
+# turn where the family has one (ChatML, Llama 3, Phi-3), else the template raises on it as Gemma's and Mistral's do
+# (so a system prompt is folded into the first user turn, refusal_lab.models.contexts).
+_NO_SYSTEM = "{% if m['role'] == 'system' %}{{ raise_exception('this template has no system role') }}{% endif %}"
+_GENERATE = "{% if add_generation_prompt %}{{ '"
+CHATML_TEMPLATE = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+                   "{% endfor %}" + _GENERATE + "<|im_start|>assistant\\n' }}{% endif %}")
+LLAMA3_TEMPLATE = ("{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + "
+                   "m['content'] + '<|eot_id|>' }}{% endfor %}" + _GENERATE +
+                   "<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}")
+INST_TEMPLATE = ("{% for m in messages %}" + _NO_SYSTEM + "{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + "
+                 "' [/INST]' }}{% else %}{{ ' ' + m['content'] + eos_token }}{% endif %}{% endfor %}")
+GEMMA_TEMPLATE = ("{% for m in messages %}" + _NO_SYSTEM + "{{ '<start_of_turn>' + ('model' if m['role'] == "
+                  "'assistant' else m['role']) + '\\n' + m['content'] + '<end_of_turn>\\n' }}{% endfor %}" +
+                  _GENERATE + "<start_of_turn>model\\n' }}{% endif %}")
+PHI3_TEMPLATE = ("{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + '<|end|>\\n' }}{% endfor %}" +
+                 _GENERATE + "<|assistant|>\\n' }}{% endif %}")
+
 
 @dataclass(frozen=True)
 class Adapter:
@@ -30,7 +49,7 @@ class Adapter:
 
     family: str
     model_types: tuple[str, ...]
-    fallback_template: str
+    fallback_template: str  # a chat template (jinja) for tokenizers without one
     refusal_strings: tuple[str, ...] = ("I",)
     post_sublayer_norms: bool = False
 
@@ -56,25 +75,28 @@ class Adapter:
         return layer.mlp.down_proj
 
     # -- chat formatting -------------------------------------------------------------------------------------
-    def format_prompt(self, tokenizer, instruction: str) -> str:
-        """The chat-formatted prompt for one user turn, ending where the assistant's reply starts."""
-        if getattr(tokenizer, "chat_template", None):
-            return tokenizer.apply_chat_template(
-                [{"role": "user", "content": instruction}],
-                tokenize=False,
-                add_generation_prompt=True,
-                enable_thinking=False,  # Qwen3: no <think> turn; other templates ignore it
-            )
-        return self.fallback_template.format(instruction=instruction)
+    def chat_template(self, tokenizer) -> str | None:
+        """The template prompts are rendered with: None (the tokenizer's own) or the family's fallback."""
+        return None if getattr(tokenizer, "chat_template", None) else self.fallback_template
 
-    def post_instruction_suffix(self, tokenizer) -> str:
+    def format_prompts(self, tokenizer, instructions: list[str], context: ChatContext = DEFAULT) -> list[str]:
+        """The chat-formatted prompts, each ``instruction`` the last user turn of ``context`` (default: one user turn
+        under the template's default system prompt), ending where the assistant's reply starts."""
+        return render(tokenizer, self.chat_template(tokenizer), context, list(instructions))
+
+    def format_prompt(self, tokenizer, instruction: str, context: ChatContext = DEFAULT) -> str:
+        """:meth:`format_prompts` for one instruction."""
+        return self.format_prompts(tokenizer, [instruction], context)[0]
+
+    def post_instruction_suffix(self, tokenizer, context: ChatContext = DEFAULT) -> str:
         """The template text after the user's instruction (e.g. ``<|im_end|>\\n<|im_start|>assistant\\n``)."""
-        rendered = self.format_prompt(tokenizer, _SENTINEL)
+        rendered = self.format_prompt(tokenizer, _SENTINEL, context)
         return rendered.split(_SENTINEL, 1)[1]
 
-    def n_post_instruction_tokens(self, tokenizer) -> int:
+    def n_post_instruction_tokens(self, tokenizer, context: ChatContext = DEFAULT) -> int:
         """How many tokens follow the instruction; with left padding they are the last positions of every row."""
-        return len(tokenizer(self.post_instruction_suffix(tokenizer), add_special_tokens=False)["input_ids"])
+        suffix = self.post_instruction_suffix(tokenizer, context)
+        return len(tokenizer(suffix, add_special_tokens=False)["input_ids"])
 
     def refusal_token_ids(self, tokenizer) -> list[int]:
         """First-token ids of the family's refusal openings (Arditi et al.: "I", and "As" for Qwen)."""
@@ -87,14 +109,14 @@ class Adapter:
 
 
 ADAPTERS: tuple[Adapter, ...] = (
-    Adapter("llama", ("llama",), LLAMA3),  # Llama-2/3 and Yi; the tokenizer's own template wins when present
-    Adapter("mistral", ("mistral",), INST),
-    Adapter("qwen2", ("qwen2",), CHATML, refusal_strings=("I", "As")),
-    Adapter("qwen3", ("qwen3",), CHATML, refusal_strings=("I", "As")),
-    Adapter("gemma", ("gemma",), GEMMA),
-    Adapter("gemma2", ("gemma2",), GEMMA, post_sublayer_norms=True),
-    Adapter("gemma3", ("gemma3_text",), GEMMA, post_sublayer_norms=True),
-    Adapter("phi3", ("phi3",), PHI3),
+    Adapter("llama", ("llama",), LLAMA3_TEMPLATE),  # Llama-2/3 and Yi; the tokenizer's own template wins when present
+    Adapter("mistral", ("mistral",), INST_TEMPLATE),
+    Adapter("qwen2", ("qwen2",), CHATML_TEMPLATE, refusal_strings=("I", "As")),
+    Adapter("qwen3", ("qwen3",), CHATML_TEMPLATE, refusal_strings=("I", "As")),
+    Adapter("gemma", ("gemma",), GEMMA_TEMPLATE),
+    Adapter("gemma2", ("gemma2",), GEMMA_TEMPLATE, post_sublayer_norms=True),
+    Adapter("gemma3", ("gemma3_text",), GEMMA_TEMPLATE, post_sublayer_norms=True),
+    Adapter("phi3", ("phi3",), PHI3_TEMPLATE),
 )
 SUPPORTED_MODEL_TYPES = tuple(t for a in ADAPTERS for t in a.model_types)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -13,6 +13,7 @@ from torch import nn
 from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.models.adapters import Adapter, adapter_for
 from refusal_lab.models.bundled import BUNDLED, cache_dir, convert_gguf, ensure_cached
+from refusal_lab.models.contexts import DEFAULT, ChatContext, get_context
 from refusal_lab.models.placement import (
     check_devices_exist,
     check_module_names,
@@ -26,7 +27,11 @@ DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.f
 
 @dataclass
 class LoadedModel:
-    """A model, its tokenizer (left padding) and its architecture adapter."""
+    """A model, its tokenizer (left padding), its architecture adapter and the chat context prompts are formatted in.
+
+    Every path that formats prompts (activations, first-token scores, generation, the shared-prefix cache,
+    perplexity of responses) goes through :meth:`format` / :meth:`tokenize`, so a view under another context,
+    :meth:`in_context`, scores every one of them under it."""
 
     name: str
     model: nn.Module
@@ -34,6 +39,7 @@ class LoadedModel:
     adapter: Adapter
     source: str = ""
     extra: dict = field(default_factory=dict)
+    context: ChatContext = DEFAULT
 
     @property
     def n_layers(self) -> int:
@@ -60,14 +66,29 @@ class LoadedModel:
 
     @cached_property
     def n_post_instruction(self) -> int:
-        return self.adapter.n_post_instruction_tokens(self.tokenizer)
+        return self.adapter.n_post_instruction_tokens(self.tokenizer, self.context)
+
+    def in_context(self, context: ChatContext | str) -> LoadedModel:
+        """This model (the same weights, tokenizer and hooks) formatting prompts under ``context`` (a
+        :class:`ChatContext` or a registered name, :data:`~refusal_lab.models.contexts.CONTEXTS`)."""
+        return replace(self, context=get_context(context))
+
+    @cached_property
+    def context_key(self) -> str:
+        """What tells this context's prompts apart in a results store: "" where they render as under the default
+        context (so stored results stay valid), else 16 hex digits of the rendered template."""
+        probe = "\u2063KEY\u2063"
+        rendered = self.format([probe])[0]
+        if rendered == self.adapter.format_prompt(self.tokenizer, probe, DEFAULT):
+            return ""
+        return hashlib.sha256(rendered.encode()).hexdigest()[:16]
 
     @cached_property
     def refusal_token_ids(self) -> list[int]:
         return self.adapter.refusal_token_ids(self.tokenizer)
 
     def format(self, instructions: list[str]) -> list[str]:
-        return [self.adapter.format_prompt(self.tokenizer, text) for text in instructions]
+        return self.adapter.format_prompts(self.tokenizer, list(instructions), self.context)
 
     def tokenize(self, instructions: list[str]) -> dict[str, torch.Tensor]:
         """Chat-format and tokenize with left padding: row ends align, so position −1 is the last prompt token."""

@@ -3,7 +3,9 @@
 Refusals: greedy completions of ``max_new_tokens`` on the harmful prompts, judged by a phrase judge (heretic's
 markers by default), the suite's ``refusal`` metric; KL: the mean first-token ``KL(p_base ‖ p_edit)`` on the harmless
 prompts, its ``kl`` metric (no harmless prompts: no KL). Per-item values and generations live in the suite's store
-under ``directory``, so a rerun generates nothing already generated.
+under ``directory``, so a rerun generates nothing already generated. Prompts are formatted in ``lm``'s chat context
+(:meth:`~refusal_lab.models.load.LoadedModel.in_context`), which the store's keys include, so scorers of several
+contexts can share one store (``store=``).
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ BASELINE = Condition("baseline")
 class EditScorer:
     """Refusals and KL of edits on fixed prompts (see the module docstring); use as a context manager."""
 
-    def __init__(self, lm, directory: str | Path, harmful: list[str], harmless: list[str], judge,
-                 max_new_tokens: int, batch_size: int):
+    def __init__(self, lm, directory: str | Path | None, harmful: list[str], harmless: list[str], judge,
+                 max_new_tokens: int, batch_size: int, store: ResultsStore | None = None):
         self.lm = lm
-        self.store = ResultsStore(directory)
+        self.owns_store = store is None  # a shared store is closed by whoever opened it
+        self.store = ResultsStore(directory) if store is None else store
         self.n = len(harmful)
         self.suite = Suite(lm, self.store, harmful, harmless, metrics=["refusal"] + (["kl"] if harmless else []),
                            judges=[judge], lengths=[max_new_tokens], batch_size=batch_size)
@@ -33,7 +36,8 @@ class EditScorer:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.store.close()
+        if self.owns_store:
+            self.store.close()
 
     def score(self, name: str, ablation: Abliteration | None, **params) -> dict:
         """``{"refusals", "n"[, "kl"]}`` of one edit (None: the unmodified model) named ``name``."""

@@ -1,5 +1,6 @@
 """The rule that scores come only from rows no extraction, selection or search has seen, enforced in one place:
-:func:`eval_prompts`, which ``compare``, ``evaluate`` and optimize's held-out assessment take their prompts from.
+:func:`eval_prompts`, which ``compare``, ``evaluate`` and optimize's held-out assessment take their prompts from
+(the run's test split, or a fixed held-out set by name: ``generic`` / ``advbench``, ``harmbench``).
 
 What counts as seen: every train and validation prompt of the run's splits (``RUN_DIR/splits.json``), plus every
 prompt a search listed in ``RUN_DIR/seen/*.json`` (a JSON list of prompt texts, written by any step that chooses
@@ -14,8 +15,14 @@ from pathlib import Path
 
 from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.core.io import write_json
-from refusal_lab.data import Splits, heldout_advbench, heldout_generic
+from refusal_lab.data import Splits, heldout_advbench, heldout_generic, heldout_harmbench
 from refusal_lab.data.prompts import text_key
+
+
+#: The fixed held-out harmful request sets by name (each against the generic held-out harmless requests);
+#: ``generic`` is the historical name of ``advbench``.
+HELDOUT_SETS = {"generic": heldout_advbench, "advbench": heldout_advbench, "harmbench": heldout_harmbench}
+EVAL_SETS = ("test", *HELDOUT_SETS)
 
 
 def seen_prompts(splits: Splits | None, run_dir: str | Path | None = None) -> set[str]:
@@ -49,13 +56,17 @@ def require_unseen(prompts: Sequence[str], seen: set[str], what: str) -> None:
 
 def eval_prompts(splits: Splits | None, eval_set: str, n: int | None = None,
                  run_dir: str | Path | None = None) -> tuple[list[str], list[str]]:
-    """Held-out (harmful, harmless) prompts, the first ``n`` per side: the run's test split, or (``generic``) the
-    fixed held-out AdvBench requests and generic everyday requests (:mod:`refusal_lab.data.sources`), never in any
-    train / val split. Checked against every prompt extraction, selection or a search saw (:func:`seen_prompts`)."""
-    if eval_set == "generic":
-        harmful, harmless = heldout_advbench(splits).texts, heldout_generic(splits).texts
-    else:
+    """Held-out (harmful, harmless) prompts, the first ``n`` per side: the run's test split (``test``), or a fixed
+    held-out harmful set of :data:`HELDOUT_SETS` (``generic`` / ``advbench``: AdvBench; ``harmbench``: HarmBench)
+    against the generic everyday requests (:mod:`refusal_lab.data.sources`), never in any train / val split.
+    Checked against every prompt extraction, selection or a search saw (:func:`seen_prompts`)."""
+    if eval_set in HELDOUT_SETS:
+        harmful, harmless = HELDOUT_SETS[eval_set](splits).texts, heldout_generic(splits).texts
+    elif eval_set == "test" and splits is not None:
         harmful, harmless = splits.test_harmful.texts, splits.test_harmless.texts
+    else:
+        raise RefusalLabError(f"unknown evaluation set {eval_set!r}; use one of {', '.join(EVAL_SETS)}"
+                              + (" (test needs a run with splits)" if eval_set == "test" else ""))
     harmful, harmless = harmful[:n], harmless[:n]
     seen = seen_prompts(splits, run_dir)
     require_unseen(harmful, seen, "harmful evaluation prompts")

@@ -51,8 +51,9 @@ def optimize(
     max_kl: Annotated[Optional[float], typer.Option(help="KL bound for the survivors (default 0.1)")] = None,
     time_budget: Annotated[Optional[float], typer.Option(help="minutes; stop asking trials in time to finish")] = None,
     config: Annotated[Optional[Path], typer.Option(help="OptimizeConfig as .toml or .json ([optimize] table)")] = None,
-    heldout: Annotated[int, typer.Option(help="also score the front on this many held-out requests per side "
-                                         "(RUN_DIR/heldout.csv; 0: skip)")] = 100,
+    heldout: Annotated[int, typer.Option(help="also score the front on this many held-out requests per side, "
+                                         "under every chat context and on AdvBench and HarmBench "
+                                         "(RUN_DIR/heldout.csv, heldout-contexts.csv; 0: skip)")] = 100,
     device_map: DeviceMapOption = None,
     offload_folder: OffloadFolderOption = None,
 ):
@@ -69,5 +70,7 @@ def optimize(
     print_table(shown, f"Pareto front (validation refusals × KL) → {out / 'pareto.csv'}")
     if heldout:
         scores = assess_front(lm, out, heldout)
-        write_csv(scores, out / "heldout.csv")
-        print_table(scores, f"the front on held-out requests (never seen by the search) → {out / 'heldout.csv'}")
+        write_csv(scores.summary, out / "heldout.csv")
+        write_csv(scores.contexts, out / "heldout-contexts.csv")
+        print_table(scores.summary, f"the front on held-out requests (never seen by the search) → "
+                    f"{out / 'heldout.csv'}; per chat context and request set → {out / 'heldout-contexts.csv'}")
