@@ -144,7 +144,7 @@ class Suite:
         tasks: list[Task] = []
         llm = self.llm if condition.hash == baseline.hash or self.llm_judged(condition) else None
         ids = {side: [f"{side}:{i}" for i in range(len(p))] for side, p in self.prompts.items()}
-        gen = {side: [f"{side}:{i}" for i in range(len(p))] for side, p in self.generated.items()}  # a prefix of ids
+        gen = {side: ids[side][:len(p)] for side, p in self.generated.items()}  # the generated prompts' items
         for metric, side in (("refusal", "harmful"), ("harmless_refusal", "harmless")):
             if metric not in self.metrics:
                 continue
