@@ -36,7 +36,7 @@ models: $(STAMP)
 	$(CLI) models --install $(LARGE)
 
 demo: $(STAMP)
-	$(CLI) models --install $(LARGE)
+	$(CLI) models --install $(SMALL)
 	$(CLI) study --config configs/demo.toml --out runs/demo
 
 test: $(STAMP) models

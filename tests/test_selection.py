@@ -203,3 +203,38 @@ def test_selection_config_rejects_typos_and_orders_top50_last():
     with pytest.raises(ValidationError, match="top50"):
         SelectionConfig(scopes=["top50"])
     assert SelectionConfig(scopes=["top50", "layer"]).scopes == ["layer", "top50"]
+
+
+def _candidate(layer, bypass, kl=math.nan, status="filtered"):
+    from refusal_lab.selection.select import Candidate
+
+    return Candidate("dim", "all", layer, -1, bypass=bypass, kl=kl, status=status)
+
+
+def test_closest_prefers_candidates_that_reached_the_kl_filter():
+    """A candidate rejected by the KL screen on a few prompts (no full KL) is not "closest" while one whose KL was
+    measured on every prompt exists, whatever its bypass; without any such candidate, the best bypass scored."""
+    from refusal_lab.selection.select import Selection
+
+    screened = _candidate(19, bypass=-5.0)  # best bypass, KL only screened
+    measured = [_candidate(14, bypass=-2.4, kl=0.19), _candidate(13, bypass=-2.0, kl=0.12)]
+    unscored = _candidate(3, bypass=math.nan)
+    assert Selection("dim", "all", [screened, *measured, unscored], None).closest() is measured[0]
+    assert Selection("dim", "all", [screened, unscored], None).closest() is screened
+    assert Selection("dim", "all", [unscored], None).closest() is None
+
+
+def test_methods_are_selected_at_dims_closest_cell_when_dim_chose_nothing():
+    """With ``candidates = "dim"``, a DiM selection that chose nothing still gives the other methods its closest
+    candidate's (layer, position), not every cell; a chosen candidate wins over the closest."""
+    from refusal_lab.pipeline.extraction import Extraction, _dim_cells
+    from refusal_lab.selection.select import Selection
+
+    nothing = Selection("dim", "all", [_candidate(19, -5.0), _candidate(14, -2.4, kl=0.19)], None)
+    picked = _candidate(7, -1.0, kl=0.05, status="selected")
+    chose = Selection("dim", "layer", [_candidate(19, -5.0, kl=0.5), picked], picked)
+    result = Extraction(selections={("dim", "all"): nothing, ("dim", "layer"): chose})
+    config = SelectionConfig(candidates="dim")
+    assert _dim_cells(result, "inlp", config) == {"all": (14, -1), "layer": (7, -1)}
+    assert _dim_cells(result, "dim", config) == {}
+    assert _dim_cells(result, "inlp", SelectionConfig(candidates="all")) == {}

@@ -104,11 +104,21 @@ def _fit(method, ctx: FitContext, config, directory: RunDirectory, hidden_size: 
 
 def _dim_cells(result: Extraction, name: str, selection: SelectionConfig) -> dict[str, tuple[int, int]]:
     """With ``selection.candidates == "dim"``, the ``(layer, position)`` DiM chose at each scope, where a method
-    other than DiM may choose (scopes where DiM chose nothing are absent: any cell there); else empty."""
+    other than DiM may choose; where DiM chose nothing, its closest candidate's cell (the location the study
+    compares DiM at), said in the log; scopes where DiM scored no candidate are absent (any cell there). Else
+    empty."""
     if selection.candidates == "all" or name == "dim":
         return {}
-    return {scope: (c.provenance.layer, c.provenance.position)
-            for (method, scope), c in result.chosen.items() if method == "dim" and c is not None}
+    cells = {}
+    for (method, scope), selection_ in result.selections.items():
+        at = selection_.chosen or selection_.closest()
+        if method != "dim" or at is None:
+            continue
+        if selection_.chosen is None:
+            log(f"DiM chose nothing at scope {scope}: {name} is selected at DiM's closest candidate "
+                f"(layer {at.layer}, position {at.position})")
+        cells[scope] = (at.layer, at.position)
+    return cells
 
 
 def _at_cell(candidates: dict[tuple, object], cell: tuple[int, int] | None) -> dict[tuple, object]:

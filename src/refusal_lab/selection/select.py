@@ -160,9 +160,14 @@ class Selection:
         return table(self.candidates)
 
     def closest(self) -> Candidate | None:
-        """The best-bypass candidate that was fully scored (what to show when nothing passed)."""
-        scored = [c for c in self.candidates if not math.isnan(c.bypass)]
-        return min(scored, key=lambda c: c.bypass) if scored else None
+        """What to show when nothing passed: the best-bypass candidate among those whose KL was measured on every
+        harmless val prompt (they reached the last filter), else among those whose bypass was scored on every
+        harmful val prompt (a candidate rejected by the KL screen on a few prompts is only the latter)."""
+        for reached in (lambda c: not math.isnan(c.kl), lambda c: True):
+            scored = [c for c in self.candidates if not math.isnan(c.bypass) and reached(c)]
+            if scored:
+                return min(scored, key=lambda c: c.bypass)
+        return None
 
 
 @dataclass
