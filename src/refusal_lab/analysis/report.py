@@ -31,7 +31,7 @@ from refusal_lab.analysis.findings import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 BADGE = {SUPPORTED: "supported", NOT_SUPPORTED: "not-supported", INCONCLUSIVE: "inconclusive"}  # CSS classes
 HEADER_KEYS = ("model", "data_hash", "config", "code_version", "date")  # shown first, in this order
-METRIC_ORDER = ("refusal", "harmless_refusal", "judge", "coherence", "repetition", "kl", "kl_response", "perplexity",
+METRIC_ORDER = ("refusal", "harmless_refusal", "unsafe", "coherence", "repetition", "kl", "kl_response", "perplexity",
                 "mmlu", "arc")  # the results table's row order (then by dataset, judge, length, family, name)
 
 CSS = """
