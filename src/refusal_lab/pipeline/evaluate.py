@@ -112,8 +112,17 @@ def _matches(name: str, patterns: list[str]) -> bool:
     return any(name == p or fnmatch.fnmatchcase(name, p.replace("[", "[[]")) for p in patterns)
 
 
+def _spec(config: EvaluateConfig, spec: str) -> str:
+    return f"llm:{config.judge_model}" if spec == "llm" and config.judge_model else spec
+
+
+def judge_name(config: EvaluateConfig, spec: str) -> str:
+    """The name the results store gives the judge ``spec`` configures (``llm`` → ``llm:<model>[-ablated]``)."""
+    return make_judge(_spec(config, spec), url=config.judge_url, ablate_run=config.judge_ablate).name
+
+
 def _judges(config: EvaluateConfig) -> list:
-    specs = [f"llm:{config.judge_model}" if spec == "llm" and config.judge_model else spec for spec in config.judges]
+    specs = [_spec(config, spec) for spec in config.judges]
     if any(spec.startswith("llm") for spec in specs) and config.judge_ablate == "none":
         from rich.console import Console
 
