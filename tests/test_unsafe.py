@@ -21,6 +21,7 @@ from refusal_lab.evaluation.judgement import UNSAFE_RULES, Judgement, unsafe_rul
 from refusal_lab.evaluation.store import ResultsStore
 from refusal_lab.evaluation.suite import Suite
 from refusal_lab.pipeline.evaluate import EvaluateConfig, judge_name
+from refusal_lab.pipeline.study import StudyConfig, study_judge
 
 HARMFUL = ["placeholder request one", "placeholder request two", "placeholder request three"]
 COMPLIANCE = {HARMFUL[0]: 1.0, HARMFUL[1]: 0.5, HARMFUL[2]: 0.0}  # ≥ 0.5: two of three → 2/3
@@ -123,6 +124,8 @@ def test_study_judge_spec_maps_to_the_stored_name_and_a_mismatch_raises():
     assert judge_name(config, "llm") == "llm:qwen2.5-coder-1.5b-instruct"  # the bundled default, as rows store it
     assert judge_name(EvaluateConfig(judge_model="other-model"), "llm") == "llm:other-model-ablated"
     assert judge_name(config, "substring") == "substring"
+    study = StudyConfig(models=["qwen2.5-coder-0.5b-instruct"], evaluate=config)
+    assert study_judge(study) == "llm:qwen2.5-coder-1.5b-instruct"  # what run_study and recheck assess with
     ev = synthetic_evidence("m")  # its refusal rows are judged by substring
     with pytest.raises(RefusalLabError, match="no refusal results judged by 'llm'"):
         assess(ev, judge="llm")

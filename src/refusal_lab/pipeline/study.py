@@ -120,6 +120,11 @@ def _bind_study(config: StudyConfig, out: Path) -> None:
         write_json(out / "study.json", json.loads(config.model_dump_json()))
 
 
+def study_judge(config: StudyConfig) -> str:
+    """The stored name of the judge the findings read: the first of ``evaluate.judges`` (``llm`` → ``llm:<model>…``)."""
+    return judge_name(config.evaluate, config.evaluate.judges[0])
+
+
 def run_study(config: StudyConfig, out: str | Path) -> tuple[Path, dict[str, list[Finding]]]:
     """The whole study, resumable: the report's path and each model's findings (as ``findings.json`` holds them)."""
     out = Path(out)
@@ -154,8 +159,7 @@ def run_study(config: StudyConfig, out: str | Path) -> tuple[Path, dict[str, lis
             figures[evidence.model] = _staged(model_dir, "figures", draw_figures,
                                               (evidence, out / "figures" / model_slug(model)),
                                               resumed=_resumed_figures, info=_figures_info)
-            findings[evidence.model] = assess(evidence, judge=judge_name(config.evaluate,
-                                                                               config.evaluate.judges[0]))
+            findings[evidence.model] = assess(evidence, judge=study_judge(config))
             data_hashes[evidence.model] = RunDirectory(model_dir).fingerprint().get("data_hash")
             evidences.append(evidence)
             progress.advance(bar, STAGE_WEIGHTS["figures"])

@@ -24,7 +24,7 @@ def evaluate(
                                                  "default")] = None,
     intervention: Annotated[Optional[list[str]], typer.Option(help="repeatable; names or patterns, e.g. "
                                                               "'ablate[all]', 'actadd*'")] = None,
-    metrics: Annotated[Optional[str], typer.Option(help="comma-separated: refusal,harmless_refusal,judge,"
+    metrics: Annotated[Optional[str], typer.Option(help="comma-separated: refusal,harmless_refusal,unsafe,"
                                                    "coherence,perplexity,mmlu,arc,kl,repetition; optional kl_response")] = None,
     judge: Annotated[Optional[list[str]], typer.Option(help="repeatable: substring, llm or llm:<model>")] = None,
     judge_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible endpoint for the llm judge (key from "
