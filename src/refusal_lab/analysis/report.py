@@ -150,7 +150,8 @@ def _header(ev: ModelEvidence, meta: dict) -> str:
     """The model's provenance: ``meta``'s run-wide keys; a dict ``meta["models"]``'s entry for this model over them;
     its ``meta["data_hashes"][model]`` as the data hash; else the results' own data hashes."""
     models, hashes = meta.get("models"), meta.get("data_hashes")
-    fields = {k: v for k, v in meta.items() if k not in ("title", "agreement") and not (k == "models" and isinstance(v, dict))}
+    fields = {k: v for k, v in meta.items()
+              if k not in ("title", "agreement") and not (k == "models" and isinstance(v, dict))}
     fields |= models.get(ev.model, {}) if isinstance(models, dict) else {}
     fields["model"] = ev.model
     if "data_hash" not in fields and isinstance(hashes, dict) and ev.model in hashes:
