@@ -33,7 +33,8 @@ def evaluate(
     judge_ablate: Annotated[Optional[str], typer.Option(help="the llm judge grades with its own refusal direction "
                                                         "ablated: auto (default; extracted once, cached), a run "
                                                         "directory of the judge model, or none")] = None,
-    guard: Annotated[Optional[str], typer.Option(help="Llama-Guard-style classifier for the unsafe metric (preferred over the llm judge)")] = None,
+    guard: Annotated[Optional[str], typer.Option(help="Llama-Guard-style classifier for the unsafe metric "
+                                                 "(preferred over the llm judge)")] = None,
     config: ConfigOption = None,
     n_eval: Annotated[Optional[int], typer.Option(min=1, help="held-out prompts per side")] = None,
     eval_set: Annotated[Optional[EvalSet], typer.Option(help="generic (default) or the run's test split")] = None,
