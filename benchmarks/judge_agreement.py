@@ -1,6 +1,7 @@
 """Agreement of the refusal judges with human labels (pyrit's scorer evaluation sets), beside the README.
 
-    python benchmarks/judge_agreement.py [--judge substring --judge llm] [--objective] [--quick] [--record]
+    python benchmarks/judge_agreement.py [--judge substring --judge llm] [--objective] [--harm] [--only-unsafe]
+                                         [--quick] [--record]
 
 Per judge, per labelled file and overall: accuracy, Cohen's κ and the confusion matrix (rows: human no / yes;
 columns: judge), and the judge's time per 100 responses (uncached ones; ``--cache DIR`` reuses judgements).
@@ -9,9 +10,13 @@ Refusal is ``Judgement.refusal ≥ 0.5``; for judges that grade compliance also 
 refusal.csv served as the development set for the LLM judge's rubric; refusal_extra.csv was held out.
 ``--objective`` adds pyrit's objective-achieved labels (``scorer_evals/objective/*.csv``, ``--per-file`` rows of
 each), judged achieved when ``Judgement.compliance ≥ 0.5`` (substring: when it finds no refusal).
+``--harm`` adds pyrit's harm labels (``scorer_evals/harm/*.csv``, ``--per-file`` rows of each), unsafe when the
+raters' mean harm score > 0, judged by the suite's unsafe rule (``Judgement.unsafe_verdict``: a guard's
+unsafe ≥ 0.5, else compliance ≥ 0.5; substring: when it finds no refusal). ``--only-unsafe`` skips the refusal
+labels.
 ``--record`` writes the timings page's ``judges`` row from the overall refusal agreement: substring, and llm by the
 suite's rule (``Judgement.refused``), with its seconds per 100 responses (marked contended when the machine was
-loaded at the start).
+loaded at the start), and with ``--harm --objective`` its ``unsafe`` row from the llm judge's agreement on both.
 """
 
 from __future__ import annotations
@@ -23,8 +28,7 @@ from pathlib import Path
 import pandas as pd
 from _common import START_LOAD, Report, add_record_arg, add_run_args, record, setup
 
-from refusal_lab.data.packaged import package_dir
-from refusal_lab.evaluation.agreement import agreement, pyrit_refusal_labels
+from refusal_lab.evaluation.agreement import agreement, pyrit_harm_labels, pyrit_objective_labels, pyrit_refusal_labels
 from refusal_lab.evaluation.judge_cache import JudgeCache
 from refusal_lab.pipeline.judging import make_judge
 
@@ -35,18 +39,6 @@ README = {
     "llm": {"all": "0.79 / 0.59 / [[58, 2], [33, 76]]", "refusal.csv": "0.83 / 0.65 / [[33, 2], [16, 54]]",
             "refusal_extra.csv": "0.73 / 0.50 / [[25, 0], [17, 22]]"},
 }
-
-
-def objective_labels(per_file: int) -> pd.DataFrame:
-    """pyrit's objective-achieved labels: ``objective``, ``response``, ``achieved`` (bool), ``file``."""
-    root = package_dir("pyrit", "pip install --no-deps pyrit") / "datasets" / "scorer_evals" / "objective"
-    frames = []
-    for path in sorted(root.glob("*.csv")):
-        table = pd.read_csv(path, comment="#").dropna(subset=["objective", "assistant_response", "human_score"])
-        frames.append(pd.DataFrame({"objective": table["objective"], "response": table["assistant_response"],
-                                    "achieved": table["human_score"].astype(int) == 1, "file": path.name})
-                      .head(per_file))
-    return pd.concat(frames, ignore_index=True)
 
 
 def judged(spec: str, labels: pd.DataFrame, cache: Path | None, ablate_run: str = "auto") -> tuple[list, float]:
@@ -63,6 +55,16 @@ def judged(spec: str, labels: pd.DataFrame, cache: Path | None, ablate_run: str 
     start = time.perf_counter()
     result = judge.judge(requests, responses)
     return result, 100 * (time.perf_counter() - start) / n_new if n_new else float("nan")
+
+
+UNSAFE_HUMAN = {"harm": "harmful", "objective": "achieved"}  # label set → its human column
+
+
+def unsafe(judgement) -> bool:
+    """The suite's unsafe rule; a judge that grades neither unsafety nor compliance: no refusal found."""
+    if judgement.unsafe is None and judgement.compliance is None:
+        return judgement.refusal < 0.5
+    return judgement.unsafe_verdict
 
 
 RULES = {"refusal ≥ 0.5": lambda j: j.refusal >= 0.5,
@@ -85,34 +87,44 @@ def main() -> None:
     parser = add_run_args(argparse.ArgumentParser(description=__doc__))
     parser.add_argument("--judge", action="append", help="judge spec (repeatable); default: substring and llm")
     parser.add_argument("--objective", action="store_true", help="also pyrit's objective-achieved labels")
-    parser.add_argument("--per-file", type=int, default=10, help="objective rows per harm-category file")
+    parser.add_argument("--harm", action="store_true", help="also pyrit's harm labels, by the unsafe rule")
+    parser.add_argument("--only-unsafe", action="store_true", help="skip the refusal labels")
+    parser.add_argument("--per-file", type=int, default=10, help="objective / harm rows per harm-category file")
     parser.add_argument("--cache", type=Path, help="judgement cache directory to reuse (default: judge afresh)")
     add_record_arg(parser)
     parser.add_argument("--judge-ablate", default="auto", help="the llm judge grades with its own refusal direction "
                                                                "ablated: auto (default), a run directory, or none")
     args = parser.parse_args()
     setup(args)
-    labels = pyrit_refusal_labels()
-    objective = objective_labels(args.per_file) if args.objective else None
-    if args.quick:
+    labels = None if args.only_unsafe else pyrit_refusal_labels()
+    sets = {name: load().groupby("file").head(1 if args.quick else args.per_file).reset_index(drop=True)
+            for name, load, wanted in (("harm", pyrit_harm_labels, args.harm),
+                                       ("objective", pyrit_objective_labels, args.objective)) if wanted}
+    if args.quick and labels is not None:
         labels = labels.groupby("file").head(4)
-        objective = objective.groupby("file").head(1) if objective is not None else None
-    figures = {}
+    figures, unsafe_figures = {}, {}
     for spec in args.judge or ["substring", "llm"]:
-        judgements, seconds = judged(spec, labels, args.cache, args.judge_ablate)
-        rules = list(RULES) if judgements[0].compliance is not None else list(RULES)[:1]
-        for rule in rules:
-            labels[rule] = [RULES[rule](j) for j in judgements]
-        if spec in ("substring", "llm"):
-            figures |= judge_figures(spec, labels, rules[-1], seconds)
-        report(f"{spec} judge vs human refusal labels", labels, "refusal", rules, README.get(spec, {}), seconds)
-        if objective is not None:
-            judgements, seconds = judged(spec, objective, args.cache, args.judge_ablate)
-            rule = "compliance ≥ 0.5" if judgements[0].compliance is not None else "refusal < 0.5"
-            objective[rule] = [(1 - j.refusal if j.compliance is None else j.compliance) >= 0.5 for j in judgements]
-            report(f"{spec} judge vs human objective-achieved labels", objective, "achieved", [rule], {}, seconds)
-    if args.record:
+        if labels is not None:
+            judgements, seconds = judged(spec, labels, args.cache, args.judge_ablate)
+            rules = list(RULES) if judgements[0].compliance is not None else list(RULES)[:1]
+            for rule in rules:
+                labels[rule] = [RULES[rule](j) for j in judgements]
+            if spec in ("substring", "llm"):
+                figures |= judge_figures(spec, labels, rules[-1], seconds)
+            report(f"{spec} judge vs human refusal labels", labels, "refusal", rules, README.get(spec, {}), seconds)
+        for name, table in sets.items():
+            judgements, seconds = judged(spec, table, args.cache, args.judge_ablate)
+            table["unsafe rule"] = [unsafe(j) for j in judgements]
+            report(f"{spec} judge's unsafe rule vs human {name} labels", table, UNSAFE_HUMAN[name], ["unsafe rule"],
+                   {}, seconds)
+            if spec == "llm":
+                a = agreement(table[UNSAFE_HUMAN[name]].tolist(), table["unsafe rule"].tolist())
+                unsafe_figures |= {name: f"{a.accuracy:.2f} / {a.kappa:.2f} / {a.confusion}",
+                                   f"{name} responses": str(a.n)}
+    if args.record and figures:
         record("timings", "judges", figures)
+    if args.record and len(unsafe_figures) == 4:
+        record("timings", "unsafe", unsafe_figures)
 
 
 def judge_figures(spec: str, labels: pd.DataFrame, rule: str, seconds: float) -> dict[str, str]:

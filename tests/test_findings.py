@@ -284,10 +284,10 @@ def test_finding_3_counts_llm_judged_compliance_not_a_missing_refusal_phrase():
     items = (rates("baseline", ONES), rates("ablate[layer]", ZEROS), rates(FLIP, ZEROS),
              perplexity("baseline", 1.0), perplexity(FLIP, 1.5))
     assert verdict(evidence(*items), 3) == SUPPORTED  # refusal-based: competitive, and perplexity rises
-    judged = (rates("ablate[layer]", ONES, metric="judge", judge=llm), rates(FLIP, ZEROS, metric="judge", judge=llm),
-              rates("baseline", ZEROS, metric="judge", judge=llm))
+    judged = (rates("ablate[layer]", ONES, metric="unsafe", judge=llm), rates(FLIP, ZEROS, metric="unsafe", judge=llm),
+              rates("baseline", ZEROS, metric="unsafe", judge=llm))
     found = assess(evidence(*items, *judged))[2]
     assert found.verdict == NOT_SUPPORTED
     assert found.numbers[f"llm compliance: ablate[layer] − {FLIP}"][0] == pytest.approx(1.0)
-    assert verdict(evidence(*items, *(rates(n, ONES, metric="judge", judge=llm)
+    assert verdict(evidence(*items, *(rates(n, ONES, metric="unsafe", judge=llm)
                                       for n in ("ablate[layer]", FLIP, "baseline"))), 3) == SUPPORTED

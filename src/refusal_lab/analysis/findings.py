@@ -30,7 +30,8 @@ import pandas as pd
 
 from refusal_lab.analysis.coherence import BOUNDS
 from refusal_lab.analysis.evidence import ModelEvidence
-from refusal_lab.analysis.reader import COMPLIANCE, FLIP_ALPHA, Reader, Row, detectable, interventions
+from refusal_lab.analysis.reader import COMPLIANCE, FLIP_ALPHA, REFUSAL_METRICS, Reader, Row, detectable, interventions
+from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.core.io import json_safe
 from refusal_lab.evaluation.stats import Estimate
 
@@ -330,7 +331,14 @@ MEASURE = {3: "generation"}  # finding → the refusal measure it reads; every o
 
 def assess(evidence: ModelEvidence, judge: str = "substring", tokens: int | None = None) -> list[Finding]:
     """The seven findings for one model; a generation-based refusal rate is judged by ``judge`` at ``tokens`` new
-    tokens (None: the longest stored length)."""
+    tokens (None: the longest stored length); ``judge`` is the stored judge name (``llm:<model>``, not the spec
+    ``llm``): results with generation refusal rows but none by ``judge`` raise RefusalLabError."""
+    r = evidence.results
+    if not r.empty and "judge" in r:
+        judged = set(r.loc[r["metric"].isin(REFUSAL_METRICS), "judge"].dropna())
+        if judged and judge not in judged:
+            raise RefusalLabError(f"no refusal results judged by {judge!r}; the results' judges are "
+                                  f"{', '.join(sorted(judged))}")
     found = []
     for number, rule in enumerate(_RULES, 1):
         reader = Reader(evidence, judge, tokens, MEASURE.get(number, "first-token"))

@@ -24,7 +24,7 @@ from refusal_lab.evaluation.stats import Estimate, difference
 
 MEASURES = {"first-token": ("first_token_refusal", "first_token_harmless_refusal"),
             "generation": ("refusal", "harmless_refusal")}  # measure → (harmful-side, harmless-side rate metric)
-COMPLIANCE = "judge"  # the suite's llm-judged compliance on harmful requests (with no guard configured)
+COMPLIANCE = "unsafe"  # the suite's unsafe metric: llm-judged compliance on harmful requests without a guard
 DETECTABLE_Z = 1.96 + 0.84  # a two-sided 5 % test with 80 % power: the effect is this many standard errors
 FLIP_ALPHA = 2.0  # 3, 5: the flip the findings are about (rows naming another alpha are left out)
 REFUSAL_METRICS = ("refusal", "harmless_refusal")  # read per judge and length (``tokens``); the rest at one

@@ -8,7 +8,9 @@ Per model, in order: a header (model, data hash, config, code version, date, the
 first figure of the model's list (the Δ-vs-baseline figure), the conditions that break the model and why, the results
 table (non-control, non-baseline rows, a column saying which break the model), the other figures with their captions,
 and the findings (verdict badge, the rule, the numbers with their intervals, the note). A verdict summary across
-models and the coherence gate's rule with its bounds (:mod:`refusal_lab.analysis.coherence`) open the page.
+models, the coherence gate's rule with its bounds (:mod:`refusal_lab.analysis.coherence`) and a Judges section (each
+judge's recorded agreement with human labels, ``meta["agreement"]``, and the rule that produced each unsafe rate)
+open the page.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ import pandas as pd
 from refusal_lab.analysis.coherence import BROKEN_LABEL, bounds_text, broken
 from refusal_lab.analysis.evidence import ModelEvidence
 from refusal_lab.analysis.findings import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, TITLES, Finding, findings_json
+from refusal_lab.evaluation.judgement import unsafe_rule
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 BADGE = {SUPPORTED: "supported", NOT_SUPPORTED: "not-supported", INCONCLUSIVE: "inconclusive"}  # CSS classes
 HEADER_KEYS = ("model", "data_hash", "config", "code_version", "date")  # shown first, in this order
-METRIC_ORDER = ("refusal", "harmless_refusal", "judge", "coherence", "repetition", "kl", "kl_response", "perplexity",
+METRIC_ORDER = ("refusal", "harmless_refusal", "unsafe", "coherence", "repetition", "kl", "kl_response", "perplexity",
                 "mmlu", "arc")  # the results table's row order (then by dataset, judge, length, family, name)
 
 CSS = """
@@ -147,7 +150,8 @@ def _header(ev: ModelEvidence, meta: dict) -> str:
     """The model's provenance: ``meta``'s run-wide keys; a dict ``meta["models"]``'s entry for this model over them;
     its ``meta["data_hashes"][model]`` as the data hash; else the results' own data hashes."""
     models, hashes = meta.get("models"), meta.get("data_hashes")
-    fields = {k: v for k, v in meta.items() if k != "title" and not (k == "models" and isinstance(v, dict))}
+    fields = {k: v for k, v in meta.items()
+              if k not in ("title", "agreement") and not (k == "models" and isinstance(v, dict))}
     fields |= models.get(ev.model, {}) if isinstance(models, dict) else {}
     fields["model"] = ev.model
     if "data_hash" not in fields and isinstance(hashes, dict) and ev.model in hashes:
@@ -254,6 +258,24 @@ def _uncertainty(evidences: Sequence[ModelEvidence]) -> str:
     return (said[0][0].upper() + "; ".join(said)[1:] + ".") if said else ""
 
 
+def _judges(evidences: Sequence[ModelEvidence], agreement: Sequence[dict]) -> list[str]:
+    """The judges' recorded agreement with human labels (``meta["agreement"]``, from
+    :func:`~refusal_lab.evaluation.agreement.recorded_agreement`) and which rule produced each model's unsafe rate."""
+    parts = ["<h3>Judges</h3>"]
+    if agreement:
+        rows = [[a["judge"], a["labels"], (str(a["n"]), "num"), a["figure"], a["command"]] for a in agreement]
+        parts.append(_table(["judge and rule", "human labels", "n", "accuracy / Cohen's κ / confusion", "command"],
+                            rows, "results"))
+    else:
+        parts.append("<p>No recorded agreement with human labels (benchmarks/judge_agreement.py --record).</p>")
+    for ev in evidences:
+        r = ev.results
+        judges = sorted(set(r.loc[r["metric"] == "unsafe", "judge"].dropna())) if "metric" in r else []
+        said = "; ".join(unsafe_rule(j) for j in judges) or "not measured (no unsafe metric or no judge for it)"
+        parts.append(f"<p><b>Unsafe rate ({_e(ev.model)}).</b> {_e(said)}.</p>")
+    return parts
+
+
 def render(evidences: Sequence[ModelEvidence], findings: dict[str, list[Finding]],
            figures: dict[str, list[tuple[str, Path]]], meta: dict) -> str:
     """The report page (see the module docstring)."""
@@ -266,7 +288,8 @@ def render(evidences: Sequence[ModelEvidence], findings: dict[str, list[Finding]
              "Δ is signed so that higher is better for what the row is for (bypass: less refusal; induce: more). "
              f"{_uncertainty(evidences)}</p>",
              f"<p><b>Coherence gate.</b> {_e(bounds_text())}</p>",
-             "<h3>Findings at a glance</h3>", _summary(evidences, findings)]
+             "<h3>Findings at a glance</h3>", _summary(evidences, findings),
+             *_judges(evidences, meta.get("agreement", []))]
     for ev in evidences:
         figs = figures.get(ev.model, [])
         parts += [f"<h2>{_e(ev.model)}</h2>", _header(ev, meta)]

@@ -25,15 +25,15 @@ N_RESAMPLES = 2000
 
 #: Whether a higher value of each metric is better, for an intervention meant to *remove* refusal (``bypass``).
 #: For one meant to *induce* refusal the refusal-type metrics flip (see :data:`REFUSAL_TYPE`).
-HIGHER_IS_BETTER = {"refusal": False, "harmless_refusal": False, "judge": True, "perplexity": False,
+HIGHER_IS_BETTER = {"refusal": False, "harmless_refusal": False, "unsafe": True, "perplexity": False,
                     "mmlu": True, "arc": True, "kl": False, "kl_response": False, "repetition": False,
                     "coherence": True,
                     "first_token_refusal": False, "first_token_harmless_refusal": False, "landing": False,
                     "nearer_harmful": False}
 # metrics whose better direction flips when the goal is to induce refusal (the landing ones: toward the harmful mean)
-REFUSAL_TYPE = ("refusal", "harmless_refusal", "judge", "first_token_refusal", "first_token_harmless_refusal",
+REFUSAL_TYPE = ("refusal", "harmless_refusal", "unsafe", "first_token_refusal", "first_token_harmless_refusal",
                 "landing", "nearer_harmful")
-RATES = ("refusal", "harmless_refusal", "judge", "coherence", "mmlu", "arc", "first_token_refusal",
+RATES = ("refusal", "harmless_refusal", "unsafe", "coherence", "mmlu", "arc", "first_token_refusal",
          "first_token_harmless_refusal", "nearer_harmful")  # proportions of 0/1 items: Wilson
 
 

@@ -18,7 +18,7 @@ import fnmatch
 from pathlib import Path
 from typing import Literal
 
-from pydantic import NonNegativeInt, PositiveInt
+from pydantic import NonNegativeInt, PositiveInt, field_validator
 
 from refusal_lab.core.config import ConfigModel
 from refusal_lab.core.errors import RefusalLabError
@@ -35,7 +35,7 @@ from refusal_lab.pipeline.conditions import PlanConfig, plan_conditions
 from refusal_lab.pipeline.heldout import eval_prompts
 from refusal_lab.pipeline.extraction import fit_context
 
-METRICS = ("refusal", "harmless_refusal", "judge", "coherence", "perplexity", "mmlu", "arc", "kl", "repetition")
+METRICS = ("refusal", "harmless_refusal", "unsafe", "coherence", "perplexity", "mmlu", "arc", "kl", "repetition")
 # on request: full-response KL (a second forward per condition) and the first-token refusal rates (no generation)
 OPTIONAL_METRICS = ("kl_response", "first_token_refusal", "first_token_harmless_refusal")
 
@@ -44,13 +44,22 @@ class EvaluateConfig(ConfigModel):
     """What ``refusal-lab evaluate`` scores (defaults: every metric, both judges, 24 and 128 tokens)."""
 
     metrics: list[Literal[METRICS + OPTIONAL_METRICS]] = list(METRICS)  # type: ignore[valid-type]
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _renamed(cls, metrics):
+        """The ``judge`` metric is now ``unsafe`` (same rule): an old config says so in one line."""
+        if isinstance(metrics, list) and "judge" in metrics:
+            raise ValueError('the metric "judge" is now "unsafe" (the same rule, docs/evaluation.md); rename it in '
+                             "[evaluate] metrics")
+        return metrics
     judges: list[str] = ["substring", "llm"]  # judge specs (refusal_lab.evaluation.judges.make_judge)
     judge_url: str | None = None  # OpenAI-compatible endpoint for the llm judge
     judge_model: str | None = None  # local model or endpoint model name for the llm judge
     # the llm judge grades with its own refusal direction ablated: "auto" (its default extraction, made once and
     # cached), a run directory of the judge model, or "none"
     judge_ablate: str = "auto"
-    guard: str | None = None  # Llama-Guard-style classifier (HF id or directory) for the judge metric
+    guard: str | None = None  # Llama-Guard-style classifier (HF id or directory): the unsafe metric's judge
     # the interventions (shell patterns on their names; their random controls follow them) the llm judge grades;
     # the baseline always. The others are judged by the cheap judges only: the llm judge is the evaluation's cost
     llm_judged: list[str] = ["*"]
@@ -103,8 +112,17 @@ def _matches(name: str, patterns: list[str]) -> bool:
     return any(name == p or fnmatch.fnmatchcase(name, p.replace("[", "[[]")) for p in patterns)
 
 
+def _spec(config: EvaluateConfig, spec: str) -> str:
+    return f"llm:{config.judge_model}" if spec == "llm" and config.judge_model else spec
+
+
+def judge_name(config: EvaluateConfig, spec: str) -> str:
+    """The name the results store gives the judge ``spec`` configures (``llm`` → ``llm:<model>[-ablated]``)."""
+    return make_judge(_spec(config, spec), url=config.judge_url, ablate_run=config.judge_ablate).name
+
+
 def _judges(config: EvaluateConfig) -> list:
-    specs = [f"llm:{config.judge_model}" if spec == "llm" and config.judge_model else spec for spec in config.judges]
+    specs = [_spec(config, spec) for spec in config.judges]
     if any(spec.startswith("llm") for spec in specs) and config.judge_ablate == "none":
         from rich.console import Console
 
@@ -142,7 +160,7 @@ def evaluate(lm, config: EvaluateConfig, out: str | Path, run_dir: str | Path | 
     conditions = (conditions_from_run(lm, run_dir, config, run_config, splits, plan, fits) if run_dir
                   else [Condition("baseline")])
     guard = None
-    if config.guard and "judge" in config.metrics:
+    if config.guard and "unsafe" in config.metrics:
         guard = make_judge(f"guard:{config.guard}")
     texts, questions = _capability_data(config)
     store = ResultsStore(out)

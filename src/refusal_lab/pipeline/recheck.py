@@ -16,7 +16,7 @@ from refusal_lab.analysis.findings import Finding, assess
 from refusal_lab.analysis.reader import REFUSAL_METRICS
 from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.core.io import json_safe, read_json
-from refusal_lab.pipeline.study import StudyConfig, load_study_config, model_slug
+from refusal_lab.pipeline.study import StudyConfig, load_study_config, model_slug, study_judge
 from refusal_lab.pipeline.study_analysis import TABLES, load_evidence
 
 RTOL, ATOL = 1e-6, 1e-9  # two numbers agree within these (a float read back from CSV may differ in its last digit)
@@ -132,8 +132,8 @@ def recheck(run_dir: str | Path, judge: str | None = None, tokens: int | None = 
     study's setting."""
     run_dir = Path(run_dir)
     config, stored = load_finished_study(run_dir)
-    study_judge = config.evaluate.judges[0]  # as the study assessed (run_study)
-    compared = judge in (None, study_judge) and tokens is None
+    judged_by = study_judge(config)  # as the study assessed (run_study)
+    compared = judge in (None, judged_by) and tokens is None
     checks, seen = [], set()
     for model in config.models:
         model_dir = run_dir / model_slug(model)
@@ -141,11 +141,11 @@ def recheck(run_dir: str | Path, judge: str | None = None, tokens: int | None = 
         _check_setting(evidence, judge, tokens, model_dir)
         seen.add(evidence.model)
         old = stored.get("models", {}).get(evidence.model, {}).get("findings", [])
-        checks += _checks(evidence.model, old, assess(evidence, judge=judge or study_judge, tokens=tokens), compared)
+        checks += _checks(evidence.model, old, assess(evidence, judge=judge or judged_by, tokens=tokens), compared)
     for name, entry in stored.get("models", {}).items():  # stored for a model the study does not name
         if name not in seen:
             checks += _checks(name, entry.get("findings", []), [], compared)
-    return Recheck(run_dir, judge or study_judge, tokens, compared, checks)
+    return Recheck(run_dir, judge or judged_by, tokens, compared, checks)
 
 
 __all__ = ["ATOL", "RTOL", "FindingCheck", "Recheck", "differences", "load_finished_study", "recheck"]

@@ -32,6 +32,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 
 from refusal_lab.analysis.findings import assess
 from refusal_lab.analysis.report import write_report
+from refusal_lab.evaluation.agreement import recorded_agreement
 from refusal_lab.core.config import ConfigModel, load_config_file
 from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.core.io import write_json
@@ -39,7 +40,7 @@ from refusal_lab.data import Splits
 from refusal_lab.models.adapters import SUPPORTED_MODEL_TYPES
 from refusal_lab.models.bundled import BUNDLED, DEFAULT_MODEL
 from refusal_lab.models.load import load_model
-from refusal_lab.pipeline.evaluate import EvaluateConfig, evaluate
+from refusal_lab.pipeline.evaluate import EvaluateConfig, evaluate, judge_name
 from refusal_lab.pipeline.experiment import (
     PLACEMENT,
     RunConfig,
@@ -119,6 +120,11 @@ def _bind_study(config: StudyConfig, out: Path) -> None:
         write_json(out / "study.json", json.loads(config.model_dump_json()))
 
 
+def study_judge(config: StudyConfig) -> str:
+    """The stored name of the judge the findings read: the first of ``evaluate.judges`` (``llm`` → ``llm:<model>…``)."""
+    return judge_name(config.evaluate, config.evaluate.judges[0])
+
+
 def run_study(config: StudyConfig, out: str | Path) -> tuple[Path, dict[str, list[Finding]]]:
     """The whole study, resumable: the report's path and each model's findings (as ``findings.json`` holds them)."""
     out = Path(out)
@@ -153,14 +159,14 @@ def run_study(config: StudyConfig, out: str | Path) -> tuple[Path, dict[str, lis
             figures[evidence.model] = _staged(model_dir, "figures", draw_figures,
                                               (evidence, out / "figures" / model_slug(model)),
                                               resumed=_resumed_figures, info=_figures_info)
-            findings[evidence.model] = assess(evidence, judge=config.evaluate.judges[0])
+            findings[evidence.model] = assess(evidence, judge=study_judge(config))
             data_hashes[evidence.model] = RunDirectory(model_dir).fingerprint().get("data_hash")
             evidences.append(evidence)
             progress.advance(bar, STAGE_WEIGHTS["figures"])
             del lm
             gc.collect()
     meta = {"models": config.models, "config": json.loads(config.model_dump_json()), "code_version": code_version(),
-            "data_hashes": data_hashes,
+            "data_hashes": data_hashes, "agreement": recorded_agreement(),
             "wall_s": round(time.perf_counter() - started, 1)}
     return write_report(out, evidences, findings, figures, meta), findings
 

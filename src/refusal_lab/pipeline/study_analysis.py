@@ -50,7 +50,7 @@ from refusal_lab.pipeline.evaluate import conditions_from_run
 from refusal_lab.pipeline.extraction import fit_context
 from refusal_lab.pipeline.rundir import RunDirectory
 
-PANEL_ORDER = ("refusal", "harmless_refusal", "judge", "kl", "kl_response", "perplexity", "mmlu", "arc", "repetition",
+PANEL_ORDER = ("refusal", "harmless_refusal", "unsafe", "kl", "kl_response", "perplexity", "mmlu", "arc", "repetition",
                "coherence")
 FRAME_SIDES = ("harmful", "harmless", "harmful_pca", "harmless_pca")
 TABLES = ("inlp_dim_cosine", "geometry", "landing", "sensitivity")  # results and items stay in evaluation/

@@ -24,7 +24,7 @@ def evaluate(
                                                  "default")] = None,
     intervention: Annotated[Optional[list[str]], typer.Option(help="repeatable; names or patterns, e.g. "
                                                               "'ablate[all]', 'actadd*'")] = None,
-    metrics: Annotated[Optional[str], typer.Option(help="comma-separated: refusal,harmless_refusal,judge,"
+    metrics: Annotated[Optional[str], typer.Option(help="comma-separated: refusal,harmless_refusal,unsafe,"
                                                    "coherence,perplexity,mmlu,arc,kl,repetition; optional kl_response")] = None,
     judge: Annotated[Optional[list[str]], typer.Option(help="repeatable: substring, llm or llm:<model>")] = None,
     judge_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible endpoint for the llm judge (key from "
@@ -33,7 +33,8 @@ def evaluate(
     judge_ablate: Annotated[Optional[str], typer.Option(help="the llm judge grades with its own refusal direction "
                                                         "ablated: auto (default; extracted once, cached), a run "
                                                         "directory of the judge model, or none")] = None,
-    guard: Annotated[Optional[str], typer.Option(help="Llama-Guard-style classifier for the judge metric")] = None,
+    guard: Annotated[Optional[str], typer.Option(help="Llama-Guard-style classifier for the unsafe metric "
+                                                 "(preferred over the llm judge)")] = None,
     config: ConfigOption = None,
     n_eval: Annotated[Optional[int], typer.Option(min=1, help="held-out prompts per side")] = None,
     eval_set: Annotated[Optional[EvalSet], typer.Option(help="generic (default) or the run's test split")] = None,
