@@ -28,7 +28,6 @@ from refusal_lab.pipeline.judging import make_judge
 from refusal_lab.evaluation.multiple_choice import load_arc, load_mmlu
 from refusal_lab.evaluation.store import ResultsStore
 from refusal_lab.evaluation.condition import Condition
-from refusal_lab.evaluation.generate import generate_ids
 from refusal_lab.evaluation.suite import Suite
 from refusal_lab.evaluation.vllm_backend import VllmGenerator
 from refusal_lab.evaluation.texts import CORPORA, load_texts
@@ -159,7 +158,7 @@ def evaluate(lm, config: EvaluateConfig, out: str | Path, run_dir: str | Path | 
                       batch_size=config.batch_size, capability_scorer=config.capability_scorer,
                       n_generate=config.n_generate,
                       llm_judged=lambda c: _matches(c.control_for if c.control else c.name, config.llm_judged),
-                      generator=vllm.generate_ids if vllm else generate_ids)
+                      generator=vllm.generate_ids if vllm else None)
         rows, items = suite.run(conditions)
         store.export()
         items.to_parquet(Path(out) / "items.parquet")
