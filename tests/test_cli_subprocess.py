@@ -1,6 +1,7 @@
 """The installed ``refusal-lab`` console script on bad input: the exit status, exactly one line on stderr naming
 the problem, never a traceback; checked before a model is loaded. And Ctrl-C: exit 130 with the hint to resume."""
 
+import importlib.util
 import json
 import os
 import re
@@ -222,3 +223,10 @@ def test_findings_outside_a_finished_study_is_one_line(tmp_path):
                    f"{tmp_path} is not a finished study (no {tmp_path / 'findings.json'})",
                    f"refusal-lab study --config {tmp_path / 'study.json'} --out {tmp_path}")
     one_line_error(cli("findings", cwd=tmp_path), 2, "Missing option '--run'")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_backend_vllm_without_vllm_is_one_line_naming_the_install(tmp_path):
+    (tmp_path / "p.txt").write_text("hi\n")
+    one_line_error(cli("generate", "-m", "x", "--prompts", "p.txt", "--out", "o.jsonl", "--backend", "vllm",
+                       cwd=tmp_path), 1, "needs vLLM", "refusal-lab[vllm]", "make test-vllm")

@@ -17,7 +17,8 @@ from refusal_lab.fitting.leace import fit_leace
 from refusal_lab.fitting.subspace import stack_subspace
 from refusal_lab.interventions import Addition, Intervention, apply_interventions
 from refusal_lab.interventions.batched import batched_scores
-from refusal_lab.interventions.factory import bake, build_intervention
+from refusal_lab.interventions.factory import build_intervention
+from refusal_lab.interventions.weights import bake_interventions
 from refusal_lab.interventions.scoring import last_token_logprobs, refusal_scores
 
 D = 64
@@ -147,7 +148,7 @@ def test_factory_projections_equal_their_baked_weights(artifacts, model_type, ki
     with apply_interventions(lm, built):
         hooked = logits(lm)
     assert not torch.allclose(hooked, logits(lm), atol=1e-4)
-    bake(lm, built)
+    bake_interventions(lm, built)
     torch.testing.assert_close(logits(lm), hooked, atol=2e-4, rtol=1e-4)
 
 
@@ -156,18 +157,18 @@ def test_post_norm_families_refuse_baking_through_the_factory(artifacts, model_t
     arts, _ = artifacts
     lm = tiny_model(model_type)
     with pytest.raises(RefusalLabError, match="normalises block outputs"):
-        bake(lm, build_intervention("nullspace", arts, scope="all", n_layers=lm.n_layers))
+        bake_interventions(lm, build_intervention("nullspace", arts, scope="all", n_layers=lm.n_layers))
 
 
 def test_only_full_scope_projections_can_be_baked(artifacts):
     arts, _ = artifacts
     lm = tiny_model("llama")
     with pytest.raises(RefusalLabError, match="scope 'all'"):
-        bake(lm, build_intervention("nullspace", arts, scope="layer", n_layers=lm.n_layers))
+        bake_interventions(lm, build_intervention("nullspace", arts, scope="layer", n_layers=lm.n_layers))
     with pytest.raises(RefusalLabError, match="hooks"):
-        bake(lm, build_intervention("leace", arts, scope="layer", n_layers=lm.n_layers))
+        bake_interventions(lm, build_intervention("leace", arts, scope="layer", n_layers=lm.n_layers))
     with pytest.raises(RefusalLabError, match="flip"):
-        bake(lm, build_intervention("flip", arts, scope="all", n_layers=lm.n_layers))
+        bake_interventions(lm, build_intervention("flip", arts, scope="all", n_layers=lm.n_layers))
 
 
 def _capture_run(lm, interventions):

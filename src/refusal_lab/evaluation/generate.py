@@ -80,21 +80,22 @@ def decode(lm, ids: Sequence[int], max_new_tokens: int | None = None) -> str:
 
 
 def generate(lm, prompts: Sequence[str], interventions: Sequence[Intervention] = (), max_new_tokens: int = 24,
-             batch_size: int = 16, description: str = "generating") -> list[str]:
-    """Greedy completions (text) of chat-formatted ``prompts`` with ``interventions`` hooked in for every token."""
-    return [decode(lm, ids) for ids in generate_ids(lm, prompts, interventions, max_new_tokens, batch_size,
-                                                     description=description)]
+             batch_size: int = 16, description: str = "generating", generator: Callable | None = None) -> list[str]:
+    """Greedy completions (text) of chat-formatted ``prompts`` with ``interventions`` hooked in for every token
+    (``generator``: :func:`generate_ids` or a backend's drop-in for it)."""
+    return [decode(lm, ids) for ids in (generator or generate_ids)(lm, prompts, interventions, max_new_tokens,
+                                                                    batch_size, description=description)]
 
 
 def cached_generations(lm, path: Path, prompts: Sequence[str], interventions: Sequence[Intervention] = (),
-                       max_new_tokens: int = 24, batch_size: int = 16) -> list[str]:
+                       max_new_tokens: int = 24, batch_size: int = 16, generator: Callable | None = None) -> list[str]:
     """:func:`generate`, cached as JSONL at ``path`` (reused only for the same prompts and length)."""
     if path.exists():
         rows = [json.loads(line) for line in path.read_text().splitlines()]
         if [r["prompt"] for r in rows] == list(prompts) and all(r.get("max_new_tokens") == max_new_tokens
                                                                  for r in rows):
             return [r["response"] for r in rows]
-    completions = generate(lm, prompts, interventions, max_new_tokens, batch_size, description=path.stem)
+    completions = generate(lm, prompts, interventions, max_new_tokens, batch_size, path.stem, generator)
     write_jsonl(path, ({"prompt": p, "response": r, "refusal": is_refusal(r), "max_new_tokens": max_new_tokens}
                        for p, r in zip(prompts, completions)))
     return completions

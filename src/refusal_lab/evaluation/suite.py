@@ -88,8 +88,10 @@ class Suite:
                  judges: Sequence = (), lengths: Sequence[int] = (24, 128), texts: dict[str, list[str]] | None = None,
                  questions: dict[str, list] | None = None, guard=None, clusters: tuple | None = None,
                  batch_size: int = 16, chunk: int = 64, capability_scorer: str = "builtin",
-                 n_generate: int | None = None, llm_judged: Callable[[Condition], bool] = lambda condition: True):
+                 n_generate: int | None = None, llm_judged: Callable[[Condition], bool] = lambda condition: True,
+                 generator: Callable | None = None):
         self.lm, self.store, self.metrics = lm, store, list(metrics)
+        self.generator = generator  # None: generate_ids; else a backend's drop-in (VllmGenerator.generate_ids)
         self.scorer_name, self.choice_logprobs = CAPABILITY_SCORERS[capability_scorer]
         self.prompts = {"harmful": harmful, "harmless": harmless}
         # the metrics that read greedy responses score the first n_generate prompts of each side; the rest all
@@ -128,8 +130,8 @@ class Suite:
         if todo:
             def save(rows, ids):
                 self.store.add_generations(condition.hash, side, length, [keys[todo[r]] for r in rows], ids)
-            generate_ids(self.lm, [prompts[i] for i in todo], condition.interventions, length, self.batch_size,
-                         on_batch=save, description=f"{condition.name} {side}")
+            (self.generator or generate_ids)(self.lm, [prompts[i] for i in todo], condition.interventions, length,
+                                             self.batch_size, on_batch=save, description=f"{condition.name} {side}")
             stored = self.store.stored_generations(condition.hash, side, length)
         return [stored[key] for key in keys]
 

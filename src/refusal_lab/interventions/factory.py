@@ -28,7 +28,6 @@ from refusal_lab.core.vocabulary import (
 from refusal_lab.interventions.affine import CenteredProjection, centered_interventions, eraser_interventions
 from refusal_lab.interventions.base import Addition, Projection
 from refusal_lab.interventions.hooks import Intervention, scope_layers
-from refusal_lab.interventions.weights import orthogonalize_weights
 
 Artifact = Direction | Subspace | AffineEraser  # what MethodArtifacts.get returns
 
@@ -86,20 +85,6 @@ def build_intervention(kind: str, artifacts: MethodArtifacts, layer: int | None 
     centres = _Centres(artifact, centers, center_positions) if center else None
     return _kind_interventions(kind, artifact, target, centres, alpha=alpha, k=k, scale=scale, variant=variant,
                                erasers=erasers)
-
-
-def bake(lm, interventions: Sequence[Intervention]) -> None:
-    """Bake a factory-built idempotent projection at every layer and site into the weights (see
-    :func:`~refusal_lab.interventions.weights.orthogonalize_weights`); anything else is a clear error."""
-    single = len(interventions) == 1 and isinstance(interventions[0].transform, Projection)
-    if not single or not interventions[0].transform.idempotent or interventions[0].placement != "each":
-        raise RefusalLabError("only a single projection (ablate, nullspace, rank-k, subspace) can be baked into "
-                              "weights; flips, ActAdd and LEACE must be applied with hooks")
-    intervention = interventions[0]
-    if intervention.layers != tuple(range(lm.n_layers)) or set(intervention.sites) != set(SITES):
-        raise RefusalLabError("baking into weights is equivalent to the projection at every layer and site only; "
-                              "build the intervention with scope 'all' and all sites")
-    orthogonalize_weights(lm, intervention.transform)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ from pathlib import Path
 from refusal_lab.core.artifacts import MethodArtifacts
 from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.core.vocabulary import ARTIFACT_OF, check_kind
-from refusal_lab.interventions.factory import bake, build_intervention
+from refusal_lab.interventions.factory import build_intervention
+from refusal_lab.interventions.weights import bake_interventions
 from refusal_lab.interventions.hooks import Intervention
 from refusal_lab.pipeline.artifacts import chosen_for_scope, selected_scopes
 from refusal_lab.pipeline.rundir import RunDirectory
@@ -37,7 +38,7 @@ def abliterate(lm, run_dir: str | Path, out: str | Path, kind: str = "ablate") -
     """Bake ``kind`` (an idempotent projection: ablate, nullspace, rank-k, subspace) at every layer and site into
     ``lm``'s weights and save a plain transformers directory at ``out``."""
     interventions = run_interventions(lm, run_dir, kind, scope="all")
-    bake(lm, interventions)
+    bake_interventions(lm, interventions)
     out = Path(out)
     lm.model.save_pretrained(out)
     lm.tokenizer.save_pretrained(out)

@@ -29,6 +29,7 @@ from refusal_lab.evaluation.multiple_choice import load_arc, load_mmlu
 from refusal_lab.evaluation.store import ResultsStore
 from refusal_lab.evaluation.condition import Condition
 from refusal_lab.evaluation.suite import Suite
+from refusal_lab.evaluation.vllm_backend import VllmGenerator
 from refusal_lab.evaluation.texts import CORPORA, load_texts
 from refusal_lab.pipeline.artifacts import ranked_layers
 from refusal_lab.pipeline.conditions import PlanConfig, plan_conditions
@@ -84,6 +85,10 @@ class EvaluateConfig(ConfigModel):
     text_docs: PositiveInt = 64  # documents per general-text set (lambada, boolq, prose)
     text_sets: list[Literal["lambada", "boolq", "speeches"]] | None = None  # perplexity sets (None: all)
     batch_size: PositiveInt = 16
+    # greedy generation through transformers (hf) or vLLM (vllm: the conditions that bake into weights; the others
+    # stay on transformers, said per condition; refusal_lab.evaluation.vllm_backend)
+    backend: Literal["hf", "vllm"] = "hf"
+    tensor_parallel_size: PositiveInt = 1  # vLLM's, passed through
     seed: int = 0
 
 
@@ -153,6 +158,7 @@ def evaluate(lm, config: EvaluateConfig, out: str | Path, run_dir: str | Path | 
     :func:`conditions_from_run`) on every configured metric into ``out``. ``lm``: a loaded model, or a function that
     loads it — called only after the held-out rule passed, so a violation fails before minutes of loading."""
     run_dir = Path(run_dir) if run_dir is not None else None
+    vllm = VllmGenerator(config.tensor_parallel_size) if config.backend == "vllm" else None  # fails fast without it
     if splits is None:
         raise RefusalLabError("evaluate needs the splits whose train/val prompts count as seen")
     harmful, harmless = eval_prompts(splits, config.eval_set, config.n_eval, run_dir)
@@ -169,12 +175,15 @@ def evaluate(lm, config: EvaluateConfig, out: str | Path, run_dir: str | Path | 
                       lengths=config.lengths, texts=texts, questions=questions, guard=guard,
                       batch_size=config.batch_size, capability_scorer=config.capability_scorer,
                       n_generate=config.n_generate,
-                      llm_judged=lambda c: _matches(c.control_for if c.control else c.name, config.llm_judged))
+                      llm_judged=lambda c: _matches(c.control_for if c.control else c.name, config.llm_judged),
+                      generator=vllm.generate_ids if vllm else None)
         rows, items = suite.run(conditions)
         store.export()
         items.to_parquet(Path(out) / "items.parquet")
     finally:
         store.close()
+        if vllm is not None:
+            vllm.close()
     write_json(Path(out) / "summary.json", {
         "model": lm.name, "run": str(run_dir) if run_dir else None, "config": config.model_dump(),
         "n_harmful": len(harmful), "n_harmless": len(harmless),

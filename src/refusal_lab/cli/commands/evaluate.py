@@ -43,6 +43,10 @@ def evaluate(
     capability_scorer: Annotated[Optional[str], typer.Option(help="mmlu/arc scorer: builtin (default) or lm-eval "
                                                              "(EleutherAI's harness on the same offline questions; "
                                                              "pip install 'refusal-lab[lm-eval]')")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="generation: hf (transformers, default) or vllm (the "
+                                                   "conditions that bake into weights; pip install "
+                                                   "'refusal-lab[vllm]')")] = None,
+    tensor_parallel_size: Annotated[Optional[int], typer.Option(min=1, help="vLLM's tensor_parallel_size")] = None,
     device_map: DeviceMapOption = None,
     offload_folder: OffloadFolderOption = None,
 ):
@@ -52,7 +56,8 @@ def evaluate(
                            guard=guard,
                            interventions=intervention, n_eval=n_eval, eval_set=eval_set.value if eval_set else None,
                            control_seeds=control_seeds, full_benchmarks=full or None,
-                           capability_scorer=capability_scorer)
+                           capability_scorer=capability_scorer, backend=backend,
+                           tensor_parallel_size=tensor_parallel_size)
     if run_dir is not None:
         require_run_dir(run_dir)
     run_cfg = run_config(None, run_dir, model=model, device_map=device_map, offload_folder=offload_folder)

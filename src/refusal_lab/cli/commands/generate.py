@@ -23,6 +23,7 @@ from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.data import load_prompts_for_generation
 from refusal_lab.evaluation.generate import cached_generations
 from refusal_lab.evaluation.judges import is_refusal
+from refusal_lab.evaluation.vllm_backend import BACKENDS, VllmGenerator
 from refusal_lab.models.load import load_model
 from refusal_lab.pipeline.apply import run_interventions
 
@@ -45,10 +46,16 @@ def generate(
                                                    "subspace, layer otherwise)")] = None,
     site: Annotated[Optional[list[Site]], typer.Option(help="repeatable; default resid_pre for ActAdd kinds, "
                                                        "all three sites otherwise")] = None,
+    backend: Annotated[str, typer.Option(help="hf (transformers) or vllm (the interventions that bake into "
+                                         "weights; pip install 'refusal-lab[vllm]')")] = "hf",
+    tensor_parallel_size: Annotated[int, typer.Option(min=1, help="vLLM's tensor_parallel_size")] = 1,
     device_map: DeviceMapOption = None,
     offload_folder: OffloadFolderOption = None,
 ):
     """Greedy completions, optionally under one of the run's interventions."""
+    if backend not in BACKENDS:
+        raise RefusalLabError(f"unknown --backend {backend!r}; backends are {', '.join(BACKENDS)}")
+    vllm = VllmGenerator(tensor_parallel_size) if backend == "vllm" else None  # fails fast without vLLM
     texts = load_prompts_for_generation(prompts)
     if intervention != InterventionKind.none and run_dir is None:
         raise RefusalLabError(f"--intervention {intervention.value} needs --run RUN_DIR (from refusal-lab extract)")
@@ -58,5 +65,8 @@ def generate(
         params["flip_variant"] = flip_variant.value
     interventions = run_interventions(lm, run_dir, intervention.value, scope.value if scope else None,
                                       **params) if intervention != InterventionKind.none else []
-    completions = cached_generations(lm, out, texts, interventions, max_new_tokens, batch_size)
+    completions = cached_generations(lm, out, texts, interventions, max_new_tokens, batch_size,
+                                     vllm.generate_ids if vllm else None)
+    if vllm is not None:
+        vllm.close()
     console.print(f"{len(texts)} completions → {out} (refusals: {sum(map(is_refusal, completions))})")
