@@ -50,7 +50,7 @@ def char_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def tiny_model(model_type: str, seed: int = 0, dtype=torch.float32, n_layers: int = 3):
+def tiny_model(model_type: str, seed: int = 0, dtype=torch.float32, n_layers: int = 3, device="cpu"):
     torch.manual_seed(seed)
     config = CONFIGS[model_type](
         vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128, num_hidden_layers=n_layers,
@@ -64,7 +64,7 @@ def tiny_model(model_type: str, seed: int = 0, dtype=torch.float32, n_layers: in
         for name, param in model.named_parameters():
             if name.endswith("bias"):
                 param.normal_(0, 0.02)
-    return wrap_model(model, char_tokenizer(), f"tiny-{model_type}")
+    return wrap_model(model.to(device), char_tokenizer(), f"tiny-{model_type}")
 
 
 @pytest.fixture(scope="module")

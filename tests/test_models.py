@@ -4,7 +4,6 @@ from conftest import char_tokenizer, tiny_model
 
 from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.models import adapter_for, get_bundled
-from refusal_lab.models.activations import collect_activations
 from refusal_lab.models.adapters import CHATML
 
 
@@ -42,15 +41,6 @@ def test_tokenizer_chat_template_wins_over_fallback():
     assert adapter.format_prompt(tokenizer, "hi") == "<|user|>hi<|end|><|assistant|>"
     assert adapter.post_instruction_suffix(tokenizer) == "<|end|><|assistant|>"
     assert adapter.format_prompt(char_tokenizer(), "hi") == CHATML.format(instruction="hi")
-
-
-def test_batched_activations_equal_one_by_one(tiny_lm):
-    prompts = ["a short one", "a somewhat longer prompt here", "mid length", "x"]
-    batched = collect_activations(tiny_lm, prompts, batch_size=4, use_cache=False)
-    singles = torch.cat([collect_activations(tiny_lm, [p], batch_size=1, use_cache=False).acts for p in prompts])
-    assert batched.acts.shape == (4, 3, tiny_lm.n_post_instruction, 64)
-    torch.testing.assert_close(batched.acts, singles, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(batched.mean, singles.double().mean(0), atol=1e-4, rtol=1e-4)
 
 
 def test_prefix_cached_logprobs_equal_plain_forward(tiny_lm):

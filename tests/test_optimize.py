@@ -105,18 +105,6 @@ def test_lora_adapter_reproduces_the_edit(tmp_path):
     assert torch.allclose(with_adapter(input_ids=ids).logits, hooked, atol=1e-5)
 
 
-def test_candidates_with_different_weights_share_one_pass():
-    lm = tiny_model("qwen2")
-    ablations = [_ablation(lm, seed=s, weight=w) for s, w in ((0, 0.8), (1, 1.5), (2, 0.0))]
-    base = last_token_logprobs(lm, PROMPTS)
-    scores, kl = batched_scores(lm, PROMPTS, [a.interventions(dense=True) for a in ablations], base)
-    for c, ablation in enumerate(ablations):
-        one = last_token_logprobs(lm, PROMPTS, ablation.interventions())
-        assert torch.allclose(scores[c], refusal_scores(one, lm.refusal_token_ids), atol=1e-4)
-        expected_kl = (base.exp() * (base - one)).sum(-1)
-        assert torch.allclose(kl[c], expected_kl, atol=1e-5)
-
-
 # --- the search on a tiny model ------------------------------------------------------------------------------
 
 def _config(**kw):

@@ -5,7 +5,7 @@ import torch
 from conftest import tiny_model
 
 from refusal_lab.interventions import Intervention, Projection
-from refusal_lab.interventions.batched import PerCandidate, batched_scores
+from refusal_lab.interventions.batched import PerCandidate
 from refusal_lab.interventions.scoring import kl_divergence, last_token_logprobs, refusal_scores
 from refusal_lab.methods.registry import METHODS, FitContext, MethodsConfig
 from refusal_lab.models.activations import collect_activations
@@ -40,16 +40,6 @@ def test_refusal_score_is_log_odds():
     scores = refusal_scores(logprobs, [0, 1])
     torch.testing.assert_close(scores, torch.tensor([0.0, math.log(0.1 / 0.9)]))
     assert kl_divergence(logprobs, logprobs).abs().max() < 1e-7
-
-
-def test_batched_candidate_ablation_equals_one_at_a_time():
-    lm = tiny_model("qwen2")
-    units = torch.nn.functional.normalize(torch.randn(3, 64), dim=-1)
-    ablations = [[ablation(u, lm.n_layers)] for u in units]
-    batched, _ = batched_scores(lm, HARMFUL, ablations, rows_per_pass=8)  # 2 candidates per pass
-    for i, u in enumerate(units):
-        single = refusal_scores(last_token_logprobs(lm, HARMFUL, [ablation(u, lm.n_layers)]), lm.refusal_token_ids)
-        torch.testing.assert_close(batched[i], single, atol=1e-4, rtol=1e-4)
 
 
 def test_per_candidate_stacks_equal_projections_and_loops_otherwise():
