@@ -60,8 +60,9 @@ def main() -> None:
                 report.add(name, f"{seconds:.1f}", f"{n / seconds:.2f}", f"{sum(map(len, ids)) / seconds:.1f}",
                            f"{same}/{n}" if ids is vl else "—")
             report.add(f"{condition}: vLLM start-up (bake, save, engine)", f"{t_start:.1f}", "—", "—", "—")
-            report.add(f"{condition}: vLLM start-up + generation", f"{t_start + t_vl:.1f}", f"{n / (t_start + t_vl):.2f}",
-                       f"{sum(map(len, vl)) / (t_start + t_vl):.1f}", "—")
+            total = t_start + t_vl
+            report.add(f"{condition}: vLLM start-up + generation", f"{total:.1f}", f"{n / total:.2f}",
+                       f"{sum(map(len, vl)) / total:.1f}", "—")
     finally:
         vllm.close()
     report.print()
