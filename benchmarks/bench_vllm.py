@@ -54,6 +54,7 @@ def main() -> None:
                              batch_size=args.batch_size)
             _, t_start = timed(vllm._llm, lm, interventions)  # bake, save, start the engine
             vl, t_vl = timed(vllm.generate_ids, lm, prompts, interventions, max_new_tokens=tokens)
+            vllm.close()  # an idle engine's processes would share the CPU with the next transformers run
             same = sum(a == b for a, b in zip(hf, vl))
             for name, seconds, ids in ((f"{condition}: transformers, batches of {args.batch_size}", t_hf, hf),
                                        (f"{condition}: vLLM generation (engine started)", t_vl, vl)):
