@@ -164,9 +164,8 @@ class Suite:
             judge = self.guard if self.guard is not None else llm
             if judge is not None:
                 name = judge.name if judge is self.guard else judge.name + UNSAFE_LLM_SUFFIX
-                tasks.append(Task("unsafe", name, "harmful", gen["harmful"],
-                                  self._judged(condition, "harmful", longest, judge, "unsafe"), longest,
-                                  judge.fingerprint))
+                tasks.append(Task("unsafe", name, "harmful", gen["harmful"], self._judged(
+                    condition, "harmful", longest, judge, "unsafe"), longest, judge.fingerprint))
         if "coherence" in self.metrics and llm is not None:
             tasks.append(Task("coherence", llm.name, "both", both, self._both(
                 lambda side, length: self._judged(condition, side, length, llm, "coherence")), longest,
