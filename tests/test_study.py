@@ -337,7 +337,7 @@ def test_paper_config_fails_fast_and_clearly_offline(tmp_path):
 
 def test_configs_parse_and_paper_covers_the_seed_models():
     demo = load_study_config(ROOT / "configs" / "demo.toml")
-    assert demo.models == ["qwen2.5-coder-1.5b-instruct"] and set(demo.compare.kinds) == set(KINDS)
+    assert demo.models == ["qwen2.5-coder-0.5b-instruct"] and set(demo.compare.kinds) == set(KINDS)
     assert demo.evaluate.n_eval >= 100 and "first_token_refusal" in demo.evaluate.metrics  # power where it is cheap
     both = load_study_config(ROOT / "configs" / "both.toml")
     assert both.models == ["qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"]
