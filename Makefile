@@ -35,8 +35,7 @@ models: $(STAMP)
 	$(CLI) models --install $(SMALL)
 	$(CLI) models --install $(LARGE)
 
-demo: $(STAMP)
-	$(CLI) models --install $(SMALL)
+demo: models  # the 0.5B is studied, the 1.5B is the llm judge
 	$(CLI) study --config configs/demo.toml --out runs/demo
 
 test: $(STAMP) models
