@@ -3,7 +3,8 @@
     python benchmarks/edit_variants.py --run runs/opt-0.5b --trial 97
 
 For the trial's directions and weights, the validation refusals (the run's judge, 24 tokens, the 64 harmful
-validation prompts) and mean first-token KL (the 32 harmless ones) of: the edit as searched; the edit with every
+validation prompts, each in the chat context the search scored it in) and the worst context's mean first-token KL
+(the 32 harmless ones) of: the edit as searched; the edit with every
 edited column of ``W [d, d_in]`` rescaled to its original norm (norm-preserving, as heretic's default
 row normalisation intends); the edit plus the token embeddings' component along the direction removed (Arditi et al.
 also edit the embeddings; the unembedding is untied first and left alone); and each at every weight × 1.15.
@@ -25,7 +26,7 @@ from refusal_lab.pipeline.judging import make_judge
 from refusal_lab.interventions.scoring import kl_divergence, last_token_logprobs
 from refusal_lab.models.load import load_model
 from refusal_lab.pipeline.export import trial_ablation
-from refusal_lab.pipeline.search_data import OptimizeConfig, prepare
+from refusal_lab.pipeline.search_data import OptimizeConfig, dealt, prepare
 
 
 @torch.no_grad()
@@ -62,11 +63,14 @@ def main() -> None:
             lm = load_model(config.model, dtype=config.dtype)  # fresh weights for every variant
             data = prepare(lm, config, args.run)
             edit(lm, trial_ablation(lm, args.run, args.trial), scale, norm_preserving, embeddings)
-            completions = generate(lm, data.harmful, max_new_tokens=config.max_new_tokens)
-            n = len(data.scored)
-            kl = kl_divergence(data.base_logprobs[n:], last_token_logprobs(lm, data.harmless)).mean()
+            harmful = dealt(data.harmful, config.contexts)  # each context's prompts in it, as the search scored
+            completions = [text for c in config.contexts
+                           for text in generate(lm.in_context(c), harmful[c], max_new_tokens=config.max_new_tokens)]
+            kl = max(float(kl_divergence(part.base_logprobs[len(part.scored):],
+                                         last_token_logprobs(lm.in_context(part.context), part.harmless)).mean())
+                     for part in data.slices)  # the worst context's
             report.add(f"{name}, weights × {scale}", f"{sum(map(judge.refuses, completions))} / {len(completions)}",
-                       f"{float(kl):.3f}")
+                       f"{kl:.3f}")
     report.print()
 
 

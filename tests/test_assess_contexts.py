@@ -106,3 +106,87 @@ def test_harmbench_is_a_held_out_set_by_name(tmp_path):
         eval_prompts(None, "harmbench", 4, tmp_path)
     with pytest.raises(RefusalLabError, match="unknown evaluation set 'jbb'"):
         eval_prompts(None, "jbb", 4, tmp_path)
+
+
+def _first_token_refusal(lm, texts, ablation):
+    """Mean first-token refusal probability (the mass of the refusal tokens) of each hand-rendered prompt under the
+    edit, one unpadded forward each."""
+    from refusal_lab.interventions.hooks import apply_interventions
+
+    values = []
+    for text in texts:
+        ids = torch.tensor([lm.tokenizer(text, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad(), apply_interventions(lm, ablation.interventions(lm=lm)):
+            logp = torch.log_softmax(lm.model(input_ids=ids).logits[0, -1].double(), -1)
+        values.append(float(logp[list(lm.refusal_token_ids)].exp().sum()))
+    return sum(values) / len(values)
+
+
+def test_the_search_scores_every_trial_in_every_context_and_exports_on_the_worst(tmp_path, one_thread, monkeypatch):
+    """Default search: the validation prompts dealt round-robin over the five search contexts (none held out), each
+    rendered in its own; a trial's per-context p_R and KL equal one-at-a-time forwards on hand-rendered prompts, its
+    objectives are their largest; pareto.csv's rate is the worst context's, and the export says what chose it."""
+    from refusal_lab.models.contexts import CONTEXTS, SEARCH_CONTEXTS
+    from refusal_lab.pipeline.export import choose_trial, trial_ablation
+    from refusal_lab.pipeline.optimize import load_study, optimize
+    from refusal_lab.pipeline.search_data import OptimizeConfig, search_prompts
+
+    monkeypatch.setenv("REFUSAL_LAB_CACHE", str(tmp_path / "cache"))
+    config = OptimizeConfig(model="tiny", dtype="float32", sources=["mixed"], n_train=8, n_val=10, n_score=10,
+                            n_kl=5, trials=4, startup_trials=4, trials_per_pass=4, rows_per_pass=48, max_kl=10.0,
+                            survivors=2, max_new_tokens=3)
+    assert config.contexts == list(SEARCH_CONTEXTS) and config.objective == "worst" and len(config.contexts) == 5
+    written = {(c.system, c.history) for c in SEARCH_CONTEXTS.values() if c.system or c.history}
+    assert len(written) == 4 and not written & {(c.system, c.history) for c in CONTEXTS.values()}
+    lm = tiny_model("qwen2")
+    pareto = optimize(lm, config, tmp_path / "run")
+    harmful, harmless, _ = search_prompts(config)
+
+    def rendered(context, text):  # the tiny tokenizer's ChatML fallback template has no default system prompt
+        spec = SEARCH_CONTEXTS[context]
+        turns = [("user", u) if i % 2 == 0 else ("assistant", a) for u, a in spec.history for i in (0, 1)]
+        return _chatml(*([("system", spec.system)] if spec.system else []), *turns, ("user", text))
+
+    assert rendered("search-two-turn", "q").count("<|im_start|>user") == 2
+    for trial in load_study(tmp_path / "run").trials[:2]:
+        ablation = trial_ablation(lm, tmp_path / "run", trial.number)
+        per_context = {}
+        for i, context in enumerate(config.contexts):
+            p_r = _first_token_refusal(lm, [rendered(context, t) for t in harmful[i::5]], ablation)
+            kl = _first_token_kl(lm, [rendered(context, t) for t in harmless[:5][i::5]], ablation)
+            assert trial.user_attrs["contexts"][context] == pytest.approx({"p_refusal": p_r, "kl": kl}, abs=1e-4)
+            per_context[context] = (p_r, kl)
+        assert trial.values == pytest.approx([max(p for p, _ in per_context.values()),
+                                              max(k for _, k in per_context.values())], abs=1e-4)
+    rows = pareto.to_dict("records")
+    assert rows
+    for row in rows:
+        assert [row[f"n@{c}"] for c in config.contexts] == [2] * 5 and row["n"] == 10
+        assert row["refusals"] == sum(row[f"refusals@{c}"] for c in config.contexts)
+        assert row["refusal_rate"] == pytest.approx(max(row[f"refusals@{c}"] / 2 for c in config.contexts))
+        assert row["kl"] == pytest.approx(max(row[f"kl@{c}"] for c in config.contexts))
+    best = min(rows, key=lambda r: (r["refusal_rate"], r["p_refusal"]))
+    number, criterion = choose_trial(tmp_path / "run", None, 10.0)
+    assert number == best["trial"] and "worst chat context" in criterion
+
+
+def test_the_default_trial_spends_the_kl_budget_on_a_tie(tmp_path):
+    """Of two trials with the same worst-context rate within the bound, the one with the lower first-token p_R
+    (the stronger edit, here the larger KL) is chosen; a run from before contexts falls back to its refusals."""
+    import json
+
+    import pandas as pd
+
+    from refusal_lab.pipeline.export import choose_trial
+
+    pd.DataFrame({"trial": [3, 5, 8, 9], "refusal_rate": [0.1, 0.1, 0.0, 0.2], "refusals": [1, 1, 0, 2],
+                  "kl": [0.01, 0.09, 0.3, 0.02], "p_refusal": [0.30, 0.12, 0.01, 0.2]}).to_csv(tmp_path / "pareto.csv")
+    (tmp_path / "search.json").write_text(json.dumps({"objective": "worst"}))
+    assert choose_trial(tmp_path, None, 0.1)[0] == 5  # 8 is beyond the bound; 3 and 5 tie on the rate
+    assert choose_trial(tmp_path, None, 0.5)[0] == 8
+    assert choose_trial(tmp_path, 9, 0.1) == (9, "given (--trial)")
+    pd.DataFrame({"trial": [3, 5], "refusals": [1, 1], "kl": [0.01, 0.09], "p_refusal": [0.3, 0.1]}).to_csv(
+        tmp_path / "pareto.csv")
+    (tmp_path / "search.json").unlink()
+    number, criterion = choose_trial(tmp_path, None, 0.1)
+    assert number == 5 and "the validation prompts" in criterion

@@ -103,6 +103,25 @@ def test_finding_1():
     assert verdict(evidence(inlp_dim_cosine=close), 1) == INCONCLUSIVE  # no ActAdd items
 
 
+def test_finding_1_pairs_each_actadd_at_its_own_selected_scale():
+    """DiM's selection induced at scale 2, the classifier (never selected) stays at 1: the rows pair by scope and
+    sign; a second DiM row of that sign pairs by the exact scale, and two other scales pair with none."""
+    close = pd.DataFrame({"layer": [2], "cosine": [0.9]})
+    rows = (rates("classifier-actadd[layer,scale=-1]", ZEROS), rates("actadd[layer,scale=-2]", ONES),
+            rates("classifier-actadd[layer,scale=1]", ONES, "harmless_refusal", "harmless"),
+            rates("actadd[layer,scale=2]", ONES, "harmless_refusal", "harmless"))
+    found = assess(evidence(*rows, inlp_dim_cosine=close))[0]
+    assert found.verdict == NOT_SUPPORTED  # the bypass differs by 1.0
+    assert set(found.numbers) == {"cosine at layer 2", "refusal: classifier-actadd[layer,scale=-1] − actadd[layer,scale=-2]",
+                                  "harmless_refusal: classifier-actadd[layer,scale=1] − actadd[layer,scale=2]"}
+    exact = assess(evidence(*rows, rates("actadd[layer,scale=-1]", ZEROS), inlp_dim_cosine=close))[0]
+    assert "refusal: classifier-actadd[layer,scale=-1] − actadd[layer,scale=-1]" in exact.numbers
+    assert exact.verdict == SUPPORTED
+    ambiguous = assess(evidence(rates("classifier-actadd[layer,scale=-1]", ZEROS), rates("actadd[layer,scale=-2]", ONES),
+                                rates("actadd[layer,scale=-4]", ONES), inlp_dim_cosine=close))[0]
+    assert ambiguous.verdict == INCONCLUSIVE and "no classifier-actadd / actadd pair" in ambiguous.note
+
+
 # --- 2: nullspace vs ablation ------------------------------------------------------------------------------------
 
 def test_finding_2():

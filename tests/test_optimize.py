@@ -112,7 +112,8 @@ def _config(**kw):
 
     return OptimizeConfig(**({"model": "tiny", "dtype": "float32", "sources": ["mixed", "unmatched"], "n_train": 8,
                               "n_val": 6, "n_score": 4, "trials": 12, "startup_trials": 4, "trials_per_pass": 4,
-                              "rows_per_pass": 48, "max_kl": 10.0, "survivors": 3, "max_new_tokens": 4} | kw))
+                              "rows_per_pass": 48, "max_kl": 10.0, "survivors": 3, "max_new_tokens": 4,
+                              "contexts": ["default"]} | kw))  # one context: test_assess_contexts tests several
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +146,7 @@ def test_search_improves_on_its_first_trial_on_a_planted_objective(tmp_path, mon
         values = []
         for a in ablations:
             attn, mlp = a.meta["params"]["attn"]["max_weight"], a.meta["params"]["mlp"]["max_weight"]
-            values.append(((attn - 1.0) ** 2 + (mlp - 0.7) ** 2, 0.01 * (attn + mlp)))
+            values.append((((attn - 1.0) ** 2 + (mlp - 0.7) ** 2, 0.01 * (attn + mlp)), {}))
         return values
 
     monkeypatch.setenv("REFUSAL_LAB_CACHE", str(tmp_path / "cache"))
@@ -168,7 +169,7 @@ def test_search_stops_before_a_pass_would_end_past_its_deadline(searched, tmp_pa
 
     def slow(lm, data, ablations, config):  # passes of 1 s, whatever the machine's load
         time.sleep(1.0)
-        return [(0.5, 0.0)] * len(ablations)
+        return [((0.5, 0.0), {})] * len(ablations)
 
     monkeypatch.setattr(search, "score_pass", slow)
     data = search.prepare(lm, _config(), copy)
@@ -263,6 +264,7 @@ def test_cli_optimize_and_abliterate_as_users_run_them(tmp_path, model_dir):
            "PYTHONPATH": str(Path(refusal_lab.__file__).parents[1])}  # the script imports the code under test
     config = tmp_path / "optimize.toml"
     config.write_text('[optimize]\ndtype = "float32"\nsources = ["mixed"]\nn_train = 8\nn_val = 4\n'
+                      'contexts = ["default", "search-terse"]\n'
                       'startup_trials = 2\ntrials_per_pass = 2\nrows_per_pass = 16\nsurvivors = 2\n'
                       'max_new_tokens = 3\n')
     run = tmp_path / "run"

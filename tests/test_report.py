@@ -17,7 +17,7 @@ from conftest import described
 
 from refusal_lab.analysis.evidence import FAMILY, ModelEvidence
 from refusal_lab.analysis.findings import assess, findings_json
-from refusal_lab.analysis.report import write_report
+from refusal_lab.analysis.report import render, write_report
 from refusal_lab.evaluation.stats import difference, estimate, signed_delta
 
 matplotlib.use("Agg")
@@ -244,3 +244,32 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert len(seen["images"]) == 6 and all(complete and width > 0 for complete, width in seen["images"])
     assert seen["overflow"] <= 0  # nothing wider than the window
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_harmful_rates_by_judge_stand_side_by_side(tmp_path):
+    """The by-judge table: per condition the substring refusal rate beside an llm judge's and its unsafe rate, the
+    values and Wilson intervals of the result rows, '–' where the llm judge did not grade, broken rows labelled."""
+    ev = synthetic_evidence("m")
+    r = ev.results
+    sub = r[(r["metric"] == "refusal") & (r["judge"] == "substring")]
+    llm = sub.set_index("intervention").loc[["baseline", "ablate[all]"]].reset_index().assign(
+        judge="llm:judge-ablated", value=[0.5, 0.25], ci_low=[0.3, 0.1], ci_high=[0.7, 0.45])
+    unsafe = llm.assign(metric="unsafe", judge="llm:judge-ablated compliance", value=[0.0, 0.625],
+                        ci_low=[0.0, 0.4], ci_high=[0.1, 0.8])
+    ev.results = pd.concat([r, llm, unsafe], ignore_index=True)
+    page = render([ev], {"m": assess(ev)}, {"m": []}, {})
+    table = page[page.index("<h3>Harmful requests by judge (24 tokens)</h3>"):]
+    table = table[: table.index("</table>")]
+    header = re.findall(r"<th>([^<]*)</th>", table)
+    assert header == ["intervention", "refused: llm:judge-ablated", "refused: substring",
+                      "unsafe: llm:judge-ablated compliance"]
+    rows = {cells[0]: cells[1:] for cells in
+            (re.findall(r"<td[^>]*>([^<]*)</td>", row) for row in table.split("<tr>")[2:])}
+    assert list(rows)[0] == "baseline" and len(rows) == len(set(sub.loc[~sub["control"], "intervention"]))
+    base = sub.set_index("intervention").loc["baseline"]
+    assert rows["baseline"] == ["0.500 [0.300, 0.700]",
+                                f"{base['value']:.3f} [{base['ci_low']:.3f}, {base['ci_high']:.3f}]",
+                                "0.000 [0.000, 0.100]"]
+    assert rows["ablate[all]"][0] == "0.250 [0.100, 0.450]" and rows["ablate[all]"][2] == "0.625 [0.400, 0.800]"
+    assert rows["leace[layer]"][0] == "–" and rows["leace[layer]"][2] == "–"
+    assert "flip[layer,alpha=2,flip_variant=writes] (breaks the model)" in rows

@@ -24,10 +24,10 @@ LOOSE = {"kl_threshold": 1e9, "induce_threshold": -1e9, "min_inlp_accuracy": 0.0
 KINDS = ["ablate", "actadd", "nullspace", "flip", "rank-k", "leace", "subspace", "classifier-actadd"]
 
 
-def _cli(*args, env=None, timeout=1200):
+def _cli(*args, env=None, timeout=1200, cwd=None):
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200", **(env or {})}
     return subprocess.run([str(CLI), *map(str, args)], capture_output=True, text=True, env=environment,
-                          timeout=timeout)
+                          timeout=timeout, cwd=cwd)
 
 
 def _study_toml(path: Path, model: Path) -> Path:
@@ -151,6 +151,16 @@ def test_study_rerun_resumes_without_recomputing(study):
     assert result.returncode == 0, result.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in analysis} == before
     assert time.perf_counter() - started < 120
+    moved = root / "moved"  # a moved study resumes from elsewhere: its figures are found in its own directory
+    shutil.copytree(out, moved)
+    out.rename(root / "away")  # nothing left where the study was first run
+    try:
+        result = _cli("study", "--config", config, "--out", moved, env=env, cwd=moved)
+    finally:
+        (root / "away").rename(out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (moved / "report.html").read_text().count('src="data:image/png;base64,') == \
+        (out / "report.html").read_text().count('src="data:image/png;base64,') > 0
     # another config in the same directory is refused, naming the fix
     other = config.with_name("other.toml")
     other.write_text(config.read_text().replace("n_eval = 3", "n_eval = 2"))
@@ -306,7 +316,7 @@ def test_study_stages_rerun_when_interrupted_and_are_skipped_when_finished(model
     assert calls == {"analyse": 1, "draw_figures": 1}  # extraction and evaluation had finished
     assert rd.done("analyse") and rd.done("figures") and report.exists()
     figures = rd.record("figures")["info"]["figures"]
-    assert figures and all(Path(path).exists() for _, path in figures)
+    assert figures and all((out / "figures" / model.name / name).exists() for _, name in figures)
     stamps = {p: p.stat().st_mtime_ns for p in (model / "analysis").iterdir()}
 
     calls.clear()

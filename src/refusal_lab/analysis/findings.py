@@ -110,9 +110,20 @@ def _verdict(*parts: bool | None) -> str:
     return {True: SUPPORTED, False: NOT_SUPPORTED, None: INCONCLUSIVE}[_all(list(parts))]
 
 
+def _counterpart(row: Row, actadds: list[Row]) -> str | None:
+    """The DiM ActAdd row a classifier-ActAdd row is compared with: same scope and sign of scale, the same scale
+    where there is one, else the only such row — each direction at the scale its own selection chose (DiM's may
+    induce at 2 where the classifier, never selected, stays at 1)."""
+    scale = float(row.params.get("scale", -1))
+    same = [a for a in actadds if a.scope == row.scope and float(a.params.get("scale", -1)) * scale > 0]
+    exact = [a for a in same if float(a.params.get("scale", -1)) == scale]
+    return (exact or same)[0].name if len(exact) == 1 or len(same) == 1 else None
+
+
 def _first_inlp_vs_dim(ev: ModelEvidence, rd: Reader) -> Finding:
     """|cos| at the chosen layer ≥ CLOSE_COSINE (a direction's sign is a labelling convention), and every
-    classifier-ActAdd row ≈ the DiM ActAdd row of the same scope and scale: the paired difference (``refusal`` for a
+    classifier-ActAdd row ≈ the DiM ActAdd row of the same scope and sign of scale (:func:`_counterpart`, each at
+    its own selected scale): the paired difference (``refusal`` for a
     negative scale, ``harmless_refusal`` for a positive one) has its CI inside ±EQUIVALENCE_MARGIN; a CI excluding 0
     with |Δ| beyond the margin contradicts."""
     numbers, notes, close, agree = {}, [], None, []
@@ -122,19 +133,21 @@ def _first_inlp_vs_dim(ev: ModelEvidence, rd: Reader) -> Finding:
         close = abs(cosine) >= CLOSE_COSINE
     else:
         notes.append(f"no INLP–DiM cosine at layer {ev.layer}")
+    actadds = rd.of("actadd")
     for row in rd.of("classifier-actadd"):
-        dim = "actadd" + row.name[len("classifier-actadd"):]
-        metric, dataset = (rd.harmless_metric, "harmless") if float(row.params.get("scale", -1)) > 0 else \
-            (rd.refusal_metric, "harmful")
-        if (e := rd.diff(row.name, dim, metric, dataset)) is not None:
+        scale = float(row.params.get("scale", -1))
+        dim = _counterpart(row, actadds)
+        metric, dataset = (rd.harmless_metric, "harmless") if scale > 0 else (rd.refusal_metric, "harmful")
+        if dim is not None and (e := rd.diff(row.name, dim, metric, dataset)) is not None:
             numbers[f"{metric}: {row.name} − {dim}"] = _iv(e)
             agree.append(_decide(-EQUIVALENCE_MARGIN <= e.low and e.high <= EQUIVALENCE_MARGIN,
                                  (e.low > 0 or e.high < 0) and abs(e.value) > EQUIVALENCE_MARGIN))
     if not agree:
         notes.append("no classifier-actadd / actadd pair with items")
     return Finding(1, TITLES[1], _verdict(close, _all(agree)),
-                   f"|cos| at layer {ev.layer} ≥ {CLOSE_COSINE}, and every classifier-ActAdd − DiM ActAdd paired "
-                   f"refusal-rate difference has its 95 % CI inside ±{EQUIVALENCE_MARGIN}.", numbers, "; ".join(notes))
+                   f"|cos| at layer {ev.layer} ≥ {CLOSE_COSINE}, and every classifier-ActAdd − DiM ActAdd (same "
+                   "scope and sign, each at its selected scale) paired refusal-rate difference has its 95 % CI "
+                   f"inside ±{EQUIVALENCE_MARGIN}.", numbers, "; ".join(notes))
 
 
 def _nullspace_vs_ablation(ev: ModelEvidence, rd: Reader) -> Finding:

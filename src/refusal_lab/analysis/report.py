@@ -5,12 +5,13 @@ URI, the style sheet is inline, there is no script, font, link or external addre
 evidence, the findings, the captions and ``meta`` is HTML-escaped.
 
 Per model, in order: a header (model, data hash, config, code version, date, the chosen layer and position), the
-first figure of the model's list (the Δ-vs-baseline figure), the conditions that break the model and why, the results
-table (non-control, non-baseline rows, a column saying which break the model), the other figures with their captions,
-and the findings (verdict badge, the rule, the numbers with their intervals, the note). A verdict summary across
-models, the coherence gate's rule with its bounds (:mod:`refusal_lab.analysis.coherence`) and a Judges section (each
-judge's recorded agreement with human labels, ``meta["agreement"]``, and the rule that produced each unsafe rate)
-open the page.
+first figure of the model's list (the Δ-vs-baseline figure), the conditions that break the model and why, the rates
+on harmful requests by judge (the substring rate beside the llm judge's), the results table (non-control,
+non-baseline rows, a column saying which break the model), the other figures with their captions, and the findings
+(verdict badge, the rule, the numbers with their intervals, the note). A verdict summary across models, the
+coherence gate's rule with its bounds (:mod:`refusal_lab.analysis.coherence`) and a Judges section (each judge's
+recorded agreement with human labels, ``meta["agreement"]``, and the rule that produced each unsafe rate) open the
+page.
 """
 
 from __future__ import annotations
@@ -203,6 +204,29 @@ def _results(ev: ModelEvidence) -> str:
                    "baseline", "Δ [95 % CI]", "specific", "coherence gate"], rows, "results")
 
 
+def _by_judge(ev: ModelEvidence) -> str:
+    """Per non-control condition (rows, baseline first), the rates on harmful requests at the longest length under
+    every judge (columns): refusal per judge, then the unsafe rate (llm-judged compliance or a guard), so the
+    substring rate stands beside the llm judge's; '–' where a judge did not grade a condition."""
+    r = ev.results
+    if r.empty or "judge" not in r:
+        return ""
+    r = r[~r["control"].fillna(False).astype(bool)] if "control" in r else r
+    r = r[r["metric"].isin(["refusal", "unsafe"]) & (r["dataset"] == "harmful")]
+    if r.empty:
+        return ""
+    r = r[r["max_new_tokens"] == r["max_new_tokens"].max()]
+    r = r.assign(column=[f"{m.replace('refusal', 'refused')}: {j}" for m, j in zip(r["metric"], r["judge"])])
+    columns = sorted(set(r["column"]), key=lambda c: (c.startswith("unsafe"), c))
+    cells = {(row["intervention"], row["column"]): (_interval(row["value"], row.get("ci_low"), row.get("ci_high")),
+                                                    "num") for row in r.to_dict("records")}
+    names = sorted(set(r["intervention"]), key=lambda n: (n != "baseline", n))
+    gone = broken(ev.results)
+    rows = [[f"{n} ({BROKEN_LABEL})" if n in gone else n, *(cells.get((n, c), "–") for c in columns)] for n in names]
+    return (f"<h3>Harmful requests by judge ({_num(int(r['max_new_tokens'].max()))} tokens)</h3>"
+            + _table(["intervention", *columns], rows, "results"))
+
+
 def _analysis_tables(ev: ModelEvidence) -> list[str]:
     """The geometry, landing and sensitivity tables (those with rows), numbers as in every table; a landing row of a
     condition that breaks the model says so beside its name."""
@@ -294,7 +318,8 @@ def render(evidences: Sequence[ModelEvidence], findings: dict[str, list[Finding]
         figs = figures.get(ev.model, [])
         parts += [f"<h2>{_e(ev.model)}</h2>", _header(ev, meta)]
         parts += [_figure(*figs[0])] if figs else []
-        parts += ["<h3>Conditions that break the model</h3>", _gate(ev), "<h3>Results</h3>", _results(ev)]
+        parts += ["<h3>Conditions that break the model</h3>", _gate(ev), _by_judge(ev), "<h3>Results</h3>",
+                  _results(ev)]
         parts += ["<h3>Figures</h3>"] + [_figure(*fig) for fig in figs[1:]] if len(figs) > 1 else []
         parts += _analysis_tables(ev)
         parts += ["<h3>Findings</h3>"] + [_finding(f) for f in findings.get(ev.model, [])]

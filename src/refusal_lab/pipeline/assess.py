@@ -26,9 +26,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from refusal_lab.evaluation.store import ResultsStore
 from refusal_lab.models.contexts import CONTEXTS, DEFAULT
-from refusal_lab.pipeline.edit_scoring import EditScorer
+from refusal_lab.pipeline.edit_scoring import EditScorer, ScorerSet
 from refusal_lab.pipeline.export import trial_ablation
 from refusal_lab.pipeline.heldout import eval_prompts
 from refusal_lab.pipeline.judging import make_judge
@@ -56,31 +55,23 @@ def heldout_scorer(lm, run_dir: str | Path, config: OptimizeConfig, n: int = 100
                       config.max_new_tokens, config.generate_batch)
 
 
-class HeldoutScorer:
-    """:class:`EditScorer` s over one store, one per (context, request set), on the first ``n`` held-out requests
-    per side; KL is scored per context, with the first set. Use as a context manager."""
+class HeldoutScorer(ScorerSet):
+    """A :class:`ScorerSet` in ``RUN_DIR/heldout``, one scorer per (context, request set), on the first ``n``
+    held-out requests per side; KL is scored per context, with the first set. Use as a context manager."""
 
     def __init__(self, lm, run_dir: str | Path, config: OptimizeConfig, n: int = 100,
                  contexts: Sequence[str] = tuple(CONTEXTS), sets: Sequence[str] = REQUEST_SETS):
-        judge = make_judge(config.judge)
         prompts = {name: eval_prompts(None, name, n, run_dir) for name in sets}  # checked before anything runs
-        self.store = ResultsStore(Path(run_dir) / "heldout")
-        self.scorers = {(context, name): EditScorer(lm.in_context(context), None, harmful,
-                                                    harmless if name == sets[0] else [], judge,
-                                                    config.max_new_tokens, config.generate_batch, store=self.store)
-                        for context in contexts for name, (harmful, harmless) in prompts.items()}
-
-    def __enter__(self) -> HeldoutScorer:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.store.close()
+        super().__init__(Path(run_dir) / "heldout", {
+            (context, name): (lm.in_context(context), harmful, harmless if name == sets[0] else [])
+            for context in contexts for name, (harmful, harmless) in prompts.items()},
+            make_judge(config.judge), config.max_new_tokens, config.generate_batch)
 
     def score(self, name: str, ablation: Abliteration | None, **params) -> list[dict]:
         """``{"context", "set", "refusals", "n", "kl"}`` per (context, set) of one edit (None: the unmodified
         model); ``kl`` is the context's, on the harmless requests (the same for each set)."""
-        rows = [{"context": context, "set": request_set, **scorer.score(name, ablation, **params)}
-                for (context, request_set), scorer in self.scorers.items()]
+        rows = [{"context": context, "set": request_set, **scored}
+                for (context, request_set), scored in super().score(name, ablation, **params).items()]
         kl = {row["context"]: row["kl"] for row in rows if "kl" in row}
         return [row | {"kl": kl.get(row["context"])} for row in rows]
 

@@ -49,4 +49,24 @@ class EditScorer:
         return result | ({"kl": scored["kl"]["value"]} if "kl" in scored else {})
 
 
-__all__ = ["EditScorer"]
+class ScorerSet:
+    """:class:`EditScorer` s over one store in ``directory``, one per key of ``parts`` (key → the model viewed in
+    its chat context, harmful prompts, harmless prompts); use as a context manager."""
+
+    def __init__(self, directory: str | Path, parts: dict, judge, max_new_tokens: int, batch_size: int):
+        self.store = ResultsStore(directory)
+        self.scorers = {key: EditScorer(lm, None, harmful, harmless, judge, max_new_tokens, batch_size,
+                                        store=self.store) for key, (lm, harmful, harmless) in parts.items()}
+
+    def __enter__(self) -> ScorerSet:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.store.close()
+
+    def score(self, name: str, ablation: Abliteration | None, **params) -> dict:
+        """key → :meth:`EditScorer.score` of one edit (None: the unmodified model)."""
+        return {key: scorer.score(name, ablation, **params) for key, scorer in self.scorers.items()}
+
+
+__all__ = ["EditScorer", "ScorerSet"]

@@ -4,10 +4,12 @@ edit as a PEFT LoRA adapter (rank 1 per edited writer), and ``reproduce.json``."
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
 import torch
+from rich.console import Console
 
 from refusal_lab import __version__
 from refusal_lab.core.errors import RefusalLabError
@@ -17,11 +19,17 @@ from refusal_lab.pipeline.rundir import RunDirectory
 from refusal_lab.pipeline.search_data import OptimizeConfig, SearchData, load_means, load_refined
 from refusal_lab.search.edit import Abliteration
 
+log = Console(stderr=True, width=None if sys.stderr.isatty() else 150).log
 
-def choose_trial(run_dir: Path, trial: int | None, max_kl: float) -> int:
-    """``trial``, or the Pareto trial (``pareto.csv``) with the fewest refusals among those with ``KL ≤ max_kl``."""
+
+def choose_trial(run_dir: Path, trial: int | None, max_kl: float) -> tuple[int, str]:
+    """``trial`` (criterion "given"), or the Pareto trial (``pareto.csv``) with ``KL ≤ max_kl`` and the lowest
+    validation refusal rate over the search's chat contexts (``refusal_rate``: the worst context's, or their mean,
+    as the search's objective said; a run from before contexts: the refusals), ties broken by the lower first-token
+    refusal probability — the stronger edit, so a tie spends the KL budget rather than keeping the mildest trial.
+    Returns the trial and the criterion that chose it, in words."""
     if trial is not None:
-        return trial
+        return trial, "given (--trial)"
     path = run_dir / "pareto.csv"
     if not path.exists():
         raise RefusalLabError(f"{run_dir} has no pareto.csv; run `refusal-lab optimize --out {run_dir}` first")
@@ -30,7 +38,13 @@ def choose_trial(run_dir: Path, trial: int | None, max_kl: float) -> int:
     if within.empty:
         raise RefusalLabError(f"no Pareto trial in {path} has KL ≤ {max_kl} (lowest {pareto['kl'].min():.3f}); "
                               "raise --max-kl or pass --trial N")
-    return int(within.sort_values(["refusals", "kl"]).iloc[0]["trial"])
+    rate = "refusal_rate" if "refusal_rate" in within else "refusals"
+    search = json.loads((run_dir / "search.json").read_text()) if (run_dir / "search.json").exists() else {}
+    over = {"worst": "its worst chat context", "mean": "the mean over its chat contexts"}.get(
+        search.get("objective"), "the validation prompts")
+    chosen = int(within.sort_values([rate, "p_refusal"]).iloc[0]["trial"])
+    return chosen, (f"the lowest validation refusal rate over {over} among the Pareto trials with KL ≤ {max_kl:g}, "
+                    "ties to the lower first-token refusal probability")
 
 
 def trial_ablation(lm, run_dir: Path, trial: int) -> Abliteration:
@@ -43,7 +57,7 @@ def trial_ablation(lm, run_dir: Path, trial: int) -> Abliteration:
     if stored is None:
         raise RefusalLabError(f"{run_dir} has no class means (means.safetensors); rerun `refusal-lab optimize --out "
                               f"{run_dir}` to make them")
-    data = SearchData([], [], [], torch.empty(0), *stored, load_refined(run_dir, config, stored[1]))
+    data = SearchData([], [], *stored, load_refined(run_dir, config, stored[1]))
     return data.ablation(lm, trial_params(found[0]), trial=trial)
 
 
@@ -74,7 +88,8 @@ def lora_adapter(lm, ablation: Abliteration, out: Path) -> Path:
 def export_trial(lm, run_dir: str | Path, out: str | Path, trial: int | None = None, max_kl: float = 0.1,
                  lora: bool = False) -> Path:
     """Bake trial ``trial`` (default: :func:`choose_trial`) into ``lm`` and save it at ``out`` with
-    ``reproduce.json`` (parameters, validation refusals and KL, data hash, versions); with ``lora`` also the
+    ``reproduce.json`` (the trial and the criterion that chose it, parameters, validation figures, data hash,
+    versions); with ``lora`` also the
     adapter at ``out/lora``."""
     import optuna
     import peft
@@ -82,7 +97,8 @@ def export_trial(lm, run_dir: str | Path, out: str | Path, trial: int | None = N
 
     run_dir, out = Path(run_dir), Path(out)
     RunDirectory(run_dir).check(lm=lm, same_dtype=False)  # the edit is built for the weights the run searched
-    number = choose_trial(run_dir, trial, max_kl)
+    number, criterion = choose_trial(run_dir, trial, max_kl)
+    log(f"exporting trial {number}, chosen by {criterion}")
     ablation = trial_ablation(lm, run_dir, number)
     if lora:
         lora_adapter(lm, ablation, out / "lora")
@@ -93,7 +109,7 @@ def export_trial(lm, run_dir: str | Path, out: str | Path, trial: int | None = N
     pareto = pd.read_csv(run_dir / "pareto.csv") if (run_dir / "pareto.csv").exists() else pd.DataFrame()
     scores = pareto[pareto["trial"] == number].to_dict("records") if not pareto.empty else []
     write_json(out / "reproduce.json", {
-        "run": str(run_dir), "trial": number, "validation": scores[0] if scores else None,
+        "run": str(run_dir), "trial": number, "chosen_by": criterion, "validation": scores[0] if scores else None,
         "params": ablation.meta["params"], "data_hash": ablation.meta["data_hash"], "model": ablation.meta["model"],
         "config": json.loads((run_dir / "config.json").read_text()),
         "versions": {"refusal_lab": __version__, "torch": torch.__version__,

@@ -6,6 +6,13 @@ survivors' generations (the first ``n_score`` of them for the first-token scores
 harmless ones of ``kl_source`` (default ``unmatched``: generic requests, the kind heretic's KL and the held-out
 assessment use; ``mixed``: topic-matched and generic requests).
 
+Chat contexts (``contexts``; default :data:`~refusal_lab.models.contexts.SEARCH_CONTEXTS`: the template's default
+and four system prompts / earlier turns that no held-out context uses): the validation prompts are dealt round-robin
+among them (prompt ``i`` to context ``i mod C``, :func:`~refusal_lab.pipeline.search_data.dealt`) and each is
+formatted in its own, so a trial costs what one context did. Every figure below is taken per context and aggregated
+by ``objective``: ``worst`` (default) the largest over the contexts, ``mean`` their mean; the per-context figures
+are kept (each trial's ``contexts`` attribute, ``pareto.csv``'s ``…@<context>`` columns).
+
 Search (Optuna, multivariate TPE with a constant liar, journal storage ``RUN_DIR/optuna.journal``, so a rerun
 resumes and an interruption loses at most the trials in flight): ``trials_per_pass`` trials are asked at once and
 scored in one batched forward over the validation prompts, each trial owning a block of batch rows
@@ -21,10 +28,11 @@ Survivors: nothing is generated during the search. Afterwards the trials on the 
 lowest-``p_R`` trials with ``KL ≤ max_kl`` (``survivors`` of each at most; under a time budget only as many
 as the time left affords) get greedy generations
 (``max_new_tokens``) on the harmful validation prompts, judged by ``judge`` (default heretic's markers), scored by
-the one evaluator (:class:`~refusal_lab.pipeline.edit_scoring.EditScorer`; generations in
+the one evaluator (:class:`~refusal_lab.pipeline.edit_scoring.ScorerSet`, one scorer per context; generations in
 ``RUN_DIR/evaluation/results.duckdb``); every other trial is dominated on the cheap objectives and is never
-generated for. ``RUN_DIR/pareto.csv`` holds the survivors' Pareto front on (refusals, KL[, NLL]) with every
-parameter (and ``nll_change``, the NLL's change from the unedited model's).
+generated for. ``RUN_DIR/pareto.csv`` holds the survivors' Pareto front on (``refusal_rate``: the contexts'
+refusal rates aggregated by ``objective``, KL[, NLL]) with the total ``refusals`` of ``n``, each context's
+figures and every parameter (and ``nll_change``, the NLL's change from the unedited model's).
 """
 
 from __future__ import annotations
@@ -44,9 +52,9 @@ from refusal_lab.core.io import write_csv, write_json
 from refusal_lab.core.memory import release_freed_memory
 from refusal_lab.pipeline.judging import make_judge
 from refusal_lab.interventions.batched import batched_scores
-from refusal_lab.pipeline.edit_scoring import EditScorer
+from refusal_lab.pipeline.edit_scoring import ScorerSet
 from refusal_lab.pipeline.rundir import RunDirectory
-from refusal_lab.pipeline.search_data import OptimizeConfig, SearchData, capability_nll, prepare
+from refusal_lab.pipeline.search_data import OptimizeConfig, SearchData, capability_nll, dealt, prepare
 from refusal_lab.search.edit import Abliteration
 from refusal_lab.search.space import AbliterationParams, suggest
 
@@ -84,17 +92,38 @@ def load_study(run_dir: Path):
     return optuna.load_study(study_name=STUDY, storage=_storage(run_dir))
 
 
-def score_pass(lm, data: SearchData, ablations: list[Abliteration], config: OptimizeConfig) -> list[tuple[float, ...]]:
-    """(mean first-token refusal probability on harmful, mean first-token KL on harmless[, capability NLL]) per
-    ablation; the first two from one batched forward per ``rows_per_pass`` rows, the NLL one ablation at a time."""
+def context_scores(lm, data: SearchData, ablations: list[Abliteration], config: OptimizeConfig) -> torch.Tensor:
+    """``[A, C, 2]``: per ablation and chat context (``data.slices``), the mean first-token refusal probability on
+    that context's harmful prompts and the mean first-token KL on its harmless ones, each context's prompts formatted
+    in it (batched forwards of about ``rows_per_pass`` rows)."""
     candidates = [a.interventions(dense=True, lm=lm) for a in ablations]
-    scores, kl = batched_scores(lm, data.scored + data.harmless, candidates, data.base_logprobs, config.rows_per_pass)
-    n = len(data.scored)
-    values = [(float(torch.sigmoid(s[:n]).mean()), float(k[n:].mean())) for s, k in zip(scores, kl)]
+    out = torch.empty(len(ablations), len(data.slices), 2)
+    for c, part in enumerate(data.slices):
+        scores, kl = batched_scores(lm.in_context(part.context), part.scored + part.harmless, candidates,
+                                    part.base_logprobs, config.rows_per_pass)
+        n = len(part.scored)
+        out[:, c, 0], out[:, c, 1] = torch.sigmoid(scores[:, :n]).mean(1), kl[:, n:].mean(1)
+    return out
+
+
+def aggregate(per_context: torch.Tensor, objective: str) -> torch.Tensor:
+    """Over the contexts (dim −2): the largest (``worst``) or the mean (``mean``)."""
+    return per_context.amax(-2) if objective == "worst" else per_context.mean(-2)
+
+
+def score_pass(lm, data: SearchData, ablations: list[Abliteration],
+               config: OptimizeConfig) -> list[tuple[tuple[float, ...], dict]]:
+    """Per ablation: (p_R, KL[, capability NLL]) — the first-token refusal probability on harmful and KL on harmless
+    prompts, each aggregated over the chat contexts by ``config.objective`` (:func:`context_scores`), then the NLL
+    (one ablation at a time) — and the per-context figures ``{context: {"p_refusal", "kl"}}``."""
+    per_context = context_scores(lm, data, ablations, config)
+    values = [tuple(v) for v in aggregate(per_context, config.objective).tolist()]
     if data.capability:
         values = [v + (capability_nll(lm, data, a, config),) for v, a in zip(values, ablations)]
     release_freed_memory()  # each pass's activations, so that the next lands on the steady footprint
-    return values
+    contexts = [{part.context: {"p_refusal": p, "kl": k} for part, (p, k) in zip(data.slices, rows)}
+                for rows in per_context.tolist()]
+    return list(zip(values, contexts))
 
 
 def full_refined_trial(n_layers: int) -> dict:
@@ -128,9 +157,11 @@ def search(lm, data: SearchData, study, config: OptimizeConfig, deadline: float 
             trials = [study.ask() for _ in range(min(config.trials_per_pass, config.trials - done))]
             params = [suggest(t, lm.n_layers, list(config.sources), positions, config.norm_preserving)
                       for t in trials]
-            values = score_pass(lm, data, [data.ablation(lm, p) for p in params], config)
-            for trial, p, value in zip(trials, params, values):
+            scored = score_pass(lm, data, [data.ablation(lm, p) for p in params], config)
+            values = [value for value, _ in scored]
+            for trial, p, (value, contexts) in zip(trials, params, scored):
                 trial.set_user_attr("params", json.loads(p.model_dump_json()))
+                trial.set_user_attr("contexts", contexts)
                 trial.set_constraint("kl", value[1] - config.max_kl)  # feasible: KL ≤ max_kl
                 study.tell(trial, list(value))
             last_pass = time.monotonic() - began
@@ -156,9 +187,10 @@ def trial_table(study) -> pd.DataFrame:
     import optuna
 
     rows = [{"trial": t.number, "p_refusal": t.values[0], "kl": t.values[1],
-             "nll": t.values[2] if len(t.values) > 2 else float("nan"), "params": trial_params(t)}
+             "nll": t.values[2] if len(t.values) > 2 else float("nan"), "params": trial_params(t),
+             "contexts": t.user_attrs.get("contexts", {})}
             for t in study.get_trials(states=[optuna.trial.TrialState.COMPLETE])]
-    return pd.DataFrame(rows, columns=["trial", "p_refusal", "kl", "nll", "params"])
+    return pd.DataFrame(rows, columns=["trial", "p_refusal", "kl", "nll", "params", "contexts"])
 
 
 def survivors(table: pd.DataFrame, config: OptimizeConfig, limit: int | None = None) -> pd.DataFrame:
@@ -188,14 +220,17 @@ def optimize(lm, config: OptimizeConfig, run_dir: str | Path) -> pd.DataFrame:
     RunDirectory(run_dir).bind(lm=lm, config=config.model_copy(update={k: None for k in UNTRACKED}))
     write_json(run_dir / "config.json", json.loads(config.model_dump_json()))
     data = prepare(lm, config, run_dir)
-    with EditScorer(lm, run_dir / "evaluation", data.harmful, [], judge, config.max_new_tokens,
-                    config.generate_batch) as scorer:
+    harmful = dealt(data.harmful, config.contexts)
+    parts = {c: (lm.in_context(c), harmful[c], []) for c in config.contexts}
+    with ScorerSet(run_dir / "evaluation", parts, judge, config.max_new_tokens, config.generate_batch) as scorer:
         began = time.monotonic()
-        baseline = scorer.score("baseline", None)["refusals"]
+        baseline = scorer.score("baseline", None)
         timing = run_dir / "generation-seconds.json"
         if not timing.exists():
             write_json(timing, time.monotonic() - began)
-        log(f"baseline: {baseline}/{len(data.harmful)} validation refusals ({config.judge})")
+        per_context = ", ".join(f"{c} {b['refusals']}/{b['n']}" for c, b in baseline.items())
+        log(f"baseline: {sum(b['refusals'] for b in baseline.values())}/{len(data.harmful)} validation refusals "
+            f"({config.judge}; {per_context})")
         study = open_study(run_dir, config)
         if "refined" in config.sources and not study.trials:
             study.enqueue_trial(full_refined_trial(lm.n_layers))  # the refined direction as it was trained
@@ -212,23 +247,55 @@ def optimize(lm, config: OptimizeConfig, run_dir: str | Path) -> pd.DataFrame:
                            None if end is None else max(2, int((end - time.monotonic()) // per_generation)))
         log(f"generating for up to {len(chosen)} of {len(table)} trials (the rest are dominated on first-token "
             "scores)")
-        refusals, longest = {}, per_generation
-        for row in chosen.itertuples():  # in priority order; under a budget none that would end past it (but the 1st)
-            if end is not None and refusals and time.monotonic() + longest > end:
-                break
-            began = time.monotonic()
-            refusals[row.trial] = scorer.score(f"trial-{row.trial}", data.ablation(lm, row.params),
-                                               trial=row.trial)["refusals"]
-            release_freed_memory()
-            longest = max(longest, time.monotonic() - began)
-    chosen = chosen[chosen["trial"].isin(list(refusals))].assign(refusals=lambda f: f["trial"].map(refusals))
-    result = front(chosen, "refusals", *data.objectives[1:])
-    rows = [{"trial": r.trial, "refusals": r.refusals, "n": len(data.harmful), "kl": r.kl,
-             **({"nll": r.nll, "nll_change": r.nll - data.base_nll} if data.capability else {}),
-             "p_refusal": r.p_refusal, **flatten(r.params)} for r in result.itertuples()]
-    pareto = pd.DataFrame(rows)
+        generated = generate_survivors(lm, data, scorer, chosen, end, per_generation)
+    pareto = pareto_table(chosen, generated, data, config)
     write_csv(pareto, run_dir / "pareto.csv")
-    write_json(run_dir / "search.json", {"baseline_refusals": baseline, "n": len(data.harmful),
-                                         "trials": len(table), "generated": len(chosen), "baseline_nll": data.base_nll,
+    write_json(run_dir / "search.json", {"baseline_refusals": sum(b["refusals"] for b in baseline.values()),
+                                         "n": len(data.harmful), "baseline_contexts": baseline,
+                                         "baseline_refusal_rate": refusal_rate(baseline, config.objective),
+                                         "objective": config.objective, "trials": len(table),
+                                         "generated": len(generated), "baseline_nll": data.base_nll,
                                          "seconds": time.monotonic() - start})
     return pareto
+
+
+def generate_survivors(lm, data: SearchData, scorer: ScorerSet, chosen: pd.DataFrame, end: float | None,
+                       per_generation: float) -> dict[int, dict]:
+    """trial → per-context validation refusals of the ``chosen`` trials, in their priority order; under a time budget
+    (``end``, ``time.monotonic()``) none whose generations would end past it, but the first."""
+    generated, longest = {}, per_generation
+    for row in chosen.itertuples():
+        if end is not None and generated and time.monotonic() + longest > end:
+            break
+        began = time.monotonic()
+        generated[row.trial] = scorer.score(f"trial-{row.trial}", data.ablation(lm, row.params), trial=row.trial)
+        release_freed_memory()
+        longest = max(longest, time.monotonic() - began)
+    return generated
+
+
+def refusal_rate(per_context: dict[str, dict], objective: str) -> float:
+    """The refusal rate over the contexts' ``{"refusals", "n"}``: the largest (``worst``) or the mean (``mean``)."""
+    rates = [scored["refusals"] / scored["n"] for scored in per_context.values()]
+    return max(rates) if objective == "worst" else sum(rates) / len(rates)
+
+
+def pareto_table(chosen: pd.DataFrame, generated: dict[int, dict], data: SearchData,
+                 config: OptimizeConfig) -> pd.DataFrame:
+    """The generated trials' front on (``refusal_rate``, KL[, NLL]): per trial its refusals (all contexts), the
+    aggregated rate, first-token p_R and KL, each context's figures (``refusals@<context>``, ``n@…``,
+    ``p_refusal@…``, ``kl@…``) and every parameter."""
+    chosen = chosen[chosen["trial"].isin(list(generated))]
+    chosen = chosen.assign(refusals=[sum(s["refusals"] for s in generated[t].values()) for t in chosen["trial"]],
+                           refusal_rate=[refusal_rate(generated[t], config.objective) for t in chosen["trial"]])
+    rows = []
+    for r in front(chosen, "refusal_rate", *data.objectives[1:]).itertuples():
+        contexts = {f"{name}@{c}": value for c in config.contexts
+                    for name, value in (("refusals", generated[r.trial][c]["refusals"]),
+                                        ("n", generated[r.trial][c]["n"]),
+                                        ("p_refusal", r.contexts.get(c, {}).get("p_refusal")),
+                                        ("kl", r.contexts.get(c, {}).get("kl")))}
+        rows.append({"trial": r.trial, "refusals": r.refusals, "n": len(data.harmful), "refusal_rate": r.refusal_rate,
+                     "kl": r.kl, **({"nll": r.nll, "nll_change": r.nll - data.base_nll} if data.capability else {}),
+                     "p_refusal": r.p_refusal, **contexts, **flatten(r.params)})
+    return pd.DataFrame(rows)

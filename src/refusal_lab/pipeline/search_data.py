@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, field_validator, model_validator
 from rich.console import Console
 from safetensors.torch import save_file
 
@@ -32,6 +32,7 @@ from refusal_lab.evaluation.texts import load_texts
 from refusal_lab.interventions.scoring import last_token_logprobs
 from refusal_lab.models.activations import collect_activations
 from refusal_lab.models.bundled import DEFAULT_MODEL
+from refusal_lab.models.contexts import CONTEXTS, SEARCH_CONTEXTS
 from refusal_lab.models.placement import DeviceMapSetting
 from refusal_lab.pipeline.heldout import record_seen
 from refusal_lab.search.edit import Abliteration
@@ -72,6 +73,29 @@ class OptimizeConfig(ConfigModel):
     capability_window: int = Field(128, ge=2)  # tokens per scored window of a text (disjoint windows)
     time_budget_min: float | None = Field(None, gt=0)
     refine: RefineSettings = RefineSettings()
+    # chat contexts the search scores under, the validation prompts dealt round-robin among them (prompt i to
+    # context i mod C); objective "worst": each trial's p_R, KL and refusal rate are their largest over the contexts,
+    # "mean": their averages. Both are in each trial's record and in pareto.csv, per context
+    contexts: list[str] = Field(default_factory=lambda: list(SEARCH_CONTEXTS), min_length=1)
+    objective: Literal["worst", "mean"] = "worst"
+
+    @field_validator("contexts")
+    @classmethod
+    def _known_contexts(cls, contexts: list[str]) -> list[str]:
+        known = CONTEXTS | SEARCH_CONTEXTS
+        unknown = [c for c in contexts if c not in known]
+        if unknown or len(set(contexts)) < len(contexts):
+            raise ValueError(f"contexts must be distinct registered chat contexts ({', '.join(known)}); got "
+                             f"{contexts}")
+        return contexts
+
+    @model_validator(mode="after")
+    def _prompts_for_every_context(self):
+        if min(self.n_score, self.n_kl, self.n_val) < len(self.contexts):
+            raise ValueError(f"n_val, n_score and n_kl must each be at least the number of contexts "
+                             f"({len(self.contexts)}), so that every context scores a prompt; raise them or list "
+                             "fewer contexts")
+        return self
 
     @property
     def training_sources(self) -> list[str]:
@@ -81,14 +105,29 @@ class OptimizeConfig(ConfigModel):
 
 
 @dataclass
-class SearchData:
-    """Validation prompts, the baseline next-token log-probs of those scored in every trial
-    (``scored + harmless``), each training source's class means ``[L, P, d]`` and the refined direction ``[d]``."""
+class ContextSlice:
+    """The validation prompts one chat context scores in every trial: harmful ones by first-token refusal, harmless
+    ones by KL, and the unedited model's next-token log-probs ``[len(scored) + len(harmless), vocab]`` of
+    ``scored + harmless`` formatted in that context."""
 
-    harmful: list[str]
+    context: str
     scored: list[str]
     harmless: list[str]
     base_logprobs: torch.Tensor
+
+
+def dealt(prompts: list[str], contexts: list[str]) -> dict[str, list[str]]:
+    """``prompts`` dealt round-robin among ``contexts``: prompt ``i`` goes to context ``i mod C``."""
+    return {context: prompts[i::len(contexts)] for i, context in enumerate(contexts)}
+
+
+@dataclass
+class SearchData:
+    """The survivors' harmful validation prompts, the prompts each chat context scores in every trial
+    (:class:`ContextSlice`), each training source's class means ``[L, P, d]`` and the refined direction ``[d]``."""
+
+    harmful: list[str]
+    slices: list[ContextSlice]
     means: dict[str, tuple[torch.Tensor, torch.Tensor]]
     data_hash: str
     refined: torch.Tensor | None = None
@@ -168,9 +207,11 @@ def prepare(lm, config: OptimizeConfig, run_dir: Path) -> SearchData:
             save_file(tensors, str(tmp), metadata={"data_hash": data_hash})
         stored = load_means(run_dir, config.training_sources)
     refined = refined_direction(lm, config, run_dir, train.get("mixed"), stored[0].get("mixed"), data_hash)
-    scored_harmful = harmful[: config.n_score]
-    base = last_token_logprobs(lm, scored_harmful + harmless, batch_size=config.rows_per_pass)
-    data = SearchData(harmful, scored_harmful, harmless, base, stored[0], data_hash, refined)
+    scored, safe = dealt(harmful[: config.n_score], config.contexts), dealt(harmless, config.contexts)
+    slices = [ContextSlice(c, scored[c], safe[c], last_token_logprobs(lm.in_context(c), scored[c] + safe[c],
+                                                                      batch_size=config.rows_per_pass))
+              for c in config.contexts]
+    data = SearchData(harmful, slices, stored[0], data_hash, refined)
     if config.capability_texts:
         data.capability = load_texts(config.capability_corpus, config.capability_texts, config.seed)[1]
         data.base_nll = capability_nll(lm, data, None, config)
@@ -227,5 +268,5 @@ def refined_direction(lm, config: OptimizeConfig, run_dir: Path, train: tuple[li
     return direction
 
 
-__all__ = ["OptimizeConfig", "SearchData", "Source", "TrainingSource", "capability_nll", "load_means", "load_refined",
+__all__ = ["ContextSlice", "OptimizeConfig", "SearchData", "dealt", "Source", "TrainingSource", "capability_nll", "load_means", "load_refined",
            "prepare", "refined_direction", "search_prompts"]

@@ -198,11 +198,14 @@ def _resumed_evidence(model_dir: Path, info: dict):
 
 
 def _figures_info(drawn: list[tuple[str, Path]]) -> dict:
-    return {"figures": [[caption, str(path)] for caption, path in drawn]}
+    return {"figures": [[caption, Path(path).name] for caption, path in drawn]}
 
 
 def _resumed_figures(model_dir: Path, info: dict) -> list[tuple[str, Path]]:
-    return [(caption, Path(path)) for caption, path in info["figures"]]
+    """The drawn figures, found under ``RUN_DIR/figures/<model>/`` by file name: a moved or copied study resumes
+    from any working directory."""
+    folder = model_dir.parent / "figures" / model_dir.name
+    return [(caption, folder / Path(path).name) for caption, path in info["figures"]]
 
 
 __all__ = ["AnalysisConfig", "StudyConfig", "check_models", "load_study_config", "model_slug",

@@ -24,7 +24,8 @@ def abliterate(run_dir: Annotated[Path, typer.Option("--run", help="run director
                model: Annotated[Optional[str], typer.Option("--model", "-m", help="default: the run's")] = None,
                kind: Annotated[str, typer.Option(help="extract runs: ablate, nullspace, rank-k or subspace")] = "ablate",
                trial: Annotated[Optional[int], typer.Option(help="optimize runs: this trial (default: the Pareto "
-                                                            "trial with the fewest refusals within --max-kl)")] = None,
+                                                            "trial with the lowest worst-context refusal rate "
+                                                            "within --max-kl)")] = None,
                max_kl: Annotated[float, typer.Option(help="optimize runs: the KL bound for the default trial")] = 0.1,
                lora: Annotated[bool, typer.Option(help="optimize runs: also write the edit as a PEFT LoRA adapter "
                                                   "(OUT/lora)")] = False,
@@ -65,9 +66,10 @@ def optimize(
                            device_map=device_map, offload_folder=offload_folder)
     lm = load(cfg)
     pareto = optimize_job(lm, cfg, out)
-    shown = pareto[[c for c in ("trial", "refusals", "n", "kl", "nll_change", "p_refusal", "source",
+    shown = pareto[[c for c in ("trial", "refusal_rate", "refusals", "n", "kl", "nll_change", "p_refusal", "source",
                                 "direction_scope") if c in pareto]]
-    print_table(shown, f"Pareto front (validation refusals × KL) → {out / 'pareto.csv'}")
+    print_table(shown, f"Pareto front (validation refusal rate, {cfg.objective} of {len(cfg.contexts)} chat "
+                f"contexts, × KL; per context in the file) → {out / 'pareto.csv'}")
     if heldout:
         scores = assess_front(lm, out, heldout)
         write_csv(scores.summary, out / "heldout.csv")
