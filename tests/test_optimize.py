@@ -266,11 +266,12 @@ def test_cli_optimize_and_abliterate_as_users_run_them(tmp_path, model_dir):
     config.write_text('[optimize]\ndtype = "float32"\nsources = ["mixed"]\nn_train = 8\nn_val = 4\n'
                       'contexts = ["default", "search-terse"]\n'
                       'startup_trials = 2\ntrials_per_pass = 2\nrows_per_pass = 16\nsurvivors = 2\n'
-                      'max_new_tokens = 3\n')
+                      'max_new_tokens = 3\n[optimize.capability_check]\nmmlu_n = 4\narc_n = 3\ntext_docs = 2\n'
+                      'n_instructions = 2\n')
     run = tmp_path / "run"
     args = [str(bin_dir / "refusal-lab"), "optimize", "--model", str(model_dir), "--out", str(run),
             "--trials", "4", "--max-kl", "100", "--config", str(config), "--heldout", "3"]
-    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    done_optimize = done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "Pareto front" in done.stdout and (run / "pareto.csv").exists()
     heldout = pd.read_csv(run / "heldout.csv")
@@ -293,6 +294,14 @@ def test_cli_optimize_and_abliterate_as_users_run_them(tmp_path, model_dir):
                           timeout=600)
     assert done.returncode == 0, done.stderr
     assert (out / "reproduce.json").exists() and (out / "config.json").exists()
+    capability = pd.read_csv(run / "capability.csv")  # the exported trial against the base, printed by optimize
+    assert "capability of the trial" in done_optimize.stdout
+    assert sorted(zip(capability["metric"], capability["dataset"], capability["n"])) == [
+        ("arc", "arc", 3), ("mmlu", "mmlu", 4), ("perplexity", "instructions", 2), ("perplexity", "lambada", 2)]
+    reproduce = json.loads((out / "reproduce.json").read_text())
+    assert capability["trial"].unique().tolist() == [reproduce["trial"]] and "worst chat context" in \
+        reproduce["chosen_by"]
+    assert [row["edited"] for row in reproduce["capability"]] == pytest.approx(capability["edited"].tolist())
     bad = subprocess.run([str(bin_dir / "refusal-lab"), "abliterate", "--run", str(run), "--out",
                           str(tmp_path / "m2"), "--max-kl", "0.0000001"], capture_output=True, text=True, env=env,
                          timeout=600)
@@ -527,3 +536,35 @@ def test_heretic_trials_rebuild_as_heretic_defines_them(monkeypatch):
     expected = torch.lerp(v[2], v[3], 0.25)
     r = layer_directions(harmful - harmless, harmless, params, n_layers=5)
     assert torch.allclose(r[0].double(), expected / expected.norm(), atol=1e-6)
+
+
+def test_capability_check_scores_the_export_and_the_base_on_the_same_items(searched, tmp_path, monkeypatch):
+    """An edit that changes nothing (every weight 0) scores exactly the base on every measure; the real trial's
+    rows pair the two on the same seeded questions and texts."""
+    import shutil
+
+    import refusal_lab.pipeline.trial_capability as capability
+    from refusal_lab.pipeline.search_data import CapabilityCheck
+
+    lm, run, pareto = searched
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    config = _config(capability_check=CapabilityCheck(mmlu_n=4, arc_n=3, text_docs=2, n_instructions=2))
+    real = capability.trial_capability(lm, copy, config)
+    assert len(real) == 4 and set(real["trial"]) == {int(pareto.sort_values(["refusal_rate", "p_refusal"]).iloc[0]
+                                                          ["trial"])}
+    multiple_choice = real[real["metric"] != "perplexity"]
+    assert (multiple_choice["difference"] == multiple_choice["edited"] - multiple_choice["base"]).all()
+
+    rebuilt = capability.trial_ablation
+
+    def unchanged(lm, run_dir, trial):
+        edit = rebuilt(lm, run_dir, trial)
+        return Abliteration(edit.directions, {k: torch.zeros_like(w) for k, w in edit.weights.items()}, edit.meta)
+
+    monkeypatch.setattr(capability, "trial_ablation", unchanged)
+    shutil.rmtree(copy / "capability")
+    same = capability.trial_capability(lm, copy, config)
+    assert same["edited"].tolist() == pytest.approx(same["base"].tolist(), rel=1e-6)
+    assert same["difference"].tolist() == pytest.approx([0.0] * 4, abs=1e-6)
+    assert same["base"].tolist() == pytest.approx(real["base"].tolist())  # the same base, stored once per store

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from refusal_lab import __version__
 from refusal_lab.core.errors import RefusalLabError
-from refusal_lab.core.io import write_json
+from refusal_lab.core.io import json_safe, write_json
 from refusal_lab.pipeline.optimize import load_study, trial_params
 from refusal_lab.pipeline.rundir import RunDirectory
 from refusal_lab.pipeline.search_data import OptimizeConfig, SearchData, load_means, load_refined
@@ -108,8 +108,12 @@ def export_trial(lm, run_dir: str | Path, out: str | Path, trial: int | None = N
     ablation.save(out / "abliteration")
     pareto = pd.read_csv(run_dir / "pareto.csv") if (run_dir / "pareto.csv").exists() else pd.DataFrame()
     scores = pareto[pareto["trial"] == number].to_dict("records") if not pareto.empty else []
+    checked = run_dir / "capability.csv"  # optimize's capability check, where it checked this trial
+    capability = pd.read_csv(checked) if checked.exists() else pd.DataFrame(columns=["trial"])
     write_json(out / "reproduce.json", {
         "run": str(run_dir), "trial": number, "chosen_by": criterion, "validation": scores[0] if scores else None,
+        "capability": json_safe(capability[capability["trial"] == number].drop(columns="trial").to_dict("records"))
+        or None,
         "params": ablation.meta["params"], "data_hash": ablation.meta["data_hash"], "model": ablation.meta["model"],
         "config": json.loads((run_dir / "config.json").read_text()),
         "versions": {"refusal_lab": __version__, "torch": torch.__version__,

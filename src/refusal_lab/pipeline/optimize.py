@@ -60,7 +60,7 @@ from refusal_lab.search.space import AbliterationParams, suggest
 
 log = Console(stderr=True, width=None if sys.stderr.isatty() else 150).log
 # settings a resumed search may change (the placement: where the model runs, not what it computes)
-UNTRACKED = ("trials", "time_budget_min", "survivors", "device_map", "offload_folder")
+UNTRACKED = ("trials", "time_budget_min", "survivors", "device_map", "offload_folder", "capability_check")
 STUDY = "abliteration"  # the study's name in RUN_DIR/optuna.journal
 
 

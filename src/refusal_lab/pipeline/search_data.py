@@ -44,6 +44,17 @@ TrainingSource = Literal["mixed", "unmatched", "matched"]
 Source = Literal["mixed", "unmatched", "matched", "refined"]
 
 
+class CapabilityCheck(ConfigModel):
+    """Sizes of the capability check of the exported trial against the base (:mod:`~refusal_lab.pipeline.
+    trial_capability`); ``enabled`` False skips it."""
+
+    enabled: bool = True
+    mmlu_n: PositiveInt = 100
+    arc_n: PositiveInt = 100
+    text_docs: PositiveInt = 16
+    n_instructions: PositiveInt = 16
+
+
 class OptimizeConfig(ConfigModel):
     """Settings of one search (saved as RUN_DIR/config.json; see the module docstring)."""
 
@@ -78,6 +89,7 @@ class OptimizeConfig(ConfigModel):
     # "mean": their averages. Both are in each trial's record and in pareto.csv, per context
     contexts: list[str] = Field(default_factory=lambda: list(SEARCH_CONTEXTS), min_length=1)
     objective: Literal["worst", "mean"] = "worst"
+    capability_check: CapabilityCheck = CapabilityCheck()  # after the search: the export's capability vs the base
 
     @field_validator("contexts")
     @classmethod
@@ -268,5 +280,5 @@ def refined_direction(lm, config: OptimizeConfig, run_dir: Path, train: tuple[li
     return direction
 
 
-__all__ = ["ContextSlice", "OptimizeConfig", "SearchData", "dealt", "Source", "TrainingSource", "capability_nll", "load_means", "load_refined",
+__all__ = ["CapabilityCheck", "ContextSlice", "OptimizeConfig", "SearchData", "dealt", "Source", "TrainingSource", "capability_nll", "load_means", "load_refined",
            "prepare", "refined_direction", "search_prompts"]

@@ -17,6 +17,7 @@ from refusal_lab.pipeline.assess import assess_front
 from refusal_lab.pipeline.export import export_trial
 from refusal_lab.pipeline.optimize import OptimizeConfig
 from refusal_lab.pipeline.optimize import optimize as optimize_job
+from refusal_lab.pipeline.trial_capability import trial_capability
 
 
 def abliterate(run_dir: Annotated[Path, typer.Option("--run", help="run directory (extract or optimize)")],
@@ -76,3 +77,8 @@ def optimize(
         write_csv(scores.contexts, out / "heldout-contexts.csv")
         print_table(scores.summary, f"the front on held-out requests (never seen by the search) → "
                     f"{out / 'heldout.csv'}; per chat context and request set → {out / 'heldout-contexts.csv'}")
+    if cfg.capability_check.enabled:
+        capability = trial_capability(lm, out, cfg)
+        write_csv(capability, out / "capability.csv")
+        print_table(capability, f"capability of the trial abliterate exports against the base (95 % intervals; "
+                    f"perplexity relative) → {out / 'capability.csv'}")
