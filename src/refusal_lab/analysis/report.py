@@ -182,8 +182,7 @@ def _results(ev: ModelEvidence) -> str:
     r, gone = ev.results, broken(ev.results)
     if r.empty:
         return '<p class="muted">No result rows.</p>'
-    if "control" in r:
-        r = r[~r["control"].fillna(False).astype(bool)]
+    r = _non_control(r)
     r = r[r["intervention"] != "baseline"]
     order = {m: i for i, m in enumerate(METRIC_ORDER)}
     r = r.assign(_order=r["metric"].map(lambda m: order.get(m, len(order))))
@@ -204,6 +203,11 @@ def _results(ev: ModelEvidence) -> str:
                    "baseline", "Δ [95 % CI]", "specific", "coherence gate"], rows, "results")
 
 
+def _non_control(results: pd.DataFrame) -> pd.DataFrame:
+    """The result rows that are not random controls."""
+    return results[~results["control"].fillna(False).astype(bool)] if "control" in results else results
+
+
 def _by_judge(ev: ModelEvidence) -> str:
     """Per non-control condition (rows, baseline first), the rates on harmful requests at the longest length under
     every judge (columns): refusal per judge, then the unsafe rate (llm-judged compliance or a guard), so the
@@ -211,7 +215,7 @@ def _by_judge(ev: ModelEvidence) -> str:
     r = ev.results
     if r.empty or "judge" not in r:
         return ""
-    r = r[~r["control"].fillna(False).astype(bool)] if "control" in r else r
+    r = _non_control(r)
     r = r[r["metric"].isin(["refusal", "unsafe"]) & (r["dataset"] == "harmful")]
     if r.empty:
         return ""

@@ -76,7 +76,7 @@ CONTEXTS: dict[str, ChatContext] = {c.name: c for c in (
 )}
 
 
-#: The contexts an ``optimize`` search and its refinement score under by default: the template's default and four
+#: The contexts an ``optimize`` search scores its trials under by default: the template's default and four
 #: whose system prompts and earlier turns appear in no held-out context of :data:`CONTEXTS` (``search-*``), so the
 #: held-out assessment's written contexts stay unseen by the search.
 SEARCH_CONTEXTS: dict[str, ChatContext] = {c.name: c for c in (

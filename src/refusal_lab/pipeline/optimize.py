@@ -106,9 +106,9 @@ def context_scores(lm, data: SearchData, ablations: list[Abliteration], config: 
     return out
 
 
-def aggregate(per_context: torch.Tensor, objective: str) -> torch.Tensor:
-    """Over the contexts (dim −2): the largest (``worst``) or the mean (``mean``)."""
-    return per_context.amax(-2) if objective == "worst" else per_context.mean(-2)
+def aggregate(per_context: torch.Tensor, objective: str, dim: int = -2) -> torch.Tensor:
+    """Over the contexts (``dim``, default −2): the largest (``worst``) or the mean (``mean``)."""
+    return per_context.amax(dim) if objective == "worst" else per_context.mean(dim)
 
 
 def score_pass(lm, data: SearchData, ablations: list[Abliteration],
@@ -229,8 +229,8 @@ def optimize(lm, config: OptimizeConfig, run_dir: str | Path) -> pd.DataFrame:
         if not timing.exists():
             write_json(timing, time.monotonic() - began)
         per_context = ", ".join(f"{c} {b['refusals']}/{b['n']}" for c, b in baseline.items())
-        log(f"baseline: {sum(b['refusals'] for b in baseline.values())}/{len(data.harmful)} validation refusals "
-            f"({config.judge}; {per_context})")
+        baseline_refusals = sum(b["refusals"] for b in baseline.values())
+        log(f"baseline: {baseline_refusals}/{len(data.harmful)} validation refusals ({config.judge}; {per_context})")
         study = open_study(run_dir, config)
         if "refined" in config.sources and not study.trials:
             study.enqueue_trial(full_refined_trial(lm.n_layers))  # the refined direction as it was trained
@@ -250,7 +250,7 @@ def optimize(lm, config: OptimizeConfig, run_dir: str | Path) -> pd.DataFrame:
         generated = generate_survivors(lm, data, scorer, chosen, end, per_generation)
     pareto = pareto_table(chosen, generated, data, config)
     write_csv(pareto, run_dir / "pareto.csv")
-    write_json(run_dir / "search.json", {"baseline_refusals": sum(b["refusals"] for b in baseline.values()),
+    write_json(run_dir / "search.json", {"baseline_refusals": baseline_refusals,
                                          "n": len(data.harmful), "baseline_contexts": baseline,
                                          "baseline_refusal_rate": refusal_rate(baseline, config.objective),
                                          "objective": config.objective, "trials": len(table),
@@ -276,8 +276,8 @@ def generate_survivors(lm, data: SearchData, scorer: ScorerSet, chosen: pd.DataF
 
 def refusal_rate(per_context: dict[str, dict], objective: str) -> float:
     """The refusal rate over the contexts' ``{"refusals", "n"}``: the largest (``worst``) or the mean (``mean``)."""
-    rates = [scored["refusals"] / scored["n"] for scored in per_context.values()]
-    return max(rates) if objective == "worst" else sum(rates) / len(rates)
+    rates = torch.tensor([scored["refusals"] / scored["n"] for scored in per_context.values()], dtype=torch.float64)
+    return float(aggregate(rates, objective, dim=0))
 
 
 def pareto_table(chosen: pd.DataFrame, generated: dict[int, dict], data: SearchData,
