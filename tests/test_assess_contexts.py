@@ -134,7 +134,7 @@ def test_the_search_scores_every_trial_in_every_context_and_exports_on_the_worst
     monkeypatch.setenv("REFUSAL_LAB_CACHE", str(tmp_path / "cache"))
     config = OptimizeConfig(model="tiny", dtype="float32", sources=["mixed"], n_train=8, n_val=10, n_score=10,
                             n_kl=5, trials=4, startup_trials=4, trials_per_pass=4, rows_per_pass=48, max_kl=10.0,
-                            survivors=2, max_new_tokens=3)
+                            survivors=2, max_new_tokens=3, compliance_check={"judge": None})
     assert config.contexts == list(SEARCH_CONTEXTS) and config.objective == "worst" and len(config.contexts) == 5
     written = {(c.system, c.history) for c in SEARCH_CONTEXTS.values() if c.system or c.history}
     assert len(written) == 4 and not written & {(c.system, c.history) for c in CONTEXTS.values()}

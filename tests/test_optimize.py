@@ -113,7 +113,8 @@ def _config(**kw):
     return OptimizeConfig(**({"model": "tiny", "dtype": "float32", "sources": ["mixed", "unmatched"], "n_train": 8,
                               "n_val": 6, "n_score": 4, "trials": 12, "startup_trials": 4, "trials_per_pass": 4,
                               "rows_per_pass": 48, "max_kl": 10.0, "survivors": 3, "max_new_tokens": 4,
-                              "contexts": ["default"]} | kw))  # one context: test_assess_contexts tests several
+                              "contexts": ["default"], "compliance_check": {"judge": None}} | kw))
+    # one context: test_assess_contexts tests several; the llm judge on the front: test_compliance
 
 
 @pytest.fixture(scope="module")
@@ -267,7 +268,8 @@ def test_cli_optimize_and_abliterate_as_users_run_them(tmp_path, model_dir):
                       'contexts = ["default", "search-terse"]\n'
                       'startup_trials = 2\ntrials_per_pass = 2\nrows_per_pass = 16\nsurvivors = 2\n'
                       'max_new_tokens = 3\n[optimize.capability_check]\nmmlu_n = 4\narc_n = 3\ntext_docs = 2\n'
-                      'n_instructions = 2\n')
+                      'n_instructions = 2\n[optimize.compliance_check]\n'
+                      f'judge = "llm:{model_dir}"\nablate = "none"\ntrials = 2\nmax_new_tokens = 4\n')
     run = tmp_path / "run"
     args = [str(bin_dir / "refusal-lab"), "optimize", "--model", str(model_dir), "--out", str(run),
             "--trials", "4", "--max-kl", "100", "--config", str(config), "--heldout", "3"]
@@ -300,7 +302,10 @@ def test_cli_optimize_and_abliterate_as_users_run_them(tmp_path, model_dir):
         ("arc", "arc", 3), ("mmlu", "mmlu", 4), ("perplexity", "instructions", 2), ("perplexity", "lambada", 2)]
     reproduce = json.loads((out / "reproduce.json").read_text())
     assert capability["trial"].unique().tolist() == [reproduce["trial"]] and "worst chat context" in \
-        reproduce["chosen_by"]
+        reproduce["chosen_by"] and "llm judge" in reproduce["chosen_by"]
+    judged = pd.read_csv(run / "compliance.csv")  # the llm judge on the baseline and two Pareto trials, per context
+    assert len(judged) == 2 * (1 + min(2, len(pareto))) and "covert" in done_optimize.stderr and "noncompliant_rate" in done_optimize.stdout
+    assert str(reproduce["trial"]) in judged["trial"].astype(str).tolist()
     assert [row["edited"] for row in reproduce["capability"]] == pytest.approx(capability["edited"].tolist())
     bad = subprocess.run([str(bin_dir / "refusal-lab"), "abliterate", "--run", str(run), "--out",
                           str(tmp_path / "m2"), "--max-kl", "0.0000001"], capture_output=True, text=True, env=env,

@@ -126,7 +126,8 @@ def _config(**kw):
     return OptimizeConfig(**({"model": "tiny", "dtype": "float32", "sources": ["mixed", "refined"], "n_train": 8,
                               "n_val": 6, "n_score": 4, "trials": 4, "startup_trials": 4, "trials_per_pass": 4,
                               "rows_per_pass": 48, "max_kl": 10.0, "survivors": 2, "max_new_tokens": 4,
-                              "refine": {"steps": 2, "batch_size": 4}, "contexts": ["default"]} | kw))
+                              "refine": {"steps": 2, "batch_size": 4}, "contexts": ["default"],
+                              "compliance_check": {"judge": None}} | kw))
 
 
 def test_search_tries_the_refined_direction_first_stores_it_once_and_exports_it(tmp_path, monkeypatch):

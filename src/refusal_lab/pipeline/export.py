@@ -23,7 +23,9 @@ log = Console(stderr=True, width=None if sys.stderr.isatty() else 150).log
 
 
 def choose_trial(run_dir: Path, trial: int | None, max_kl: float) -> tuple[int, str]:
-    """``trial`` (criterion "given"), or the Pareto trial (``pareto.csv``) with ``KL ≤ max_kl`` and the lowest
+    """``trial`` (criterion "given"); where the llm judge judged Pareto trials within ``max_kl``
+    (``noncompliant_rate``, :mod:`~refusal_lab.pipeline.compliance`), the one it judged least often non-compliant,
+    ties to the lower refusal rate and p_R; else the Pareto trial (``pareto.csv``) with ``KL ≤ max_kl`` and the lowest
     validation refusal rate over the search's chat contexts (``refusal_rate``: the worst context's, or their mean,
     as the search's objective said; a run from before contexts: the refusals), ties broken by the lower first-token
     refusal probability — the stronger edit, so a tie spends the KL budget rather than keeping the mildest trial.
@@ -42,6 +44,12 @@ def choose_trial(run_dir: Path, trial: int | None, max_kl: float) -> tuple[int, 
     search = json.loads((run_dir / "search.json").read_text()) if (run_dir / "search.json").exists() else {}
     over = {"worst": "its worst chat context", "mean": "the mean over its chat contexts"}.get(
         search.get("objective"), "the validation prompts")
+    judged = within.dropna(subset=["noncompliant_rate"]) if "noncompliant_rate" in within else within.iloc[:0]
+    if not judged.empty:
+        chosen = int(judged.sort_values(["noncompliant_rate", rate, "p_refusal"]).iloc[0]["trial"])
+        return chosen, (f"the lowest validation rate judged non-compliant by the llm judge over {over} among the "
+                        f"{len(judged)} llm-judged Pareto trials with KL ≤ {max_kl:g}, ties to the lower refusal "
+                        "rate, then the lower first-token refusal probability")
     chosen = int(within.sort_values([rate, "p_refusal"]).iloc[0]["trial"])
     return chosen, (f"the lowest validation refusal rate over {over} among the Pareto trials with KL ≤ {max_kl:g}, "
                     "ties to the lower first-token refusal probability")

@@ -50,17 +50,19 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.core.io import write_csv, write_json
 from refusal_lab.core.memory import release_freed_memory
+from refusal_lab.pipeline.compliance import judge_edits, judged_trials, with_compliance
 from refusal_lab.pipeline.judging import make_judge
 from refusal_lab.interventions.batched import batched_scores
 from refusal_lab.pipeline.edit_scoring import ScorerSet
 from refusal_lab.pipeline.rundir import RunDirectory
-from refusal_lab.pipeline.search_data import OptimizeConfig, SearchData, capability_nll, dealt, prepare
+from refusal_lab.pipeline.search_data import OptimizeConfig, SearchData, aggregate, capability_nll, dealt, prepare
 from refusal_lab.search.edit import Abliteration
 from refusal_lab.search.space import AbliterationParams, suggest
 
 log = Console(stderr=True, width=None if sys.stderr.isatty() else 150).log
 # settings a resumed search may change (the placement: where the model runs, not what it computes)
-UNTRACKED = ("trials", "time_budget_min", "survivors", "device_map", "offload_folder", "capability_check")
+UNTRACKED = ("trials", "time_budget_min", "survivors", "device_map", "offload_folder", "capability_check",
+             "compliance_check")
 STUDY = "abliteration"  # the study's name in RUN_DIR/optuna.journal
 
 
@@ -104,11 +106,6 @@ def context_scores(lm, data: SearchData, ablations: list[Abliteration], config: 
         n = len(part.scored)
         out[:, c, 0], out[:, c, 1] = torch.sigmoid(scores[:, :n]).mean(1), kl[:, n:].mean(1)
     return out
-
-
-def aggregate(per_context: torch.Tensor, objective: str, dim: int = -2) -> torch.Tensor:
-    """Over the contexts (``dim``, default −2): the largest (``worst``) or the mean (``mean``)."""
-    return per_context.amax(dim) if objective == "worst" else per_context.mean(dim)
 
 
 def score_pass(lm, data: SearchData, ablations: list[Abliteration],
@@ -249,6 +246,8 @@ def optimize(lm, config: OptimizeConfig, run_dir: str | Path) -> pd.DataFrame:
             "scores)")
         generated = generate_survivors(lm, data, scorer, chosen, end, per_generation)
     pareto = pareto_table(chosen, generated, data, config)
+    if config.compliance_check.judge:
+        pareto = judge_front(lm, run_dir, data, harmful, chosen, pareto, config)
     write_csv(pareto, run_dir / "pareto.csv")
     write_json(run_dir / "search.json", {"baseline_refusals": baseline_refusals,
                                          "n": len(data.harmful), "baseline_contexts": baseline,
@@ -257,6 +256,27 @@ def optimize(lm, config: OptimizeConfig, run_dir: str | Path) -> pd.DataFrame:
                                          "generated": len(generated), "baseline_nll": data.base_nll,
                                          "seconds": time.monotonic() - start})
     return pareto
+
+
+def judge_front(lm, run_dir: Path, data: SearchData, harmful: dict[str, list[str]], chosen: pd.DataFrame,
+                pareto: pd.DataFrame, config: OptimizeConfig) -> pd.DataFrame:
+    """The llm judge beside the phrase judge on the baseline and the judged Pareto trials
+    (:mod:`~refusal_lab.pipeline.compliance`), written to ``RUN_DIR/compliance.csv`` and logged; ``pareto`` with
+    their counts (:func:`~refusal_lab.pipeline.compliance.with_compliance`)."""
+    check = config.compliance_check
+    params = chosen.set_index("trial")["params"]
+    edits = {t: data.ablation(lm, params[t]) for t in judged_trials(pareto, config.max_kl, check.trials)}
+    log(f"judging the baseline and {len(edits)} Pareto trials by {check.judge} at {check.max_new_tokens} tokens")
+    judged = judge_edits(lm, run_dir / "evaluation", harmful, edits, make_judge(config.judge),
+                         make_judge(check.judge, ablate_run=check.ablate), check.max_new_tokens,
+                         config.generate_batch)
+    write_csv(judged, run_dir / "compliance.csv")
+    for trial, rows in judged.groupby("trial", sort=False):
+        log(f"{'trial ' if trial != 'baseline' else ''}{trial}: {rows['refusals'].sum()}/{rows['n'].sum()} "
+            f"refusals ({config.judge}), {rows['noncompliant'].sum()} judged non-compliant, of which "
+            f"{rows['covert'].sum()} are not refusals by {config.judge} (covert); {rows['incoherent'].sum()} "
+            "incoherent")
+    return with_compliance(pareto, judged, config.objective)
 
 
 def generate_survivors(lm, data: SearchData, scorer: ScorerSet, chosen: pd.DataFrame, end: float | None,

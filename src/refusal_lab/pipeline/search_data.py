@@ -55,6 +55,17 @@ class CapabilityCheck(ConfigModel):
     n_instructions: PositiveInt = 16
 
 
+class ComplianceCheck(ConfigModel):
+    """The llm judge on the front after the search (:mod:`~refusal_lab.pipeline.compliance`): ``judge`` its spec
+    (None or "" skips the check), ``ablate`` the judge's own refusal ablation (``auto``, a run directory or
+    ``none``), the ``trials`` lowest-refusal Pareto trials within ``max_kl`` judged, at ``max_new_tokens``."""
+
+    judge: str | None = "llm"
+    ablate: str = "auto"
+    trials: PositiveInt = 4
+    max_new_tokens: PositiveInt = 128
+
+
 class OptimizeConfig(ConfigModel):
     """Settings of one search (saved as RUN_DIR/config.json; see the module docstring)."""
 
@@ -90,6 +101,7 @@ class OptimizeConfig(ConfigModel):
     contexts: list[str] = Field(default_factory=lambda: list(SEARCH_CONTEXTS), min_length=1)
     objective: Literal["worst", "mean"] = "worst"
     capability_check: CapabilityCheck = CapabilityCheck()  # after the search: the export's capability vs the base
+    compliance_check: ComplianceCheck = ComplianceCheck()  # after the search: the front's covert non-compliance
 
     @field_validator("contexts")
     @classmethod
@@ -126,6 +138,11 @@ class ContextSlice:
     scored: list[str]
     harmless: list[str]
     base_logprobs: torch.Tensor
+
+
+def aggregate(per_context: torch.Tensor, objective: str, dim: int = -2) -> torch.Tensor:
+    """Over the contexts (``dim``, default −2): the largest (``worst``) or the mean (``mean``)."""
+    return per_context.amax(dim) if objective == "worst" else per_context.mean(dim)
 
 
 def dealt(prompts: list[str], contexts: list[str]) -> dict[str, list[str]]:
@@ -280,5 +297,5 @@ def refined_direction(lm, config: OptimizeConfig, run_dir: Path, train: tuple[li
     return direction
 
 
-__all__ = ["CapabilityCheck", "ContextSlice", "OptimizeConfig", "SearchData", "dealt", "Source", "TrainingSource", "capability_nll", "load_means", "load_refined",
+__all__ = ["CapabilityCheck", "ComplianceCheck", "ContextSlice", "OptimizeConfig", "SearchData", "aggregate", "dealt", "Source", "TrainingSource", "capability_nll", "load_means", "load_refined",
            "prepare", "refined_direction", "search_prompts"]

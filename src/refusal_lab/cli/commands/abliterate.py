@@ -24,9 +24,10 @@ def abliterate(run_dir: Annotated[Path, typer.Option("--run", help="run director
                out: Annotated[Path, typer.Option(help="output model directory", callback=out_dir_option)],
                model: Annotated[Optional[str], typer.Option("--model", "-m", help="default: the run's")] = None,
                kind: Annotated[str, typer.Option(help="extract runs: ablate, nullspace, rank-k or subspace")] = "ablate",
-               trial: Annotated[Optional[int], typer.Option(help="optimize runs: this trial (default: the Pareto "
-                                                            "trial with the lowest worst-context refusal rate "
-                                                            "within --max-kl)")] = None,
+               trial: Annotated[Optional[int], typer.Option(help="optimize runs: this trial (default: of the "
+                                                            "Pareto trials within --max-kl, the one the llm judge "
+                                                            "found least often non-compliant in its worst context; "
+                                                            "unjudged runs: the lowest worst-context refusal rate)")] = None,
                max_kl: Annotated[float, typer.Option(help="optimize runs: the KL bound for the default trial")] = 0.1,
                lora: Annotated[bool, typer.Option(help="optimize runs: also write the edit as a PEFT LoRA adapter "
                                                   "(OUT/lora)")] = False,
@@ -67,7 +68,8 @@ def optimize(
                            device_map=device_map, offload_folder=offload_folder)
     lm = load(cfg)
     pareto = optimize_job(lm, cfg, out)
-    shown = pareto[[c for c in ("trial", "refusal_rate", "refusals", "n", "kl", "nll_change", "p_refusal", "source",
+    shown = pareto[[c for c in ("trial", "refusal_rate", "refusals", "n", "kl", "nll_change", "p_refusal",
+                                "noncompliant_rate", "noncompliant", "covert", "judged_n", "source",
                                 "direction_scope") if c in pareto]]
     print_table(shown, f"Pareto front (validation refusal rate, {cfg.objective} of {len(cfg.contexts)} chat "
                 f"contexts, × KL; per context in the file) → {out / 'pareto.csv'}")
