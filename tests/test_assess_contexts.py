@@ -190,3 +190,16 @@ def test_the_default_trial_spends_the_kl_budget_on_a_tie(tmp_path):
     (tmp_path / "search.json").unlink()
     number, criterion = choose_trial(tmp_path, None, 0.1)
     assert number == 5 and "the validation prompts" in criterion
+
+
+def test_every_evaluation_set_is_accepted_by_the_configs_and_the_cli():
+    from refusal_lab.cli.options import EvalSet
+    from refusal_lab.pipeline.comparison import CompareConfig
+    from refusal_lab.pipeline.evaluate import EvaluateConfig
+    from refusal_lab.pipeline.heldout import EVAL_SETS
+
+    assert [s.value for s in EvalSet] == list(EVAL_SETS)
+    for name in EVAL_SETS:
+        assert EvaluateConfig(eval_set=name).eval_set == name and CompareConfig(eval_set=name).eval_set == name
+    with pytest.raises(ValueError):
+        EvaluateConfig(eval_set="jailbreakbench")

@@ -272,7 +272,7 @@ def test_cli_optimize_and_abliterate_as_users_run_them(tmp_path, model_dir):
                       f'judge = "llm:{model_dir}"\nablate = "none"\ntrials = 2\nmax_new_tokens = 4\n')
     run = tmp_path / "run"
     args = [str(bin_dir / "refusal-lab"), "optimize", "--model", str(model_dir), "--out", str(run),
-            "--trials", "4", "--max-kl", "100", "--config", str(config), "--heldout", "3"]
+            "--trials", "4", "--max-kl", "100", "--config", str(config), "--heldout", "3", "--heldout-judged", "2"]
     done_optimize = done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "Pareto front" in done.stdout and (run / "pareto.csv").exists()
@@ -306,6 +306,9 @@ def test_cli_optimize_and_abliterate_as_users_run_them(tmp_path, model_dir):
     judged = pd.read_csv(run / "compliance.csv")  # the llm judge on the baseline and two Pareto trials, per context
     assert len(judged) == 2 * (1 + min(2, len(pareto))) and "covert" in done_optimize.stderr and "noncompliant_rate" in done_optimize.stdout
     assert str(reproduce["trial"]) in judged["trial"].astype(str).tolist()
+    held = pd.read_csv(run / "heldout-compliance.csv")  # the export and the baseline, 6 contexts × 2 sets, 2 each
+    assert sorted(set(held["trial"].astype(str))) == sorted({"baseline", str(reproduce["trial"])})
+    assert len(held) == 2 * 6 * 2 and (held["n"] == 2).all() and set(held["set"]) == {"advbench", "harmbench"}
     assert [row["edited"] for row in reproduce["capability"]] == pytest.approx(capability["edited"].tolist())
     bad = subprocess.run([str(bin_dir / "refusal-lab"), "abliterate", "--run", str(run), "--out",
                           str(tmp_path / "m2"), "--max-kl", "0.0000001"], capture_output=True, text=True, env=env,

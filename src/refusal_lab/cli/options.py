@@ -63,6 +63,8 @@ FlipVariant = _choices("FlipVariant", FLIP_VARIANTS)
 class EvalSet(str, Enum):
     test = "test"
     generic = "generic"
+    advbench = "advbench"
+    harmbench = "harmbench"
 
 
 class Measure(str, Enum):

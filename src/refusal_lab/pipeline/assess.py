@@ -27,6 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from refusal_lab.models.contexts import CONTEXTS, DEFAULT
+from refusal_lab.pipeline.compliance import judge_edits
 from refusal_lab.pipeline.edit_scoring import EditScorer, ScorerSet
 from refusal_lab.pipeline.export import trial_ablation
 from refusal_lab.pipeline.heldout import eval_prompts
@@ -112,3 +113,20 @@ def assess_front(lm, run_dir: str | Path, n: int = 100, trials: list[int] | None
     columns = ["trial", "val_refusals", "val_n", "val_kl", "heldout_refusals", "heldout_n", "heldout_kl",
                "worst_refusals", "worst_n", "worst_at", "worst_kl", "worst_kl_at"]
     return Assessment(pd.DataFrame(summary)[columns], pd.DataFrame(per_context))
+
+
+def judge_heldout(lm, run_dir: str | Path, trials: list[int], n: int = 50, contexts: Sequence[str] = tuple(CONTEXTS),
+                  sets: Sequence[str] = REQUEST_SETS) -> pd.DataFrame:
+    """The run's llm judge (``compliance_check``) beside its phrase judge on the first ``n`` held-out requests of
+    every request set, formatted in every chat context, for the baseline and ``trials``
+    (:func:`~refusal_lab.pipeline.compliance.judge_edits`, store ``RUN_DIR/heldout``): rows ``trial``, ``context``,
+    ``set``, ``n`` and :data:`~refusal_lab.pipeline.compliance.COUNTS`."""
+    run_dir = Path(run_dir)
+    config = OptimizeConfig.model_validate(json.loads((run_dir / "config.json").read_text()))
+    check = config.compliance_check
+    phrase, llm = make_judge(config.judge), make_judge(check.judge or "llm", ablate_run=check.ablate)
+    edits = {t: trial_ablation(lm, run_dir, t) for t in trials}
+    frames = [judge_edits(lm, run_dir / "heldout", {c: eval_prompts(None, name, n, run_dir)[0] for c in contexts},
+                          edits, phrase, llm, check.max_new_tokens, config.generate_batch).assign(set=name)
+              for name in sets]
+    return pd.concat(frames, ignore_index=True)

@@ -65,7 +65,7 @@ class EvaluateConfig(ConfigModel):
     # the baseline always. The others are judged by the cheap judges only: the llm judge is the evaluation's cost
     llm_judged: list[str] = ["*"]
     lengths: list[PositiveInt] = [24, 128]
-    eval_set: Literal["test", "generic"] = "generic"
+    eval_set: Literal["test", "generic", "advbench", "harmbench"] = "generic"  # heldout.EVAL_SETS
     n_eval: PositiveInt | None = 100
     # prompts per side that the metrics reading greedy responses score (refusal, judge, coherence, repetition,
     # instruction perplexity, kl_response): the first n_generate of the n_eval; None: all. The no-generation

@@ -33,6 +33,13 @@ the one evaluator (:class:`~refusal_lab.pipeline.edit_scoring.ScorerSet`, one sc
 generated for. ``RUN_DIR/pareto.csv`` holds the survivors' Pareto front on (``refusal_rate``: the contexts'
 refusal rates aggregated by ``objective``, KL[, NLL]) with the total ``refusals`` of ``n``, each context's
 figures and every parameter (and ``nll_change``, the NLL's change from the unedited model's).
+
+Covert non-compliance (``compliance_check``; :mod:`~refusal_lab.pipeline.compliance`): the baseline and the front's
+``compliance_check.trials`` lowest-refusal trials within ``max_kl`` are generated for again at
+``compliance_check.max_new_tokens`` (128) and judged by the phrase judge and the llm judge; ``pareto.csv`` gains
+``noncompliant_rate`` (aggregated like the refusal rate), ``noncompliant``, ``covert`` (non-refusals the llm judge
+calls non-compliant), ``incoherent`` and ``noncompliant@<context>`` (NaN for trials not judged), and
+``RUN_DIR/compliance.csv`` has the per-context counts. The export then chooses among the judged trials.
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ from refusal_lab.cli.tables import console, print_table
 from refusal_lab.core.config import load_config_file
 from refusal_lab.core.io import write_csv
 from refusal_lab.pipeline.apply import abliterate as abliterate_job
-from refusal_lab.pipeline.assess import assess_front
-from refusal_lab.pipeline.export import export_trial
+from refusal_lab.pipeline.assess import assess_front, judge_heldout
+from refusal_lab.pipeline.export import choose_trial, export_trial
 from refusal_lab.pipeline.optimize import OptimizeConfig
 from refusal_lab.pipeline.optimize import optimize as optimize_job
 from refusal_lab.pipeline.trial_capability import trial_capability
@@ -57,6 +57,9 @@ def optimize(
     heldout: Annotated[int, typer.Option(help="also score the front on this many held-out requests per side, "
                                          "under every chat context and on AdvBench and HarmBench "
                                          "(RUN_DIR/heldout.csv, heldout-contexts.csv; 0: skip)")] = 100,
+    heldout_judged: Annotated[int, typer.Option(help="also judge the exported trial and the baseline on this many "
+                                                "held-out requests per chat context and request set with the llm "
+                                                "judge, at its length (RUN_DIR/heldout-compliance.csv; 0: skip)")] = 0,
     device_map: DeviceMapOption = None,
     offload_folder: OffloadFolderOption = None,
 ):
@@ -84,3 +87,9 @@ def optimize(
         write_csv(capability, out / "capability.csv")
         print_table(capability, f"capability of the trial abliterate exports against the base (95 % intervals; "
                     f"perplexity relative) → {out / 'capability.csv'}")
+    if heldout_judged:
+        judged = judge_heldout(lm, out, [choose_trial(out, None, cfg.max_kl)[0]], heldout_judged)
+        write_csv(judged, out / "heldout-compliance.csv")
+        print_table(judged[["trial", "context", "set", "n", "refusals", "noncompliant", "covert", "incoherent"]],
+                    f"the exported trial on held-out requests, {cfg.judge} and the llm judge at "
+                    f"{cfg.compliance_check.max_new_tokens} tokens → {out / 'heldout-compliance.csv'}")

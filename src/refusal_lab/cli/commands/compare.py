@@ -47,8 +47,9 @@ def compare(
     control_seeds: Annotated[Optional[int], typer.Option(min=0, help="random controls per row")] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(min=1, help="generation measure: tokens per completion")] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="prompts per forward pass")] = None,
-    eval_set: Annotated[Optional[EvalSet], typer.Option(help="test (the run's test split) or generic (held-out "
-                                                        "AdvBench vs generic everyday requests)")] = None,
+    eval_set: Annotated[Optional[EvalSet], typer.Option(help="test (the run's test split), generic / advbench "
+                                                        "(held-out AdvBench vs generic everyday requests) or "
+                                                        "harmbench (HarmBench behaviours vs the same)")] = None,
     device_map: DeviceMapOption = None,
     offload_folder: OffloadFolderOption = None,
 ):

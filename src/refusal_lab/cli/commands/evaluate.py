@@ -37,7 +37,9 @@ def evaluate(
                                                  "(preferred over the llm judge)")] = None,
     config: ConfigOption = None,
     n_eval: Annotated[Optional[int], typer.Option(min=1, help="held-out prompts per side")] = None,
-    eval_set: Annotated[Optional[EvalSet], typer.Option(help="generic (default) or the run's test split")] = None,
+    eval_set: Annotated[Optional[EvalSet], typer.Option(help="generic (default) / advbench: held-out AdvBench; "
+                                                                       "harmbench: HarmBench behaviours; test: the "
+                                                                       "run's test split")] = None,
     control_seeds: Annotated[Optional[int], typer.Option(min=0, help="random controls per intervention")] = None,
     full: Annotated[bool, typer.Option(help="full MMLU and ARC instead of seeded subsets")] = False,
     capability_scorer: Annotated[Optional[str], typer.Option(help="mmlu/arc scorer: builtin (default) or lm-eval "
