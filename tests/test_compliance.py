@@ -59,7 +59,7 @@ def test_judge_edits_counts_every_context_by_hand(tmp_path, one_thread):
         assert row.covert == sum(not r and not c for r, c in zip(refused, complied))
         # the project's refusal rule for a compliance-grading judge: refusal ≥ 0.5 or not complying
         assert row.llm_refusals == sum("u" in r or not c for r, c in zip(responses, complied))
-        assert row.incoherent == sum("Q" not in r for r in responses)
+        assert row.incoherent == sum(not f and "Q" not in r for f, r in zip(refused, responses))
     assert 0 < judged["refusals"].sum() < judged["n"].sum()  # the rules split the responses: the test can fail
     assert 0 < judged["noncompliant"].sum() < judged["n"].sum() and judged["covert"].sum() > 0
 

@@ -62,7 +62,7 @@ class ComplianceCheck(ConfigModel):
 
     judge: str | None = "llm"
     ablate: str = "auto"
-    trials: PositiveInt = 4
+    trials: PositiveInt = 2  # each costs a generation and a grading of every validation prompt (~3 s each, 0.5B)
     max_new_tokens: PositiveInt = 128
 
 
