@@ -109,3 +109,14 @@ def test_canonical_json_is_key_order_independent_and_sorted():
 def test_shipped_configs_load(name):
     config = load_config(CONFIGS / name)
     assert config.selection.mode == "fast" and config.batch_size == 64
+
+
+def test_shipped_optimize_configs_load():
+    from refusal_lab.core.config import load_config_file
+    from refusal_lab.pipeline.search_data import OptimizeConfig
+
+    one = load_config_file(CONFIGS / "optimize-one-context.toml", OptimizeConfig, section="optimize")
+    assert one.contexts == ["default"] and one.compliance_check.judge == "llm"
+    capability = load_config_file(CONFIGS / "optimize-capability.toml", OptimizeConfig, section="optimize")
+    assert capability.capability_texts == 16 and not capability.compliance_check.judge
+    assert len(capability.contexts) == 5
