@@ -304,7 +304,8 @@ def test_cli_optimize_and_abliterate_as_users_run_them(tmp_path, model_dir):
     assert capability["trial"].unique().tolist() == [reproduce["trial"]] and "worst chat context" in \
         reproduce["chosen_by"] and "llm judge" in reproduce["chosen_by"]
     judged = pd.read_csv(run / "compliance.csv")  # the llm judge on the baseline and two Pareto trials, per context
-    assert len(judged) == 2 * (1 + min(2, len(pareto))) and "covert" in done_optimize.stderr and "noncompliant_rate" in done_optimize.stdout
+    assert len(judged) == 2 * (1 + min(2, len(pareto))) and "covert" in done_optimize.stderr
+    assert "noncompliant_rate" in done_optimize.stdout
     assert str(reproduce["trial"]) in judged["trial"].astype(str).tolist()
     held = pd.read_csv(run / "heldout-compliance.csv")  # the export and the baseline, 6 contexts × 2 sets, 2 each
     assert sorted(set(held["trial"].astype(str))) == sorted({"baseline", str(reproduce["trial"])})

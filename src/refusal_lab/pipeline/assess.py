@@ -126,7 +126,8 @@ def judge_heldout(lm, run_dir: str | Path, trials: list[int], n: int = 50, conte
     check = config.compliance_check
     phrase, llm = make_judge(config.judge), make_judge(check.judge or "llm", ablate_run=check.ablate)
     edits = {t: trial_ablation(lm, run_dir, t) for t in trials}
-    frames = [judge_edits(lm, run_dir / "heldout", {c: eval_prompts(None, name, n, run_dir)[0] for c in contexts},
-                          edits, phrase, llm, check.max_new_tokens, config.generate_batch).assign(set=name)
-              for name in sets]
+    harmful = {name: eval_prompts(None, name, n, run_dir)[0] for name in sets}  # checked before anything runs
+    frames = [judge_edits(lm, run_dir / "heldout", dict.fromkeys(contexts, prompts), edits, phrase, llm,
+                          check.max_new_tokens, config.generate_batch).assign(set=name)
+              for name, prompts in harmful.items()]
     return pd.concat(frames, ignore_index=True)

@@ -48,7 +48,8 @@ class CompareConfig(PlanConfig):
     """What the comparison evaluates (``[compare]`` in a run config): the conditions to plan, and how to score them."""
 
     measure: Literal["first-token", "generation", "landing"] = "first-token"
-    eval_set: Literal["test", "generic", "advbench", "harmbench"] = "test"  # the run's test split, or held-out AdvBench vs generic requests
+    # the run's test split, or held-out AdvBench (generic / advbench) or HarmBench against generic requests
+    eval_set: Literal["test", "generic", "advbench", "harmbench"] = "test"
     n_eval: PositiveInt | None = None  # held-out prompts per side (None: the whole test split)
     max_new_tokens: PositiveInt = 24
     batch_size: PositiveInt = 32

@@ -10,7 +10,8 @@ llm judge. Per item: ``refused`` (phrase judge), ``complied`` (the llm judge's c
 ``unsafe`` rule), ``coherent`` (its coherence ≥ 0.5). Per (trial, context): ``n``, ``refusals`` (phrase judge),
 ``llm_refusals``, ``noncompliant`` (not complied), ``covert`` (not refused by the phrase judge, yet not complied)
 and ``incoherent`` (not refused by the phrase judge, yet incoherent: the judge grades a bare refusal incoherent, so
-only the non-refusals say whether an edit broke the model). Generations and grades live in ``RUN_DIR/evaluation`` (resumed).
+only the non-refusals say whether an edit broke the model). Generations and grades live in ``RUN_DIR/evaluation``
+(resumed).
 """
 
 from __future__ import annotations
@@ -30,10 +31,15 @@ from refusal_lab.search.edit import Abliteration
 COUNTS = ("refusals", "llm_refusals", "noncompliant", "covert", "incoherent")
 
 
+def by_refusal(pareto: pd.DataFrame, max_kl: float, rate: str = "refusal_rate") -> pd.DataFrame:
+    """The Pareto trials with ``KL ≤ max_kl``, lowest ``rate`` first, ties to the lower first-token p_R (the
+    stronger edit, so a tie spends the KL budget)."""
+    return pareto[pareto["kl"] <= max_kl].sort_values([rate, "p_refusal"])
+
+
 def judged_trials(pareto: pd.DataFrame, max_kl: float, limit: int) -> list[int]:
-    """The ``limit`` Pareto trials with ``KL ≤ max_kl`` and the lowest ``refusal_rate``, ties to the lower p_R."""
-    within = pareto[pareto["kl"] <= max_kl]
-    return [int(t) for t in within.sort_values(["refusal_rate", "p_refusal"]).head(limit)["trial"]]
+    """The first ``limit`` trials of :func:`by_refusal`."""
+    return [int(t) for t in by_refusal(pareto, max_kl).head(limit)["trial"]]
 
 
 def _counts(items: pd.DataFrame, name: str, phrase: str, llm: str) -> dict:
@@ -88,4 +94,4 @@ def with_compliance(pareto: pd.DataFrame, judged: pd.DataFrame, objective: str) 
     return pareto.merge(totals.join(per_context), left_on="trial", right_index=True, how="left")
 
 
-__all__ = ["COUNTS", "judge_edits", "judged_trials", "with_compliance"]
+__all__ = ["COUNTS", "by_refusal", "judge_edits", "judged_trials", "with_compliance"]

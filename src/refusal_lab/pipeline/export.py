@@ -14,6 +14,7 @@ from rich.console import Console
 from refusal_lab import __version__
 from refusal_lab.core.errors import RefusalLabError
 from refusal_lab.core.io import json_safe, write_json
+from refusal_lab.pipeline.compliance import by_refusal
 from refusal_lab.pipeline.optimize import load_study, trial_params
 from refusal_lab.pipeline.rundir import RunDirectory
 from refusal_lab.pipeline.search_data import OptimizeConfig, SearchData, load_means, load_refined
@@ -36,21 +37,21 @@ def choose_trial(run_dir: Path, trial: int | None, max_kl: float) -> tuple[int, 
     if not path.exists():
         raise RefusalLabError(f"{run_dir} has no pareto.csv; run `refusal-lab optimize --out {run_dir}` first")
     pareto = pd.read_csv(path)
-    within = pareto[pareto["kl"] <= max_kl]
+    rate = "refusal_rate" if "refusal_rate" in pareto else "refusals"
+    within = by_refusal(pareto, max_kl, rate)
     if within.empty:
         raise RefusalLabError(f"no Pareto trial in {path} has KL ≤ {max_kl} (lowest {pareto['kl'].min():.3f}); "
                               "raise --max-kl or pass --trial N")
-    rate = "refusal_rate" if "refusal_rate" in within else "refusals"
     search = json.loads((run_dir / "search.json").read_text()) if (run_dir / "search.json").exists() else {}
     over = {"worst": "its worst chat context", "mean": "the mean over its chat contexts"}.get(
         search.get("objective"), "the validation prompts")
     judged = within.dropna(subset=["noncompliant_rate"]) if "noncompliant_rate" in within else within.iloc[:0]
     if not judged.empty:
-        chosen = int(judged.sort_values(["noncompliant_rate", rate, "p_refusal"]).iloc[0]["trial"])
+        chosen = int(judged.sort_values("noncompliant_rate", kind="stable").iloc[0]["trial"])
         return chosen, (f"the lowest validation rate judged non-compliant by the llm judge over {over} among the "
                         f"{len(judged)} llm-judged Pareto trials with KL ≤ {max_kl:g}, ties to the lower refusal "
                         "rate, then the lower first-token refusal probability")
-    chosen = int(within.sort_values([rate, "p_refusal"]).iloc[0]["trial"])
+    chosen = int(within.iloc[0]["trial"])
     return chosen, (f"the lowest validation refusal rate over {over} among the Pareto trials with KL ≤ {max_kl:g}, "
                     "ties to the lower first-token refusal probability")
 

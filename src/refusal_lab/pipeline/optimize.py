@@ -254,7 +254,7 @@ def optimize(lm, config: OptimizeConfig, run_dir: str | Path) -> pd.DataFrame:
         generated = generate_survivors(lm, data, scorer, chosen, end, per_generation)
     pareto = pareto_table(chosen, generated, data, config)
     if config.compliance_check.judge:
-        pareto = judge_front(lm, run_dir, data, harmful, chosen, pareto, config)
+        pareto = judge_front(lm, run_dir, data, harmful, chosen, pareto, config, judge)
     write_csv(pareto, run_dir / "pareto.csv")
     write_json(run_dir / "search.json", {"baseline_refusals": baseline_refusals,
                                          "n": len(data.harmful), "baseline_contexts": baseline,
@@ -266,15 +266,15 @@ def optimize(lm, config: OptimizeConfig, run_dir: str | Path) -> pd.DataFrame:
 
 
 def judge_front(lm, run_dir: Path, data: SearchData, harmful: dict[str, list[str]], chosen: pd.DataFrame,
-                pareto: pd.DataFrame, config: OptimizeConfig) -> pd.DataFrame:
-    """The llm judge beside the phrase judge on the baseline and the judged Pareto trials
+                pareto: pd.DataFrame, config: OptimizeConfig, phrase_judge) -> pd.DataFrame:
+    """The llm judge beside the phrase judge (the search's) on the baseline and the judged Pareto trials
     (:mod:`~refusal_lab.pipeline.compliance`), written to ``RUN_DIR/compliance.csv`` and logged; ``pareto`` with
     their counts (:func:`~refusal_lab.pipeline.compliance.with_compliance`)."""
     check = config.compliance_check
     params = chosen.set_index("trial")["params"]
     edits = {t: data.ablation(lm, params[t]) for t in judged_trials(pareto, config.max_kl, check.trials)}
     log(f"judging the baseline and {len(edits)} Pareto trials by {check.judge} at {check.max_new_tokens} tokens")
-    judged = judge_edits(lm, run_dir / "evaluation", harmful, edits, make_judge(config.judge),
+    judged = judge_edits(lm, run_dir / "evaluation", harmful, edits, phrase_judge,
                          make_judge(check.judge, ablate_run=check.ablate), check.max_new_tokens,
                          config.generate_batch)
     write_csv(judged, run_dir / "compliance.csv")

@@ -27,7 +27,8 @@ def abliterate(run_dir: Annotated[Path, typer.Option("--run", help="run director
                trial: Annotated[Optional[int], typer.Option(help="optimize runs: this trial (default: of the "
                                                             "Pareto trials within --max-kl, the one the llm judge "
                                                             "found least often non-compliant in its worst context; "
-                                                            "unjudged runs: the lowest worst-context refusal rate)")] = None,
+                                                            "unjudged runs: the lowest worst-context refusal "
+                                                            "rate)")] = None,
                max_kl: Annotated[float, typer.Option(help="optimize runs: the KL bound for the default trial")] = 0.1,
                lora: Annotated[bool, typer.Option(help="optimize runs: also write the edit as a PEFT LoRA adapter "
                                                   "(OUT/lora)")] = False,
